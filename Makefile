@@ -1,0 +1,35 @@
+# medae: two commands for a fresh machine, `make demo` and `make test`.
+#
+# torch is installed before medae so that pip never resolves it on its own (an unpinned torch
+# pulls the multi-GB CUDA build).  Choose your build with TORCH_SPEC / TORCH_PIP_ARGS, e.g.
+#   make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu128"   # GPU
+#   make install TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"     # CPU elsewhere
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install -e ".[test,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed
+	$(BIN)/python scripts/bench_io.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,198 @@
+"""From folders, files and manifests to :class:`ScanSource` values, and from a source to a Scan."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from medae.errors import MedaeError, ScanReadError
+from medae.io import dicom
+from medae.io.nifti import is_nifti_path, read_nifti
+from medae.io.scan import Scan
+
+log = logging.getLogger("medae")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MANIFEST_COLUMNS = ("case_id", "image", "mask", "label")
+
+
+@dataclass(frozen=True)
+class ScanSource:
+    """One scan to process: a NIfTI file or one DICOM series (volume), plus optional masks."""
+
+    case_id: str
+    kind: str  # "nifti" | "dicom"
+    path: Path  # the NIfTI file, or the folder holding the DICOM series
+    series: dicom.DicomSeries | None = None
+    mask: Path | None = None
+    label: Path | None = None
+
+    def load(self) -> Scan:
+        if self.series is not None:
+            return dicom.read_dicom_series(self.series)
+        return load_scan(self.path)
+
+    def describe(self) -> str:
+        if self.series is not None:
+            return self.series.describe()
+        return "NIfTI file"
+
+
+def safe_id(text: str) -> str:
+    """A filesystem-safe identifier from free text (path components): ``[A-Za-z0-9._-]`` only."""
+    out = _UNSAFE.sub("_", text).strip("._-")
+    return out[:120] or "scan"
+
+
+def _nifti_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def load_scan(path: str | os.PathLike, series: str | None = None) -> Scan:
+    """Load a NIfTI file, a DICOM file, or a folder holding one DICOM series.
+
+    ``series`` picks one series (by the key that :func:`discover` and error messages show) when
+    a folder holds several.
+    """
+    path = Path(path)
+    if is_nifti_path(path) and not path.is_dir():
+        return read_nifti(path)
+    if path.is_dir():
+        return dicom.load_dicom_folder(path, series=series)
+    if not path.exists():
+        raise ScanReadError(path, "no such file or folder")
+    if dicom.is_dicom_file(path):
+        return dicom.load_dicom_folder(path, series=series)
+    raise ScanReadError(path, "not a NIfTI (.nii, .nii.gz) or DICOM file")
+
+
+def discover(path: str | os.PathLike) -> list[ScanSource]:
+    """Every scan under ``path``: NIfTI files and DICOM series (one source per volume).
+
+    ``path`` may be a folder (walked recursively, hidden entries skipped), a single scan file, or
+    a CSV manifest (see :func:`read_manifest`).  Skipped files (non-image DICOM objects, DICOMDIR,
+    unreadable files) are logged as notes; :func:`discover_with_notes` returns them.
+    """
+    sources, notes = discover_with_notes(path)
+    for note in notes:
+        log.info("skipped %s", note)
+    return sources
+
+
+def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list[str]]:
+    root = Path(path)
+    if not root.exists():
+        raise MedaeError(root, "no such file or folder")
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return read_manifest(root), []
+    if root.is_file():
+        files, base = [root], root.parent
+    else:
+        files, base = _walk(root), root
+    sources: list[ScanSource] = []
+    other: list[Path] = []
+    for f in files:
+        if is_nifti_path(f):
+            rel = f.relative_to(base)
+            case = safe_id("_".join([*rel.parts[:-1], _nifti_stem(f)]))
+            sources.append(ScanSource(case_id=case, kind="nifti", path=f))
+        else:
+            other.append(f)
+    series, notes = dicom.find_dicom_series(other)
+    for s in series:
+        try:
+            rel = s.folder.relative_to(base)
+        except ValueError:
+            rel = Path(s.folder.name)
+        parts = [p for p in rel.parts if p not in ("", ".")]
+        number = f"s{s.series_number}" if s.series_number is not None else "s"
+        bits = [*parts, number, s.key[:8]]
+        if s.volume:
+            bits.append(s.volume)
+        sources.append(ScanSource(case_id=safe_id("_".join(bits)), kind="dicom", path=s.folder,
+                                  series=s))
+    return _dedupe(sorted(sources, key=lambda s: (s.case_id, str(s.path)))), notes
+
+
+def _walk(root: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return out
+
+
+def _dedupe(sources: list[ScanSource]) -> list[ScanSource]:
+    seen: dict[str, int] = {}
+    out = []
+    for s in sources:
+        n = seen.get(s.case_id, 0)
+        seen[s.case_id] = n + 1
+        if n:
+            s = ScanSource(case_id=f"{s.case_id}_{n + 1}", kind=s.kind, path=s.path,
+                           series=s.series, mask=s.mask, label=s.label)
+        out.append(s)
+    return out
+
+
+def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
+    """Read a CSV manifest with columns ``case_id,image[,mask][,label]``.
+
+    Paths are relative to the manifest's folder (absolute paths are kept).  ``image`` is a NIfTI
+    file, a DICOM file or a folder with one DICOM series; ``mask`` (brain/foreground) and
+    ``label`` (ground-truth lesions) are NIfTI files on the image's grid.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MedaeError(path, f"cannot read manifest ({exc})") from exc
+    reader = csv.DictReader(text.splitlines())
+    fields = [f.strip() for f in (reader.fieldnames or [])]
+    if "case_id" not in fields or "image" not in fields:
+        raise MedaeError(path, "manifest needs a header row with at least case_id,image")
+    unknown = [f for f in fields if f not in MANIFEST_COLUMNS]
+    if unknown:
+        raise MedaeError(path, f"unknown manifest column(s) {', '.join(unknown)}; "
+                               f"expected {','.join(MANIFEST_COLUMNS)}")
+    sources, seen = [], set()
+    for lineno, row in enumerate(reader, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        case = row.get("case_id", "")
+        if not case and not row.get("image"):
+            continue  # blank line
+        if not _CASE_ID.match(case):
+            raise MedaeError(path, f"line {lineno}: case_id {case!r} must be letters, digits, "
+                                   "'.', '_' or '-' (not starting with a dot)")
+        if case in seen:
+            raise MedaeError(path, f"line {lineno}: duplicate case_id {case!r}")
+        seen.add(case)
+        paths = {}
+        for col in ("image", "mask", "label"):
+            value = row.get(col, "")
+            if not value:
+                if col == "image":
+                    raise MedaeError(path, f"line {lineno}: empty image path")
+                paths[col] = None
+                continue
+            p = Path(value)
+            p = p if p.is_absolute() else path.parent / p
+            if not p.exists():
+                raise MedaeError(path, f"line {lineno}: {col} {value} does not exist")
+            paths[col] = p
+        image = paths["image"]
+        kind = "nifti" if is_nifti_path(image) and image.is_file() else "dicom"
+        sources.append(ScanSource(case_id=case, kind=kind, path=image, mask=paths["mask"],
+                                  label=paths["label"]))
+    if not sources:
+        raise MedaeError(path, "manifest lists no scans")
+    return sources

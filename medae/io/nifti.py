@@ -1,0 +1,206 @@
+"""NIfTI reading and writing.
+
+Reading takes the whole file in one go and inflates ``.nii.gz`` with ISA-L when available (about
+3× faster than Python's zlib); nibabel parses the header and gives the affine.  The header is
+checked before any large allocation: a header that claims absurd dimensions, a truncated stream or
+a file that is not NIfTI each give one ``ScanReadError`` line naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medae.errors import ScanReadError
+from medae.io.atomic import atomic_write_bytes
+from medae.io.scan import Grid, Scan
+
+try:  # ISA-L: same format as zlib, several times faster inflate
+    from isal import igzip as _gzip
+    from isal import isal_zlib as _zlib
+except ImportError:  # pragma: no cover - platforms without isal wheels
+    import gzip as _gzip
+    _zlib = zlib
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: refuse headers that claim more voxels than this (override with MEDAE_MAX_VOXELS)
+MAX_VOXELS = int(os.environ.get("MEDAE_MAX_VOXELS", 2**31))
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _header_class(head: bytes) -> type[nib.Nifti1Header] | None:
+    if len(head) >= 348:
+        for order in ("<", ">"):
+            size = int(np.frombuffer(head[:4], dtype=f"{order}i4")[0])
+            if size == 348 and head[344:347] in (b"n+1", b"ni1"):
+                return nib.Nifti1Header
+            if size == 540 and len(head) >= 540 and head[4:7] in (b"n+2", b"ni2"):
+                return nib.Nifti2Header
+    return None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except IsADirectoryError as exc:
+        raise ScanReadError(path, "is a folder, not a NIfTI file") from exc
+    except FileNotFoundError as exc:
+        raise ScanReadError(path, "no such file") from exc
+    except OSError as exc:
+        raise ScanReadError(path, f"cannot read: {exc.strerror or exc}") from exc
+
+
+def read_nifti_header(path: str | os.PathLike, raw: bytes | None = None) -> nib.Nifti1Header:
+    """Parse and sanity-check the header (no voxel data is inflated or allocated)."""
+    path = Path(path)
+    raw = _read_bytes(path) if raw is None else raw
+    if not raw:
+        raise ScanReadError(path, "empty file (0 bytes)")
+    if raw[:2] == b"\x1f\x8b":
+        inflater = zlib.decompressobj(31)
+        try:
+            head = inflater.decompress(raw, 540)
+        except zlib.error as exc:
+            raise ScanReadError(path, f"corrupt gzip stream ({exc})") from exc
+        if len(head) < 540 and not inflater.eof and not inflater.unconsumed_tail:
+            raise ScanReadError(path, "truncated gzip stream")
+    elif path.name.lower().endswith(".gz"):
+        raise ScanReadError(path, "named .gz but is not gzip-compressed")
+    else:
+        head = raw[:540]
+    cls = _header_class(head)
+    if cls is None:
+        raise ScanReadError(path, "not a NIfTI file (no NIfTI-1/2 header)")
+    try:
+        header = cls.from_fileobj(io.BytesIO(head), check=True)
+    except Exception as exc:  # nibabel raises several types for bad headers
+        raise ScanReadError(path, f"invalid NIfTI header ({exc})") from exc
+    if header.get_data_offset() == 0 and head[344:347] != b"n+1" and head[4:7] != b"n+2":
+        raise ScanReadError(path, "a header-only NIfTI pair (.hdr/.img) is not supported")
+    shape = header.get_data_shape()
+    if any(int(d) <= 0 for d in shape):
+        raise ScanReadError(path, f"header claims invalid dimensions {shape}")
+    n_vox = int(np.prod(shape, dtype=np.float64))
+    if n_vox > MAX_VOXELS:
+        raise ScanReadError(path, f"header claims {'x'.join(map(str, shape))} voxels "
+                                  f"({n_vox:.3g}), more than the limit of {MAX_VOXELS:.3g}")
+    try:
+        dtype = header.get_data_dtype()
+    except Exception as exc:
+        raise ScanReadError(path, f"unsupported NIfTI data type ({exc})") from exc
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise ScanReadError(path, f"unsupported voxel type {dtype} (RGB/complex images)")
+    return header
+
+
+def _inflate(path: Path, raw: bytes) -> bytes:
+    try:
+        inflater = _zlib.decompressobj(31)
+        out = inflater.decompress(raw)
+        if not inflater.eof:
+            raise ScanReadError(path, "truncated gzip stream")
+        if inflater.unused_data.strip(b"\0"):  # several gzip members: rare, take the slow path
+            out = _gzip.decompress(raw)
+        return out
+    except EOFError as exc:
+        raise ScanReadError(path, "truncated gzip stream") from exc
+    except ScanReadError:
+        raise
+    except Exception as exc:  # zlib.error / isal_zlib.error / BadGzipFile
+        raise ScanReadError(path, f"corrupt gzip stream ({exc})") from exc
+
+
+def read_nifti(path: str | os.PathLike) -> Scan:
+    """Read a 3D NIfTI volume as a :class:`Scan` (scl_slope / scl_inter applied, float32)."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    header = read_nifti_header(path, raw)
+    if raw[:2] == b"\x1f\x8b":
+        raw = _inflate(path, raw)
+    shape = tuple(int(d) for d in header.get_data_shape())
+    spatial = _spatial_shape(path, shape)
+    dtype = header.get_data_dtype()
+    offset = int(header.get_data_offset())
+    needed = offset + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) < needed:
+        raise ScanReadError(path, f"truncated: header needs {needed} bytes, file holds {len(raw)}")
+    data = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=offset)
+    data = data.reshape(spatial, order="F")  # read-only view of the inflated bytes
+    affine = header.get_best_affine()
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ScanReadError(path, "the header's affine is singular or not finite")
+    grid = Grid(shape=spatial, affine=affine, header=header)
+    meta = {"format": "NIfTI-2" if isinstance(header, nib.Nifti2Header) else "NIfTI-1",
+            "stored_dtype": str(dtype.newbyteorder("=")),
+            "sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])}
+    scan = Scan.from_grid(data, grid, source=str(path), kind="nifti", meta=meta)  # one copy
+    array = scan.array
+    slope, inter = header.get_slope_inter()
+    if slope is not None and slope != 1:
+        array *= np.float32(slope)
+    if inter is not None and inter != 0:
+        array += np.float32(inter)
+    if not np.isfinite(array).all():
+        n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise ScanReadError(path, f"{n_bad} voxels are NaN or infinite")
+    return scan
+
+
+def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Keep 3D, squeeze trailing singleton dimensions, refuse 2D and multi-volume images."""
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) > 3:
+        raise ScanReadError(path, f"{len(dims)}D image with shape {'x'.join(map(str, shape))}; "
+                                  "medae needs one 3D volume (split the series first)")
+    if len(dims) < 3 or min(dims) == 1:
+        raise ScanReadError(path, f"2D image (shape {'x'.join(map(str, shape))}); "
+                                  "medae needs a 3D volume")
+    return tuple(dims)
+
+
+def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,
+                  dtype: np.dtype | type = np.float32) -> Path:
+    """Write ``array`` (in ``scan``'s canonical orientation) as NIfTI on the scan's source grid.
+
+    The output has exactly the source grid's affine: a NIfTI source keeps its sform/qform
+    matrices and codes; a DICOM source gets both set to the scanner affine (code 1).  The data
+    type is set to ``dtype`` (float32 by default) with no scaling.  Written atomically.
+    """
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise ValueError(f"{path}: output must be named .nii or .nii.gz")
+    data = np.asarray(scan.to_grid(array)).astype(dtype, copy=False)
+    grid = scan.grid
+    if grid.header is not None:
+        header = grid.header.copy()
+        cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        header.set_data_shape(data.shape)
+    else:
+        cls = nib.Nifti1Image
+        header = nib.Nifti1Header()
+        header.set_data_shape(data.shape)
+        header.set_sform(grid.affine, code=1)
+        header.set_qform(grid.affine, code=1)
+        header.set_xyzt_units("mm", "sec")
+    header.set_data_dtype(data.dtype)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0.0, 0.0
+    header["intent_code"] = 0
+    header["descrip"] = b"medae"
+    header["dim_info"] = header["dim_info"]
+    img = cls(data, None, header=header)
+    payload = img.to_bytes()
+    if path.name.lower().endswith(".gz"):
+        payload = _gzip.compress(payload, compresslevel=1)
+    return atomic_write_bytes(path, payload)

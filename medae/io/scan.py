@@ -1,0 +1,97 @@
+"""The ``Scan`` value: a 3D volume in physical units, in the closest canonical (RAS+) orientation,
+that remembers the grid it came from so every output can be written back on that grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+_RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+
+
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """A voxel grid as the source stores it: shape and voxel-index → RAS+ mm affine.
+
+    ``header`` is the source's NIfTI header when there is one (its sform/qform codes are kept
+    when writing on this grid); DICOM grids have none and are written with scanner codes.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    header: nib.Nifti1Header | None = None
+
+    @property
+    def ornt(self) -> np.ndarray:
+        """nibabel orientation transform from this grid to the closest RAS+ orientation."""
+        return io_orientation(self.affine)
+
+
+@dataclass(eq=False)
+class Scan:
+    """A 3D scan ready for processing.
+
+    ``array`` is float32 in physical units (rescale applied), oriented closest to RAS+;
+    ``affine`` maps its voxel indices to world (RAS+) millimetres.  ``grid`` is the source's own
+    grid; :meth:`to_grid` and :func:`medae.io.write_on_grid` put arrays back on it.  ``meta``
+    holds acquisition facts only (never patient identifiers).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    grid: Grid
+    source: str
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_grid(cls, data: np.ndarray, grid: Grid, *, source: str, kind: str,
+                  meta: dict[str, Any] | None = None) -> Scan:
+        """Build a scan from voxel data laid out on ``grid`` (reoriented here to canonical)."""
+        if data.shape != grid.shape:
+            raise ValueError(f"data shape {data.shape} does not match grid shape {grid.shape}")
+        ornt = grid.ornt
+        # flips and transposes are views: at most one sequential copy, in memory order
+        array = np.asarray(apply_orientation(data, ornt))
+        if (array.dtype != np.float32 or not array.flags.writeable
+                or any(st < 0 for st in array.strides)):
+            array = np.array(array, dtype=np.float32, order="K")
+        affine = grid.affine @ inv_ornt_aff(ornt, grid.shape)
+        return cls(array=array, affine=affine, grid=grid, source=source, kind=kind,
+                   meta=dict(meta or {}))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the array's three axes."""
+        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def orientation(self) -> str:
+        """Axis codes of ``array`` (``"RAS"`` unless the grid is strongly oblique)."""
+        return "".join(nib.aff2axcodes(self.affine))
+
+    @property
+    def grid_orientation(self) -> str:
+        """Axis codes of the source grid, e.g. ``"LAS"`` or ``"LPS"``."""
+        return "".join(nib.aff2axcodes(self.grid.affine))
+
+    def to_grid(self, array: np.ndarray) -> np.ndarray:
+        """Lay out an array given in this scan's (canonical) orientation on the source grid."""
+        array = np.asarray(array)
+        if array.shape[:3] != self.array.shape:
+            raise ValueError(f"array shape {array.shape} does not match scan shape {self.shape}")
+        back = ornt_transform(_RAS, self.grid.ornt)
+        return apply_orientation(array, back)
+
+    def describe(self) -> str:
+        sx, sy, sz = self.spacing
+        return (f"{self.kind} {'x'.join(map(str, self.shape))} "
+                f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm {self.grid_orientation}->{self.orientation}")

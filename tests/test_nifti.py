@@ -1,0 +1,195 @@
+"""NIfTI reading, geometry and writing back on the source grid."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import shared
+
+from medae import MedaeError, load_scan, write_on_grid
+from medae.io.nifti import read_nifti
+
+
+def _oblique_affine() -> np.ndarray:
+    """A rotated, anisotropic affine with a flipped first axis (like a LAS oblique acquisition)."""
+    a = np.deg2rad(17.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    zoom = np.diag([-0.9, 1.1, 2.5])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ zoom
+    aff[:3, 3] = [91.0, -120.5, -70.25]
+    return aff
+
+
+def _world(affine, ijk):
+    return (affine @ np.r_[ijk, 1.0])[:3]
+
+
+def _write(path, data, affine, slope=None, inter=None, sform_code=2, qform_code=1):
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_sform(affine, code=sform_code)
+    img.header.set_qform(affine, code=qform_code)
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter)
+    nib.save(img, path)
+    return img
+
+
+def test_round_trip_oblique_flipped(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(-100, 1000, size=(12, 9, 7)).astype(np.int16)
+    affine = _oblique_affine()
+    src = tmp_path / "oblique scan.nii.gz"
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_sform(affine, code=2)
+    img.header.set_qform(affine, code=1)
+    img.header["scl_slope"], img.header["scl_inter"] = 0.5, -3.0
+    nib.save(img, src)
+    img = nib.load(src)  # the affine as stored (float32 in the header)
+
+    scan = load_scan(src)
+    assert scan.array.dtype == np.float32
+    assert scan.kind == "nifti"
+    # canonical orientation: the flipped first axis is reversed, shape follows the axes
+    assert scan.orientation == "RAS"
+    assert scan.grid_orientation == "LAS"
+    assert scan.shape == (12, 9, 7)
+    np.testing.assert_allclose(scan.spacing, (0.9, 1.1, 2.5), atol=1e-6)
+    # every voxel keeps its value and its world position
+    phys = data.astype(np.float64) * 0.5 - 3.0
+    for ijk in [(0, 0, 0), (11, 8, 6), (3, 4, 5)]:
+        ci = np.linalg.solve(scan.affine, np.r_[_world(affine, ijk), 1.0])[:3]
+        ci = tuple(round(float(v)) for v in ci)
+        assert scan.array[ci] == pytest.approx(phys[ijk])
+    np.testing.assert_array_equal(scan.array, phys[::-1].astype(np.float32))
+
+    # write a float map on the source grid: same shape, affine, codes; float32
+    heat = scan.array * 0.25 + 1.0
+    out = tmp_path / "out" / "map.nii.gz"
+    write_on_grid(heat, scan, out)
+    back = nib.load(out)
+    assert back.shape == data.shape
+    assert back.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(back.affine, img.affine)
+    np.testing.assert_array_equal(back.header.get_sform(), img.header.get_sform())
+    np.testing.assert_allclose(back.header.get_qform(), img.header.get_qform(), atol=1e-5)
+    assert int(back.header["sform_code"]) == 2 and int(back.header["qform_code"]) == 1
+    np.testing.assert_allclose(back.get_fdata(), phys * 0.25 + 1.0, rtol=1e-6)
+
+    again = load_scan(out)
+    np.testing.assert_array_equal(again.affine, scan.affine)
+    np.testing.assert_allclose(again.array, heat, rtol=1e-6)
+    assert not list(out.parent.glob(".*tmp"))  # no temporary left behind
+
+
+def test_uncompressed_and_uint8_label_write(tmp_path):
+    data = np.zeros((8, 8, 8), np.uint8)
+    data[2:4, 3:5, 1:6] = 3
+    affine = np.diag([1.0, -1.0, 1.0, 1.0])
+    _write(tmp_path / "lab.nii", data, affine)
+    scan = read_nifti(tmp_path / "lab.nii")
+    assert scan.grid_orientation == "RPS"
+    out = write_on_grid(scan.array > 0, scan, tmp_path / "mask.nii.gz", dtype=np.uint8)
+    back = nib.load(out)
+    assert back.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asanyarray(back.dataobj), (data > 0).astype(np.uint8))
+
+
+def test_four_d_singleton_squeezed_and_nifti2(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6, 1)
+    nib.save(nib.Nifti2Image(data, np.eye(4)), tmp_path / "n2.nii")
+    scan = load_scan(tmp_path / "n2.nii")
+    assert scan.shape == (4, 5, 6)
+    assert scan.meta["format"] == "NIfTI-2"
+    np.testing.assert_array_equal(scan.array, data[..., 0])
+    write_on_grid(scan.array, scan, tmp_path / "n2_out.nii")
+    assert isinstance(nib.load(tmp_path / "n2_out.nii"), nib.Nifti2Image)
+
+
+def _error(path) -> str:
+    with pytest.raises(MedaeError) as info:
+        load_scan(path)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert path.name in msg
+    return msg
+
+
+def test_bad_files_give_one_line_errors(tmp_path):
+    good = tmp_path / "good.nii.gz"
+    _write(good, np.ones((20, 20, 20), np.int16), np.eye(4))
+    raw = good.read_bytes()
+
+    (tmp_path / "truncated.nii.gz").write_bytes(raw[: len(raw) // 2])
+    assert "truncated gzip stream" in _error(tmp_path / "truncated.nii.gz")
+    noisy = tmp_path / "noisy.nii.gz"
+    _write(noisy, np.random.default_rng(1).normal(size=(30, 30, 30)).astype(np.float32), np.eye(4))
+    (tmp_path / "cut.nii.gz").write_bytes(noisy.read_bytes()[:-5000])
+    assert "truncated gzip stream" in _error(tmp_path / "cut.nii.gz")
+
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    assert "empty file" in _error(tmp_path / "empty.nii.gz")
+
+    (tmp_path / "notes.nii").write_text("this is a text file, not an image\n" * 20)
+    assert "not a NIfTI file" in _error(tmp_path / "notes.nii")
+
+    (tmp_path / "plain.nii.gz").write_bytes(gzip.decompress(raw))
+    assert "not gzip-compressed" in _error(tmp_path / "plain.nii.gz")
+
+    nii = gzip.decompress(raw)
+    (tmp_path / "short.nii").write_bytes(nii[: len(nii) - 100])
+    assert "truncated" in _error(tmp_path / "short.nii")
+
+    assert "no such file" in _error(tmp_path / "missing.nii.gz")
+
+
+def test_absurd_dimensions_refused_before_allocation(tmp_path):
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((30000, 30000, 30000))
+    hdr.set_data_dtype(np.float32)
+    path = tmp_path / "huge.nii.gz"
+    # header only, no voxel data: reading must stop at the header
+    path.write_bytes(gzip.compress(hdr.binaryblock + b"\0" * 4))
+    msg = _error(path)
+    assert "30000x30000x30000" in msg and "limit" in msg
+
+
+@pytest.mark.parametrize("shape,reason", [((16, 16), "2D image"), ((16, 16, 1), "2D image"),
+                                          ((8, 8, 8, 3), "4D image")])
+def test_wrong_dimensionality_refused(tmp_path, shape, reason):
+    path = tmp_path / "x.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)
+    assert reason in _error(path)
+
+
+def test_non_finite_refused(tmp_path):
+    data = np.zeros((6, 6, 6), np.float32)
+    data[1, 2, 3] = np.nan
+    data[0, 0, 0] = np.inf
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii.gz")
+    assert "2 voxels are NaN or infinite" in _error(tmp_path / "nan.nii.gz")
+
+
+def test_real_brats_flair_matches_nibabel():
+    path = shared("brain", "brats2013", "pat0001", "Flair_subtrMeanDivStd.nii.gz")
+    scan = load_scan(path)
+    ref = nib.as_closest_canonical(nib.load(path))
+    assert scan.shape == ref.shape == (240, 240, 155)
+    np.testing.assert_allclose(scan.affine, ref.affine, atol=1e-6)
+    np.testing.assert_array_equal(scan.array, ref.get_fdata(dtype=np.float32))
+
+
+def test_real_ms_las_written_back_on_its_grid(tmp_path):
+    path = shared("brain", "ms_lesjak", "patient07")
+    flair = sorted(path.glob("*FLAIR*.nii*"))[0]
+    scan = load_scan(flair)
+    src = nib.load(flair)
+    assert "".join(nib.aff2axcodes(src.affine)) == scan.grid_orientation
+    out = write_on_grid(scan.array, scan, tmp_path / "flair_copy.nii.gz")
+    back = nib.load(out)
+    np.testing.assert_array_equal(back.affine, src.affine)
+    np.testing.assert_allclose(back.get_fdata(dtype=np.float32), src.get_fdata(dtype=np.float32),
+                               rtol=1e-6)
