@@ -36,6 +36,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from medae.config import load_config
+    from medae.io.discover import discover_with_notes
+    from medae.train import train
+
+    overrides = list(args.set or [])
+    for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"),
+                      ("precision", "train.precision")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    config = load_config(args.config, overrides)
+    sources, notes = discover_with_notes(args.data)
+    for note in notes:
+        print(f"note: skipped {note}", file=sys.stderr)
+    run = train(config, sources, args.output, resume=args.resume, device=args.device,
+                progress=not args.quiet)
+    print(f"model bundle: {run}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medae",
@@ -52,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="NIfTI file, DICOM file or folder, or CSV manifest")
     info.set_defaults(func=_cmd_info)
 
+    tr = sub.add_parser(
+        "train", help="train an autoencoder on healthy scans",
+        description="Train the recipe in --config on the healthy scans in --data (a folder or a "
+                    "CSV manifest; manifest labels drop lesion slices/patches) and write the "
+                    "model bundle (model.safetensors, model.json), config.yaml, log.csv and a "
+                    "checkpoint into --output.")
+    tr.add_argument("--config", required=True, help="YAML recipe (see configs/)")
+    tr.add_argument("--data", required=True, help="folder of healthy scans, or CSV manifest")
+    tr.add_argument("--output", required=True, help="run folder")
+    tr.add_argument("--epochs", type=int, help="override train.epochs")
+    tr.add_argument("--seed", type=int, help="override train.seed")
+    tr.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    tr.add_argument("--precision", choices=["32", "bf16", "fp16"], help="override train.precision")
+    tr.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="dotted override, e.g. --set model.latent_size=256 (repeatable)")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    tr.set_defaults(func=_cmd_train)
     return parser
 
 

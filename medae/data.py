@@ -1,0 +1,161 @@
+"""Healthy training samples: cached preprocessed volumes, 2D slices or 3D patches, splits.
+
+Each scan is read and preprocessed once (MONAI ``CacheDataset``); slices and patches are views of
+the cached volumes, and random augmentation happens after the cache.  Splits are by subject,
+never by slice.  When a lesion label is given, every slice or patch that touches it is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.data import CacheDataset
+from monai.transforms import Transform
+from torch.utils.data import Dataset
+
+from medae.errors import MedaeError
+from medae.io.discover import ScanSource, load_scan
+from medae.preprocess import Prepared, PreprocessConfig, preprocess
+
+
+def load_prepared(source: ScanSource, config: PreprocessConfig) -> Prepared:
+    """Read a source (and its mask/label files) and preprocess it."""
+    scan = source.load()
+    mask = label = None
+    if source.mask is not None:
+        mask = _on_scan_grid(source.mask, scan, "mask") > 0
+    if source.label is not None:
+        label = _on_scan_grid(source.label, scan, "label") > 0
+    return preprocess(scan, config, mask=mask, label=label)
+
+
+def _on_scan_grid(path, scan, what: str) -> np.ndarray:
+    other = load_scan(path)
+    if other.shape != scan.shape or not np.allclose(other.affine, scan.affine, atol=1e-3):
+        raise MedaeError(path, f"{what} is not on the image's grid ({other.describe()} vs "
+                               f"{scan.describe()})")
+    return other.array
+
+
+class _Prepare(Transform):
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+
+    def __call__(self, item: dict) -> dict:
+        prep = load_prepared(item["source"], self.config)
+        return {"case_id": item["source"].case_id, "prepared": prep}
+
+
+def cache_cases(sources: Sequence[ScanSource], config: PreprocessConfig,
+                num_workers: int = 0) -> list[dict]:
+    """Read and preprocess every source once; returns ``{"case_id", "prepared"}`` items."""
+    ds = CacheDataset([{"source": s} for s in sources], transform=_Prepare(config),
+                      cache_rate=1.0, num_workers=num_workers or None, progress=False,
+                      copy_cache=False)
+    return [ds[i] for i in range(len(ds))]
+
+
+def split_subjects(case_ids: Sequence[str], val_fraction: float, seed: int
+                   ) -> tuple[list[str], list[str]]:
+    """Subject-level split; deterministic for a seed.  One subject: no validation set."""
+    ids = sorted(set(case_ids))
+    if len(ids) < 2 or val_fraction <= 0:
+        return ids, []
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = min(len(ids) - 1, max(1, round(val_fraction * len(ids))))
+    val = sorted(ids[i] for i in order[:n_val])
+    return [i for i in ids if i not in val], val
+
+
+def sample_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from parts (seed, epoch, index), independent of worker layout."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random augmentation applied after the cache.  Parameters are drawn per sample from
+    :func:`sample_seed` (seed, epoch, index), so a run (and a resumed run) replays exactly."""
+
+    flip_lr: bool = False
+    intensity_scale: float = 0.0  # multiply by 1 + U(-s, s)
+    intensity_shift: float = 0.0  # add U(-s, s)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> Augment:
+        values = dict(values or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MedaeError(f"data.augment: unknown key(s) {', '.join(unknown)}")
+        return cls(**values)
+
+    def draw(self, seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        return {"flip_lr": bool(self.flip_lr and rng.random() < 0.5),
+                "scale": float(1 + rng.uniform(-1, 1) * self.intensity_scale),
+                "shift": float(rng.uniform(-1, 1) * self.intensity_shift)}
+
+    @staticmethod
+    def apply(image: np.ndarray, mask: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
+        if params["flip_lr"]:  # axis 0 is left-right in the RAS array
+            image, mask = image[::-1], mask[::-1]
+        image = image * params["scale"] + params["shift"] * mask
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
+
+
+class SampleDataset(Dataset):
+    """2D slices (axial, along the RAS z axis) or 3D patches of cached volumes.
+
+    Items are ``{"image": (1, *size), "mask": (1, *size)}`` float32 tensors.
+    """
+
+    def __init__(self, items: Sequence[dict], spatial_dims: int, *, patch_size=None,
+                 min_foreground: float = 0.05, augment: Augment | None = None, seed: int = 0):
+        self.volumes = [it["prepared"] for it in items]
+        self.case_ids = [it["case_id"] for it in items]
+        self.spatial_dims = spatial_dims
+        self.augment = augment or Augment()
+        self.seed, self.epoch = seed, 0
+        self.index: list[tuple[int, tuple[slice, ...]]] = []
+        self.dropped_label = 0
+        for v, prep in enumerate(self.volumes):
+            for window in self._windows(prep.image.shape, patch_size):
+                fg = prep.mask[window]
+                if fg.mean() < min_foreground:
+                    continue
+                if prep.label is not None and prep.label[window].any():
+                    self.dropped_label += 1
+                    continue
+                self.index.append((v, window))
+
+    def _windows(self, shape, patch_size):
+        if self.spatial_dims == 2:
+            return [(slice(None), slice(None), z) for z in range(shape[2])]
+        size = tuple(shape if patch_size is None else patch_size)
+        if any(p > n for p, n in zip(size, shape, strict=True)):
+            raise MedaeError(f"patch size {size} is larger than the preprocessed volume {shape}")
+        starts = [sorted({*range(0, n - p + 1, max(1, p // 2)), n - p})
+                  for p, n in zip(size, shape, strict=True)]
+        return [tuple(slice(a, a + p) for a, p in zip(corner, size, strict=True))
+                for corner in np.array(np.meshgrid(*starts, indexing="ij")).reshape(3, -1).T]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        v, window = self.index[i]
+        prep = self.volumes[v]
+        image, mask = prep.image[window], prep.mask[window]
+        params = self.augment.draw(sample_seed(self.seed, self.epoch, i))
+        image, mask = Augment.apply(image, mask, params)
+        return {"image": torch.from_numpy(image)[None],
+                "mask": torch.from_numpy(mask.astype(np.float32))[None]}

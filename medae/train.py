@@ -1,0 +1,370 @@
+"""The training loop: mixed precision, checkpoints, exact resume, early stopping, DDP, logging.
+
+Everything random is drawn from seeds derived from (seed, epoch, step), and the RNG states that
+remain (dropout, VAE sampling) are checkpointed, so ``--resume`` continues exactly on a CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from medae import __version__
+from medae.bundle import save_bundle
+from medae.config import dump_config
+from medae.data import Augment, SampleDataset, cache_cases, sample_seed, split_subjects
+from medae.errors import MedaeError
+from medae.io.atomic import atomic_write_bytes
+from medae.io.discover import ScanSource
+from medae.models import apply_coarse_noise, autoencoder_loss, create_model
+from medae.models.noise import draw_coarse_noise_params
+from medae.preprocess import PreprocessConfig
+
+CHECKPOINT = "checkpoint.pt"
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MedaeError("--device cuda: no CUDA device is available (use --device cpu)")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise MedaeError(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+@dataclass
+class History:
+    rows: list[dict] = field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+
+def model_kwargs(config: dict) -> dict:
+    m = dict(config["model"])
+    size = PreprocessConfig.from_dict(config["preprocess"]).size
+    dims = int(m.get("spatial_dims", 2))
+    if "in_shape" not in m:
+        shape = config["data"]["patch_size"] or size
+        shape = tuple(shape)[:dims] if dims == 2 else tuple(shape)
+        if any(s is None for s in shape):
+            raise MedaeError("config: preprocess.size (or data.patch_size for 3D) must fix the "
+                             f"model's input size, got {shape}")
+        m["in_shape"] = list(shape)
+    return m
+
+
+def make_loader(ds, batch_size: int, shuffle: bool, epoch: int, seed: int, d: Dist,
+            num_workers: int, pin: bool) -> DataLoader:
+    if d.world > 1:
+        sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=shuffle,
+                                     seed=seed, drop_last=shuffle)
+        sampler.set_epoch(epoch)
+    elif shuffle:
+        g = torch.Generator()
+        g.manual_seed(sample_seed(seed, "order", epoch))
+        sampler = RandomSampler(ds, generator=g)
+    else:
+        sampler = SequentialSampler(ds)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin, drop_last=False, persistent_workers=False)
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _corrupt(x, mask, noise_cfg: dict | None, seed: int):
+    """Denoising models train on inputs with coarse noise; the draw is seeded per step."""
+    if noise_cfg is None:
+        return x
+    g = torch.Generator()
+    g.manual_seed(seed)
+    params = draw_coarse_noise_params(g, **noise_cfg)
+    return apply_coarse_noise(x, mask, params)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getbuffer())
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _Progress:
+    def __init__(self, total: int, epoch: int, enabled: bool):
+        self.total, self.epoch, self.enabled = total, epoch, enabled
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, loss: float, samples: int) -> None:
+        if not (self.enabled and self.tty):
+            return
+        rate = samples / max(time.perf_counter() - self.t0, 1e-9)
+        n = int(30 * step / max(self.total, 1))
+        print(f"\repoch {self.epoch:3d} [{'#' * n}{'.' * (30 - n)}] {step}/{self.total} "
+              f"loss {loss:.4g} {rate:.1f} samples/s", end="", file=sys.stderr, flush=True)
+
+    def close(self, line: str) -> None:
+        if self.enabled:
+            print(("\r" if self.tty else "") + line + " " * 10, file=sys.stderr, flush=True)
+
+
+def train_step(net, model, batch: dict, *, opt, scaler, sched, device: torch.device,
+               precision: str, noise: dict | None, noise_seed: int, loss_args: dict,
+               masked: bool, grad_clip: float) -> dict[str, float]:
+    """One optimisation step on a batch; returns the loss parts (floats)."""
+    x = batch["image"].to(device, non_blocking=True)
+    mask = batch["mask"].to(device, non_blocking=True)
+    x_in = _corrupt(x, mask, noise, noise_seed)
+    with _autocast(device, precision):
+        out = net(x_in)
+    loss, parts = autoencoder_loss(model, out, x, mask=mask if masked else None, **loss_args)
+    if not torch.isfinite(loss):
+        return {**parts, "total": float("nan")}
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    return parts
+
+
+def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
+          resume: bool = False, device: str = "auto", progress: bool = True) -> Path:
+    """Train the recipe ``config`` on healthy ``sources``; write the bundle into ``output``.
+
+    Returns the run folder.  ``config`` is the resolved recipe (:func:`medae.config.load_config`).
+    """
+    run = Path(output)
+    dev = resolve_device(device)
+    d = _init_distributed(dev)
+    tc, dc, lc = config["train"], config["data"], config["loss"]
+    precision = str(tc["precision"])
+    if precision not in PRECISIONS:
+        raise MedaeError(f"train.precision: expected 32, bf16 or fp16, got {precision!r}")
+    seed = int(tc["seed"])
+    if dev.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(seed)
+
+    ckpt_path = run / CHECKPOINT
+    if d.main:
+        run.mkdir(parents=True, exist_ok=True)
+        if not resume and (run / "model.json").exists():
+            raise MedaeError(run, "already holds a trained model (use --resume, or a new folder)")
+    if resume and not ckpt_path.exists():
+        raise MedaeError(ckpt_path, "no checkpoint to resume from")
+    if d.main and not resume:
+        atomic_write_bytes(run / "config.yaml", dump_config(config).encode())
+
+    pre = PreprocessConfig.from_dict(config["preprocess"])
+    if not sources:
+        raise MedaeError("no training scans found")
+    train_ids, val_ids = split_subjects([s.case_id for s in sources], dc["val_fraction"], seed)
+    by_id = {s.case_id: s for s in sources}
+    workers = int(dc["cache_workers"])
+    train_items = cache_cases([by_id[i] for i in train_ids], pre, workers)
+    val_items = cache_cases([by_id[i] for i in val_ids], pre, workers) if val_ids else []
+
+    kwargs = model_kwargs(config)
+    dims = int(kwargs["spatial_dims"])
+    common = {"patch_size": dc["patch_size"], "min_foreground": dc["min_foreground"]}
+    train_ds = SampleDataset(train_items, dims, augment=Augment.from_dict(dc["augment"]),
+                             seed=seed, **common)
+    val_ds = SampleDataset(val_items, dims, seed=seed, **common) if val_items else None
+    if len(train_ds) == 0:
+        raise MedaeError("no training samples left after dropping empty and lesion slices")
+
+    model = create_model(**kwargs).to(dev)
+    net = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=float(tc["lr"]),
+                            weight_decay=float(tc["weight_decay"]))
+    bs = int(tc["batch_size"])
+    steps_per_epoch = math.ceil(len(train_ds) / (bs * d.world))
+    if tc["max_steps_per_epoch"]:
+        steps_per_epoch = min(steps_per_epoch, int(tc["max_steps_per_epoch"]))
+    epochs = int(tc["epochs"])
+    total = max(1, epochs * steps_per_epoch)
+    warm = int(tc["warmup_steps"])
+
+    def lr_factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if tc["schedule"] == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+    hist, start, best_state = History(), 0, None
+    if resume:
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        hist = History(ck["history"], ck["best_val"], ck["best_epoch"], ck["bad_epochs"])
+        best_state, start = ck["best_model"], ck["epoch"] + 1
+        _set_rng_state(ck["rng"], dev)
+
+    log_path = run / "log.csv"
+    pin = dev.type == "cuda"
+    loss_args = {"kind": lc["kind"], "beta": float(lc["beta"]), "sparsity": float(lc["sparsity"])}
+    noise = getattr(model, "noise", None)  # denoising models carry their noise settings
+    noise_cfg = noise.to_dict() if noise is not None else None
+    for epoch in range(start, epochs):
+        if hist.bad_epochs >= int(tc["patience"]) and val_ds is not None:
+            break
+        train_ds.set_epoch(epoch)
+        loader = make_loader(train_ds, bs, True, epoch, seed, d, int(dc["num_workers"]), pin)
+        net.train()
+        bar = _Progress(steps_per_epoch, epoch, progress and d.main)
+        t0, seen, sums = time.perf_counter(), 0, {}
+        for step, batch in enumerate(loader):
+            if step >= steps_per_epoch:
+                break
+            parts = train_step(net, model, batch, opt=opt, scaler=scaler, sched=sched,
+                               device=dev, precision=precision, noise=noise_cfg,
+                               noise_seed=sample_seed(seed, "noise", epoch, step),
+                               loss_args=loss_args, masked=bool(lc["masked"]),
+                               grad_clip=float(tc["grad_clip"] or 0))
+            if not math.isfinite(parts["total"]):
+                raise MedaeError(f"epoch {epoch} step {step}: the loss is not finite "
+                                 f"({parts}); lower train.lr or use --precision 32")
+            x = batch["image"]
+            seen += x.shape[0]
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * x.shape[0]
+            bar.update(step + 1, parts["total"], seen)
+        seconds = time.perf_counter() - t0
+        train_parts = {k: v / max(seen, 1) for k, v in sums.items()}
+        val_loss = _validate(model, val_ds, dev, precision, bs, noise_cfg, seed, lc,
+                             loss_args) if val_ds is not None else None
+        if d.world > 1:
+            stats = torch.tensor([train_parts.get("total", 0.0), seen], dtype=torch.float64)
+            dist.all_reduce(stats)
+            train_parts["total"] = float(stats[0] / d.world)
+            seen = int(stats[1])
+        score = val_loss if val_loss is not None else train_parts["total"]
+        if score < hist.best_val:
+            hist.best_val, hist.best_epoch, hist.bad_epochs = score, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            hist.bad_epochs += 1
+        row = {"epoch": epoch, "train_loss": train_parts["total"], "val_loss": val_loss,
+               "lr": sched.get_last_lr()[0], "samples_per_s": seen / max(seconds, 1e-9),
+               "seconds": seconds, **{f"train_{k}": v for k, v in train_parts.items()
+                                      if k != "total"}}
+        hist.rows.append(row)
+        val_txt = f"val {val_loss:.4g}" if val_loss is not None else "no validation set"
+        bar.close(f"epoch {epoch:3d} train {train_parts['total']:.4g} {val_txt} "
+                  f"{row['samples_per_s']:.1f} samples/s")
+        if d.main:
+            _write_log(log_path, hist.rows)
+            _save_checkpoint(ckpt_path, {
+                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                "history": hist.rows, "best_val": hist.best_val, "best_epoch": hist.best_epoch,
+                "bad_epochs": hist.bad_epochs, "best_model": best_state,
+                "rng": _rng_state(dev)})
+    if d.main:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        summary = {
+            "train_subjects": len(train_ids), "val_subjects": len(val_ids),
+            "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
+            "dropped_lesion_samples": train_ds.dropped_label,
+            "epochs_run": len(hist.rows), "best_epoch": hist.best_epoch,
+            "best_loss": hist.best_val, "selected_on": "validation" if val_ds else "training",
+            "precision": precision, "seed": seed, "world_size": d.world,
+            "device": dev.type, "medae_version": __version__,
+        }
+        intensity = [{"case_id": it["case_id"], **it["prepared"].stats} for it in train_items]
+        save_bundle(run, model, config, training=summary, intensity=intensity,
+                    val_cases=val_ids)
+    if d.world > 1:
+        dist.barrier()
+    return run
+
+
+@torch.no_grad()
+def _validate(model, ds, dev, precision, bs, noise_cfg, seed, lc, loss_args) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    loader = DataLoader(ds, batch_size=bs, shuffle=False)
+    for step, batch in enumerate(loader):
+        x = batch["image"].to(dev)
+        mask = batch["mask"].to(dev)
+        x_in = _corrupt(x, mask, noise_cfg, sample_seed(seed, "val-noise", step))
+        with _autocast(dev, precision):
+            out = model(x_in)
+        loss, _ = autoencoder_loss(model, out, x, mask=mask if lc["masked"] else None,
+                                   **loss_args)
+        total += float(loss) * x.shape[0]
+        n += x.shape[0]
+    model.train()
+    return total / max(n, 1)
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
