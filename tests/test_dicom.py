@@ -323,7 +323,8 @@ def test_two_series_need_selection(tmp_path):
     with pytest.raises(SeriesSelectionError) as err:
         load_dicom_folder(tmp_path)
     message = str(err.value)
-    assert "\n" not in message and "--series" in message and "series=<key>" in message
+    assert "\n" not in message and "--series" not in message
+    assert "medae.load_scan(path, series=<key>)" in message and "`medae info`" in message
     for s in found:
         assert f"{s.key} ({s.describe()})" in message
         assert len(s.key) == 10 and all(c in "0123456789abcdef" for c in s.key)

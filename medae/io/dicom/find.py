@@ -1,0 +1,81 @@
+"""First pass over files: read headers, group frames into series and volumes."""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medae.io.dicom.frames import _Frame, _frames_of, _safe_meta
+from medae.io.dicom.headers import _read_header, _skip_reason, is_dicom_file
+from medae.io.dicom.mosaic import _is_mosaic, _label_mosaics, _mosaic_series
+from medae.io.dicom.series import DicomSeries, _volumes
+from medae.io.dicom.values import _clean, _get, _int, _short
+
+
+def _series_facts(ds: Any) -> tuple[dict[str, Any], int | None, str]:
+    return (_safe_meta(ds), _int(_get(ds, "SeriesNumber")),
+            _clean(_get(ds, "Modality"), 16) or "OT")
+
+
+def find_dicom_series(files) -> tuple[list[DicomSeries], list[str]]:
+    """Read headers of ``files`` and group their frames into loadable volumes.
+
+    Returns the series (one per volume) and one note per skipped file.
+    """
+    notes: list[str] = []
+    frames_by_group: dict[tuple, list[_Frame]] = defaultdict(list)
+    info: dict[tuple, tuple[dict[str, Any], int | None, str]] = {}
+    mosaics: list[DicomSeries] = []
+    seen_instances: dict[tuple[str, int], Path] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # pydicom warns about every odd value it meets
+        for path in sorted(Path(p) for p in files):
+            if path.name.upper() == "DICOMDIR":
+                notes.append(f"{path}: skipped, DICOMDIR (directory index), not an image")
+                continue
+            if not is_dicom_file(path):
+                notes.append(f"{path}: skipped, not a DICOM file")
+                continue
+            try:
+                ds, pixel = _read_header(path)
+            except Exception as exc:  # pydicom raises many types for broken headers
+                notes.append(f"{path}: skipped, unreadable DICOM header ({_short(exc, 80)})")
+                continue
+            reason = _skip_reason(path, ds, pixel)
+            if reason:
+                notes.append(f"{path}: skipped, {reason}")
+                continue
+            try:
+                uid = str(_get(ds, "SeriesInstanceUID") or f"nouid:{path}")
+                if _is_mosaic(ds):
+                    mosaics.append(_mosaic_series(path, ds, uid, *_series_facts(ds)))
+                    continue
+                frames = _frames_of(path, ds, pixel)
+                sop = str(_get(ds, "SOPInstanceUID") or "")
+                f0 = frames[0]
+                spacing = tuple(np.round(f0.spacing, 3)) if f0.spacing else None
+                gkey = (uid, f0.rows, f0.cols, spacing)
+                if gkey not in info:   # facts read once per group, not once per file
+                    info[gkey] = _series_facts(ds)
+            except Exception as exc:
+                notes.append(f"{path}: skipped, unusable DICOM header ({_short(exc, 80)})")
+                continue
+            if sop:
+                first = seen_instances.setdefault((sop, len(frames)), path)
+                if first != path:
+                    notes.append(f"{path}: skipped, duplicate of {first} (same SOP instance)")
+                    continue
+            frames_by_group[gkey].extend(frames)
+
+    series: list[DicomSeries] = []
+    for gkey, frames in frames_by_group.items():
+        meta, number, modality = info[gkey]
+        series.extend(_volumes(gkey, frames, meta, number, modality))
+    series.extend(_label_mosaics(mosaics))
+    series.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30,
+                               str(s.folder), s.volume or "", s.key))
+    return series, notes

@@ -1,0 +1,88 @@
+"""Second pass: decode a series into a scan; loading the one series under a folder."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from medae.errors import ScanReadError, SeriesSelectionError
+from medae.io.dicom.find import find_dicom_series
+from medae.io.dicom.frames import _Frame
+from medae.io.dicom.mosaic import _read_mosaic
+from medae.io.dicom.pixels import _file_pixels
+from medae.io.dicom.series import DicomSeries
+from medae.io.dicom.values import _clean
+from medae.io.scan import Grid, Scan
+
+
+def read_dicom_series(series: DicomSeries) -> Scan:
+    """Decode the pixels of ``series`` (each file once) and build the scan."""
+    meta = {k: v for k, v in series._meta if not k.startswith("_")}
+    if series._mosaic:
+        data, affine, mosaic_meta = _read_mosaic(series)
+        meta = {k: v for k, v in mosaic_meta.items() if not k.startswith("_")}
+        meta["NumberOfSlices"] = data.shape[2]
+    else:
+        if series._problem or series._affine is None:
+            raise ScanReadError(series.where, series._problem or "unusable geometry")
+        frames = series._frames
+        stack = np.empty((len(frames), series.rows, series.cols), dtype=np.float32)
+        by_file: dict[Path, list[tuple[int, _Frame]]] = defaultdict(list)
+        for k, f in enumerate(frames):
+            by_file[f.file].append((k, f))
+        for path, items in by_file.items():
+            pixels = _file_pixels(path, items[0][1])
+            for k, f in items:
+                plane = stack[k]
+                plane[...] = pixels[f.index]
+                if f.slope != 1.0 or f.intercept != 0.0:
+                    plane *= np.float32(f.slope)
+                    plane += np.float32(f.intercept)
+        data = stack.transpose(2, 1, 0)   # (frame, row, col) -> (col, row, frame)
+        affine = series._affine
+    grid = Grid(shape=tuple(int(s) for s in data.shape), affine=affine.copy())
+    return Scan.from_grid(data, grid, source=series.source, kind="dicom", meta=meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# folders
+
+def _list_files(folder: Path) -> list[Path]:
+    if folder.is_file():
+        return [folder]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return out
+
+
+def load_dicom_folder(folder: str | os.PathLike, series: str | None = None) -> Scan:
+    """Load the one DICOM image series under ``folder`` (or the one picked by key)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise ScanReadError(folder, "no such file or folder")
+    files = _list_files(folder)
+    found, notes = find_dicom_series(files)
+    if not found:
+        if folder.is_file() and notes:
+            reason = notes[0].split(": skipped, ", 1)[-1]
+            raise ScanReadError(folder, reason)
+        extra = f" ({len(notes)} file{'s' if len(notes) != 1 else ''} skipped)" if notes else ""
+        raise ScanReadError(folder, f"no DICOM image series found{extra}")
+    listing = "; ".join(f"{s.key} ({s.describe()})" for s in found)
+    if series is not None:
+        picked = [s for s in found if s.key == series]
+        if not picked:
+            raise SeriesSelectionError(folder, f"no series with key {_clean(series, 40)!r}; "
+                                               f"found: {listing}")
+        return read_dicom_series(picked[0])
+    if len(found) > 1:
+        raise SeriesSelectionError(
+            folder, f"{len(found)} DICOM series found: {listing}; "
+                    "pick one with medae.load_scan(path, series=<key>); "
+                    "`medae info` lists them all")
+    return read_dicom_series(found[0])
