@@ -12,6 +12,16 @@ from medae.io import (
     write_on_grid,
 )
 
+
+def __getattr__(name: str):
+    # torch and MONAI load only when a model is needed (keeps `medae info` and imports fast)
+    if name == "load_model":
+        from medae.scoring import load_model
+
+        return load_model
+    raise AttributeError(f"module 'medae' has no attribute {name!r}")
+
+
 __all__ = [
     "MedaeError",
     "Scan",
@@ -20,6 +30,7 @@ __all__ = [
     "SeriesSelectionError",
     "__version__",
     "discover",
+    "load_model",
     "load_scan",
     "read_manifest",
     "write_on_grid",

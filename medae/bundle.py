@@ -47,7 +47,8 @@ class Bundle:
 
 
 def save_bundle(run: str | os.PathLike, model: torch.nn.Module, config: dict, *,
-                training: dict, intensity: list[dict], val_cases: list[str]) -> Path:
+                training: dict, intensity: list[dict], val_cases: list[str],
+                calibration: dict | None = None) -> Path:
     """Write weights and metadata atomically into ``run``."""
     run = Path(run)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -60,7 +61,7 @@ def save_bundle(run: str | os.PathLike, model: torch.nn.Module, config: dict, *,
         "training": training,
         "intensity": intensity,
         "validation_cases": list(val_cases),
-        "calibration": None,
+        "calibration": calibration,
         "weights": {"file": WEIGHTS, "sha256": hashlib.sha256(payload).hexdigest()},
     }
     atomic_write_bytes(run / WEIGHTS, payload)

@@ -57,6 +57,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from medae.batch import parse_shard, score_sources
+    from medae.io.discover import discover_with_notes
+    from medae.scoring import load_model
+
+    shard = parse_shard(args.shard)
+    if args.fpr is not None and args.threshold is not None:
+        raise MedaeError("--fpr and --threshold exclude each other")
+    model = load_model(args.model, device=args.device, batch_size=args.batch_size,
+                       precision=args.precision)
+    sources, notes = discover_with_notes(args.input)
+    for note in notes:
+        print(f"note: skipped {note}", file=sys.stderr)
+    if not sources:
+        raise MedaeError(args.input, "no NIfTI file or DICOM image series found")
+    arguments = {k: v for k, v in vars(args).items() if k not in ("func",)}
+    summary = score_sources(
+        model, sources, args.output, fpr=args.fpr, threshold=args.threshold, shard=shard,
+        resume=args.resume, save_reconstruction=args.save_reconstruction,
+        save_latent=args.save_latent, overlays=not args.no_overlays, workers=args.workers,
+        progress=not args.quiet, arguments=arguments)
+    print(f"scored {summary.scored}, skipped {summary.skipped} (already done), "
+          f"failed {summary.failed}; results in {args.output}")
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medae",
@@ -91,6 +117,37 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dotted override, e.g. --set model.latent_size=256 (repeatable)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     tr.set_defaults(func=_cmd_train)
+
+    sc = sub.add_parser(
+        "score", help="heat maps, lesion candidates and overlays for a folder of scans",
+        description="Score every scan in --input (NIfTI file, DICOM series folder, folder tree, "
+                    "or CSV manifest) with a trained model.  Writes OUT/<case_id>/"
+                    "{anomaly_map.nii.gz, candidates.nii.gz, candidates.csv, overlay_*.png}, "
+                    "OUT/scores.csv, OUT/failures.csv and OUT/run.json.  A scan that fails is "
+                    "recorded and the others go on; exit status 1 when any failed.")
+    sc.add_argument("--model", required=True, help="run folder with model.json")
+    sc.add_argument("--input", required=True, help="scan file, folder, or CSV manifest")
+    sc.add_argument("--output", required=True, help="output folder")
+    sc.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    sc.add_argument("--fpr", type=float,
+                    help="voxel threshold calibrated for this healthy false-positive rate "
+                         "(default 0.01)")
+    sc.add_argument("--threshold", type=float, help="voxel threshold set by hand")
+    sc.add_argument("--shard", help="i/n: score only the i-th of n parts (SLURM arrays, GPUs)")
+    sc.add_argument("--continue", dest="resume", action="store_true",
+                    help="skip scans already finished in OUT")
+    sc.add_argument("--save-reconstruction", action="store_true",
+                    help="also write the reconstruction (the 'denoised' scan) per case")
+    sc.add_argument("--save-latent", action="store_true",
+                    help="also write OUT/latents.npz: one latent code per scan")
+    sc.add_argument("--no-overlays", action="store_true", help="skip the PNG pictures")
+    sc.add_argument("--batch-size", type=int, default=32, help="slices/windows per forward pass")
+    sc.add_argument("--precision", choices=["32", "bf16", "fp16"], default="32",
+                    help="inference precision (default 32)")
+    sc.add_argument("--workers", type=int, default=2,
+                    help="threads loading and preprocessing ahead of the model (default 2)")
+    sc.add_argument("-q", "--quiet", action="store_true", help="no per-scan progress lines")
+    sc.set_defaults(func=_cmd_score)
     return parser
 
 

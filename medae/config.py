@@ -41,8 +41,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "max_steps_per_epoch": None,
     },
+    "scoring": {},  # medae.scoring.MapConfig fields (residual, erode, median, ...)
 }
-_OPEN_SECTIONS = {"model", "preprocess"}  # keys validated by the model factory / PreprocessConfig
+# keys validated by the model factory, PreprocessConfig and MapConfig
+_OPEN_SECTIONS = {"model", "preprocess", "scoring"}
 
 
 def _merge(base: dict, extra: dict, where: str) -> dict:

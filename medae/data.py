@@ -18,27 +18,15 @@ from monai.transforms import Transform
 from torch.utils.data import Dataset
 
 from medae.errors import MedaeError
-from medae.io.discover import ScanSource, load_scan
+from medae.io.discover import ScanSource
 from medae.preprocess import Prepared, PreprocessConfig, preprocess
 
 
 def load_prepared(source: ScanSource, config: PreprocessConfig) -> Prepared:
     """Read a source (and its mask/label files) and preprocess it."""
     scan = source.load()
-    mask = label = None
-    if source.mask is not None:
-        mask = _on_scan_grid(source.mask, scan, "mask") > 0
-    if source.label is not None:
-        label = _on_scan_grid(source.label, scan, "label") > 0
-    return preprocess(scan, config, mask=mask, label=label)
-
-
-def _on_scan_grid(path, scan, what: str) -> np.ndarray:
-    other = load_scan(path)
-    if other.shape != scan.shape or not np.allclose(other.affine, scan.affine, atol=1e-3):
-        raise MedaeError(path, f"{what} is not on the image's grid ({other.describe()} vs "
-                               f"{scan.describe()})")
-    return other.array
+    return preprocess(scan, config, mask=source.load_companion("mask", scan),
+                      label=source.load_companion("label", scan))
 
 
 class _Prepare(Transform):

@@ -30,6 +30,8 @@ from medae.io.discover import ScanSource
 from medae.models import apply_coarse_noise, autoencoder_loss, create_model
 from medae.models.noise import draw_coarse_noise_params
 from medae.preprocess import PreprocessConfig
+from medae.scoring.heatmap import MapConfig
+from medae.scoring.threshold import calibrate_on
 
 CHECKPOINT = "checkpoint.pt"
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -212,6 +214,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         atomic_write_bytes(run / "config.yaml", dump_config(config).encode())
 
     pre = PreprocessConfig.from_dict(config["preprocess"])
+    map_cfg = MapConfig.from_dict(config["scoring"])  # validated before any work
     if not sources:
         raise MedaeError("no training scans found")
     train_ids, val_ids = split_subjects([s.case_id for s in sources], dc["val_fraction"], seed)
@@ -324,6 +327,9 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     if d.main:
         if best_state is not None:
             model.load_state_dict(best_state)
+        calibration = calibrate_on(model, val_items or train_items, map_cfg,
+                                   "validation" if val_items else "training (no validation set)",
+                                   device=dev, batch_size=bs, precision=precision)
         summary = {
             "train_subjects": len(train_ids), "val_subjects": len(val_ids),
             "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
@@ -335,7 +341,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         }
         intensity = [{"case_id": it["case_id"], **it["prepared"].stats} for it in train_items]
         save_bundle(run, model, config, training=summary, intensity=intensity,
-                    val_cases=val_ids)
+                    val_cases=val_ids, calibration=calibration)
     if d.world > 1:
         dist.barrier()
     return run

@@ -61,3 +61,81 @@ def write_phantoms(folder: Path, n: int, shape=(24, 28, 20), seed: int = 0,
         nib.save(nib.Nifti1Image(img, aff), path)
         paths.append(path)
     return paths
+
+
+def write_dicom_volume(folder: Path, volume, spacing=(2.0, 2.0, 2.0), *, series_number=3,
+                       patient_name="Doe^Jane", patient_id="PID-12345",
+                       series_description="T2 FLAIR") -> list[Path]:
+    """Write a (X, Y, Z) int16 volume as an axial MR DICOM series (one file per slice)."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid, study_uid = generate_uid(), generate_uid()
+    paths = []
+    for k in range(volume.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"IM{k:04d}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.PatientName, ds.PatientID = patient_name, patient_id
+        ds.PatientBirthDate, ds.AccessionNumber = "19700101", "ACC-998877"
+        ds.SeriesDescription, ds.Modality, ds.SeriesNumber = series_description, "MR", series_number
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, float(k * spacing[2])]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
+        ds.SliceThickness = float(spacing[2])
+        pixels = np.ascontiguousarray(volume[:, :, k].T).astype("<i2")
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation = 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1.0, 0.0
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+TINY_2D = ["model.channels=[8, 16, 32]", "preprocess.spacing=[2, 2, 2]",
+           "preprocess.size=[24, 28, 20]", "train.batch_size=8", "train.warmup_steps=2",
+           "train.lr=0.003", "data.augment={}", "train.epochs=12"]
+PHANTOM_SHAPE = (24, 28, 20)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small 2D autoencoder trained (seconds) on healthy phantoms; returns its run folder."""
+    from medae import discover
+    from medae.config import load_config
+    from medae.train import train
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    write_phantoms(root / "healthy", 6, shape=PHANTOM_SHAPE)
+    cfg = load_config(ROOT / "configs" / "ae2d.yaml", TINY_2D)
+    return train(cfg, discover(root / "healthy"), root / "run", device="cpu", progress=False)
+
+
+def lesion_phantom(seed: int = 11, radius: float = 2.5, value: float = 200.0):
+    """A healthy phantom (not seen in training) with a small bright sphere; returns
+    (volume, lesion mask, affine)."""
+    import numpy as np
+
+    shape = PHANTOM_SHAPE
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).astype(float)
+    centre = (np.array(shape) - 1) / 2
+    radii = np.array(shape) * 0.4
+    r = np.sqrt((((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0))
+    img = np.where(r < 1, 100 + 40 * (r < 0.5), 0).astype(np.float32)
+    img += (r < 1) * rng.normal(0, 3, shape).astype(np.float32)
+    c = centre + np.array([4.0, 3.0, 2.0])
+    lesion = np.sqrt(((grid - c[:, None, None, None]) ** 2).sum(0)) <= radius
+    img[lesion] = value
+    return img, lesion, np.diag([2.0, 2.0, 2.0, 1.0])

@@ -11,6 +11,17 @@ from pathlib import Path
 from medae.errors import MedaeError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: permissions for new files and folders (mkstemp/mkdtemp make them private otherwise)
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
     """Write ``data`` to ``path`` atomically (same-folder temporary file, then ``os.replace``)."""
     path = Path(path)
@@ -21,6 +32,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Pat
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), FILE_MODE)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from medae.errors import MedaeError, ScanReadError
 from medae.io import dicom
 from medae.io.nifti import is_nifti_path, read_nifti
@@ -36,6 +38,17 @@ class ScanSource:
         if self.series is not None:
             return dicom.read_dicom_series(self.series)
         return load_scan(self.path)
+
+    def load_companion(self, which: str, scan: Scan) -> np.ndarray | None:
+        """The ``mask`` or ``label`` file as a boolean array on ``scan``'s array grid."""
+        path = getattr(self, which)
+        if path is None:
+            return None
+        other = load_scan(path)
+        if other.shape != scan.shape or not np.allclose(other.affine, scan.affine, atol=1e-3):
+            raise ScanReadError(path, f"{which} is not on the image's grid ({other.describe()} "
+                                      f"vs {scan.describe()})")
+        return other.array > 0
 
     def describe(self) -> str:
         if self.series is not None:

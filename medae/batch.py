@@ -1,0 +1,233 @@
+"""The folder job: score many scans, resumable, one failure never stops the rest.
+
+Layout of ``OUT`` (scripts rely on it)::
+
+    OUT/<case_id>/anomaly_map.nii.gz   float32 heat map on the source's grid and affine
+    OUT/<case_id>/candidates.nii.gz    candidate labels (1 = strongest), same grid
+    OUT/<case_id>/candidates.csv       one row per candidate
+    OUT/<case_id>/overlay_*.png        pictures
+    OUT/<case_id>/reconstruction.nii.gz  (--save-reconstruction)
+    OUT/<case_id>/result.json          the case's score row (marks the case as finished)
+    OUT/scores.csv   OUT/failures.csv   OUT/run.json   OUT/latents.npz (--save-latent)
+
+A case is written into a hidden temporary folder and renamed into place when complete, so a
+killed job never leaves a partial case; ``--continue`` skips finished cases.  Tables are rebuilt
+from the per-case records after every case, so shards of one job can share ``OUT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medae import __version__
+from medae.errors import MedaeError
+from medae.io.atomic import DIR_MODE, atomic_write_bytes
+from medae.io.discover import ScanSource
+from medae.io.nifti import write_on_grid
+from medae.scoring.model import AnomalyModel, ScoreResult
+
+SCORE_COLUMNS = ["case_id", "source", "score", "flagged", "n_candidates", "status", "seconds"]
+CANDIDATE_COLUMNS = ["id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm",
+                     "centroid_z_mm", "bbox", "max_score", "mean_score"]
+FAILED_DIR = ".failed"
+
+
+@dataclass
+class BatchSummary:
+    scored: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` (1-based, as SLURM arrays count: 1/4 … 4/4) → (index, count)."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise MedaeError(f"--shard {text!r}: expected i/n, e.g. 1/4") from None
+    if not 1 <= i <= n:
+        raise MedaeError(f"--shard {text!r}: need 1 <= i <= n")
+    return i - 1, n
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _source_text(src: ScanSource) -> str:
+    return str(src.path) + (f" [{src.series.volume}]" if src.series and src.series.volume else "")
+
+
+def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict, *,
+                save_reconstruction: bool, overlays: bool) -> None:
+    """Write every output of a case into a temporary folder, then rename it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{src.case_id}.", suffix=".tmp", dir=out))
+    try:
+        tmp.chmod(DIR_MODE)
+        write_on_grid(result.heatmap, scan, tmp / "anomaly_map.nii.gz")
+        n = len(result.candidates)
+        label_dtype = np.uint8 if n < 256 else np.uint16 if n < 65536 else np.int32
+        write_on_grid(result.labels, scan, tmp / "candidates.nii.gz", dtype=label_dtype)
+        _write_csv(tmp / "candidates.csv", CANDIDATE_COLUMNS,
+                   [c.row() for c in result.candidates])
+        if save_reconstruction and result.reconstruction is not None:
+            write_on_grid(result.reconstruction, scan, tmp / "reconstruction.nii.gz")
+        if overlays:
+            from medae.overlay import write_overlays
+
+            write_overlays(scan.array, result.heatmap, scan.spacing, tmp,
+                           candidates=result.labels, threshold=result.threshold,
+                           mask=result.brain, units="anomaly score", title=src.case_id)
+        record = {"row": row, "threshold": result.threshold,
+                  "threshold_rule": result.threshold_rule,
+                  "latent": [float(v) for v in np.ravel(result.latent)]}
+        atomic_write_bytes(tmp / "result.json", json.dumps(record).encode())
+        final = out / src.case_id
+        if final.exists():  # a previous run's output (not --continue): replace it whole
+            old = out / f".{src.case_id}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load(model: AnomalyModel, src: ScanSource):
+    scan = src.load()
+    mask = src.load_companion("mask", scan)
+    return scan, model.prepare(scan, mask)
+
+
+def _prefetch(model: AnomalyModel, sources: Sequence[ScanSource], workers: int
+              ) -> Iterator[tuple[ScanSource, Future]]:
+    """Load and preprocess ahead of the model in worker threads (bounded look-ahead)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: list[tuple[ScanSource, Future]] = []
+        it = iter(sources)
+        for src in it:
+            pending.append((src, pool.submit(_load, model, src)))
+            if len(pending) > workers:
+                break
+        while pending:
+            yield pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_load, model, nxt)))
+
+
+def rebuild_tables(out: Path, save_latent: bool = False) -> tuple[list[dict], list[dict]]:
+    """Rewrite scores.csv / failures.csv (and latents.npz) from the per-case records."""
+    rows, failures, latents = [], [], []
+    for rec_path in sorted(out.glob("*/result.json")):
+        if rec_path.parent.name.startswith("."):
+            continue
+        rec = json.loads(rec_path.read_text())
+        rows.append(rec["row"])
+        latents.append((rec["row"]["case_id"], rec.get("latent") or []))
+    for fail_path in sorted((out / FAILED_DIR).glob("*.json")):
+        rec = json.loads(fail_path.read_text())
+        failures.append(rec)
+        rows.append({"case_id": rec["case_id"], "source": rec["source"], "score": "",
+                     "flagged": "", "n_candidates": "", "status": "failed",
+                     "seconds": rec.get("seconds", "")})
+    rows.sort(key=lambda r: r["case_id"])
+    _write_csv(out / "scores.csv", SCORE_COLUMNS, rows)
+    _write_csv(out / "failures.csv", ["case_id", "source", "reason"], failures)
+    if save_latent and latents:
+        width = max(len(v) for _, v in latents)
+        matrix = np.array([v if len(v) == width else [np.nan] * width for _, v in latents],
+                          dtype=np.float32)
+        buf = io.BytesIO()
+        np.savez(buf, case_id=np.array([c for c, _ in latents]), latent=matrix)
+        atomic_write_bytes(out / "latents.npz", buf.getvalue())
+    return rows, failures
+
+
+def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str | os.PathLike,
+                  *, fpr: float | None = None, threshold: float | None = None,
+                  shard: tuple[int, int] = (0, 1), resume: bool = False,
+                  save_reconstruction: bool = False, save_latent: bool = False,
+                  overlays: bool = True, workers: int = 2, progress: bool = True,
+                  arguments: dict | None = None) -> BatchSummary:
+    """Score ``sources`` into ``out`` (see the module docstring for the layout)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FAILED_DIR).mkdir(exist_ok=True)
+    leftovers = [*out.glob(".*.tmp"), *out.glob(".*.old"), *(out / FAILED_DIR).glob(".*.tmp")]
+    for leftover in leftovers:  # from a killed run
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    index, count = shard
+    mine = sorted(sources, key=lambda s: s.case_id)[index::count]
+    atomic_write_bytes(out / "run.json", json.dumps({
+        "medae_version": __version__, "python": platform.python_version(),
+        "model": str(model.bundle.path), "model_name": model.name,
+        "arguments": arguments or {}, "shard": f"{index + 1}/{count}", "n_scans": len(mine),
+    }, indent=2).encode())
+    summary = BatchSummary()
+    todo = []
+    for src in mine:
+        if resume and (out / src.case_id / "result.json").is_file():
+            summary.skipped += 1
+        else:
+            todo.append(src)
+    for k, (src, future) in enumerate(_prefetch(model, todo, workers), start=1):
+        t0 = time.perf_counter()
+        fail_path = out / FAILED_DIR / f"{src.case_id}.json"
+        try:
+            scan, prep = future.result()
+            result = model.score(scan, prepared=prep, fpr=fpr, threshold=threshold,
+                                 with_reconstruction=save_reconstruction)
+            seconds = time.perf_counter() - t0
+            row = {"case_id": src.case_id, "source": _source_text(src),
+                   "score": float(f"{result.score:.6g}"),
+                   "flagged": "" if result.flagged is None else int(result.flagged),
+                   "n_candidates": len(result.candidates), "status": "ok",
+                   "seconds": round(seconds, 3)}
+            _write_case(out, src, scan, result, row, save_reconstruction=save_reconstruction,
+                        overlays=overlays)
+            with contextlib.suppress(FileNotFoundError):
+                fail_path.unlink()
+            summary.scored += 1
+            msg = (f"score {result.score:.4g}, {len(result.candidates)} candidate(s), "
+                   f"{seconds:.1f} s")
+        except Exception as exc:  # one scan must never stop the others
+            summary.failed += 1
+            reason = str(exc) if isinstance(exc, MedaeError) else \
+                f"{src.path}: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            atomic_write_bytes(fail_path, json.dumps({
+                "case_id": src.case_id, "source": _source_text(src), "reason": reason,
+                "seconds": round(time.perf_counter() - t0, 3)}).encode())
+            msg = f"FAILED: {reason}"
+        if progress:
+            print(f"[{k}/{len(todo)}] {src.case_id}: {msg}", file=sys.stderr, flush=True)
+        rebuild_tables(out, save_latent)
+    rebuild_tables(out, save_latent)
+    return summary
