@@ -30,6 +30,8 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench_io.py
+	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_score.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -80,7 +80,7 @@ def _source_text(src: ScanSource) -> str:
 
 
 def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict, *,
-                save_reconstruction: bool, overlays: bool) -> None:
+                save_reconstruction: bool, overlays: bool, t0: float) -> None:
     """Write every output of a case into a temporary folder, then rename it into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{src.case_id}.", suffix=".tmp", dir=out))
     try:
@@ -99,6 +99,7 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
             write_overlays(scan.array, result.heatmap, scan.spacing, tmp,
                            candidates=result.labels, threshold=result.threshold,
                            mask=result.brain, units="anomaly score", title=src.case_id)
+        row["seconds"] = round(time.perf_counter() - t0, 3)  # loading to outputs written
         record = {"row": row, "threshold": result.threshold,
                   "threshold_rule": result.threshold_rule,
                   "latent": [float(v) for v in np.ravel(result.latent)]}
@@ -205,19 +206,17 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
             scan, prep = future.result()
             result = model.score(scan, prepared=prep, fpr=fpr, threshold=threshold,
                                  with_reconstruction=save_reconstruction)
-            seconds = time.perf_counter() - t0
             row = {"case_id": src.case_id, "source": _source_text(src),
                    "score": float(f"{result.score:.6g}"),
                    "flagged": "" if result.flagged is None else int(result.flagged),
-                   "n_candidates": len(result.candidates), "status": "ok",
-                   "seconds": round(seconds, 3)}
+                   "n_candidates": len(result.candidates), "status": "ok"}
             _write_case(out, src, scan, result, row, save_reconstruction=save_reconstruction,
-                        overlays=overlays)
+                        overlays=overlays, t0=t0)
             with contextlib.suppress(FileNotFoundError):
                 fail_path.unlink()
             summary.scored += 1
             msg = (f"score {result.score:.4g}, {len(result.candidates)} candidate(s), "
-                   f"{seconds:.1f} s")
+                   f"{row['seconds']:.1f} s")
         except Exception as exc:  # one scan must never stop the others
             summary.failed += 1
             reason = str(exc) if isinstance(exc, MedaeError) else \

@@ -7,7 +7,7 @@
 * ``overlay_mosaic.png``: 16 axial slices evenly spaced through the brain.
 
 Both show the scan in grey (window: 1st to 99.5th percentile inside the brain), the heat map in a
-perceptual colour map where it exceeds a display floor (half the threshold, or the 90th
+perceptual colour map where it exceeds a display floor (3/4 of the threshold, or the 90th
 percentile of the in-brain scores), candidate outlines in cyan, and a colour bar with the
 threshold marked.  Arrays are RAS+ (axis 0 left to right, 1 posterior to anterior, 2 inferior to
 superior); the pictures use the neurological convention (subject's left on the screen's left),
@@ -46,6 +46,7 @@ BACKGROUND = "#101010"
 TEXT = "#e8e8e8"
 CONTOUR = "#00e5ff"
 CROSSHAIR = "#7dff7d"
+FLOOR_FRACTION = 0.75  # heat is shown above this fraction of the threshold
 ALPHA_MIN, ALPHA_MAX = 0.45, 0.9   # heat opacity at the display floor and at the top of the bar
 _CMAP_NAME = "inferno"
 _CMAP_START = 0.2                  # skip inferno's near-black start: low scores stay visible
@@ -130,7 +131,7 @@ def write_overlays(image: np.ndarray, heatmap: np.ndarray, spacing: tuple[float,
         spacing: voxel size in mm per axis (panels keep the true aspect ratio).
         out_dir: folder for the pictures (created if missing).
         candidates: integer label image, same shape (0 background, 1..N candidates by score).
-        threshold: the voxel threshold; marked on the colour bar, half of it is the display floor.
+        threshold: the voxel threshold; marked on the colour bar; 3/4 of it is the display floor.
         mask: brain mask, same shape; default: voxels that differ from the image's background.
         units: label of the colour bar.
         title: figure title.
@@ -222,7 +223,7 @@ class _View:
         heat_max = float(inside.max()) if inside.size else 0.0
         heat_max = max(heat_max, float(heat.max()) if heat.size else 0.0)
         if threshold is not None and threshold > 0:
-            floor = 0.5 * float(threshold)
+            floor = FLOOR_FRACTION * float(threshold)
         else:
             floor = _percentiles(inside, (90.0,))[0] if inside.size else 0.0
         top = max(heat_max, float(threshold or 0.0) * 1.1, floor)

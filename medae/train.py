@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import math
 import os
 import sys
@@ -33,6 +34,7 @@ from medae.preprocess import PreprocessConfig
 from medae.scoring.heatmap import MapConfig
 from medae.scoring.threshold import calibrate_on
 
+log = logging.getLogger("medae")
 CHECKPOINT = "checkpoint.pt"
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -198,6 +200,8 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     precision = str(tc["precision"])
     if precision not in PRECISIONS:
         raise MedaeError(f"train.precision: expected 32, bf16 or fp16, got {precision!r}")
+    if precision == "fp16" and dev.type == "cpu":
+        log.warning("fp16 on a CPU is very slow (no fp16 kernels): prefer bf16 or 32 there")
     seed = int(tc["seed"])
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -265,6 +269,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         _set_rng_state(ck["rng"], dev)
 
     log_path = run / "log.csv"
+    board = _tensorboard(run) if d.main else None
     pin = dev.type == "cuda"
     loss_args = {"kind": lc["kind"], "beta": float(lc["beta"]), "sparsity": float(lc["sparsity"])}
     noise = getattr(model, "noise", None)  # denoising models carry their noise settings
@@ -318,12 +323,19 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
                   f"{row['samples_per_s']:.1f} samples/s")
         if d.main:
             _write_log(log_path, hist.rows)
+            if board is not None:
+                for key, value in row.items():
+                    if key != "epoch" and value is not None:
+                        board.add_scalar(key, value, epoch)
+                board.flush()
             _save_checkpoint(ckpt_path, {
                 "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                 "history": hist.rows, "best_val": hist.best_val, "best_epoch": hist.best_epoch,
                 "bad_epochs": hist.bad_epochs, "best_model": best_state,
                 "rng": _rng_state(dev)})
+    if board is not None:
+        board.close()
     if d.main:
         if best_state is not None:
             model.load_state_dict(best_state)
@@ -364,6 +376,15 @@ def _validate(model, ds, dev, precision, bs, noise_cfg, seed, lc, loss_args) -> 
         n += x.shape[0]
     model.train()
     return total / max(n, 1)
+
+
+def _tensorboard(run: Path):
+    """A TensorBoard writer into RUN_DIR/tensorboard when the package is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run / "tensorboard"))
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:

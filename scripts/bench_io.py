@@ -42,6 +42,12 @@ def _sitk_read(path: Path) -> np.ndarray:
     return sitk.GetArrayViewFromImage(sitk.Cast(img, sitk.sitkFloat32)).copy()
 
 
+def _nibabel_read(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.as_closest_canonical(nib.load(path)).get_fdata(dtype=np.float32))
+
+
 def _medae_read(path: Path) -> np.ndarray:
     return medae.load_scan(path).array
 
@@ -83,8 +89,9 @@ def main() -> None:
         assert a.size == b.size, (name, a.shape, b.shape)
         t_m = _best(_medae_read, path, args.repeat)
         t_s = _best(_sitk_read, path, args.repeat)
+        t_n = None if path.is_dir() else _best(_nibabel_read, path, args.repeat)
         mb = size / 1e6
-        rows.append((name, mb, t_m, mb / t_m, t_s, mb / t_s, t_s / t_m))
+        rows.append((name, mb, t_m, mb / t_m, t_s, mb / t_s, t_s / t_m, t_n))
         print(f"{name}: medae {t_m * 1e3:.1f} ms ({mb / t_m:.0f} MB/s), SimpleITK "
               f"{t_s * 1e3:.1f} ms ({mb / t_s:.0f} MB/s), ratio {t_s / t_m:.2f}", flush=True)
     print()
@@ -93,11 +100,13 @@ def main() -> None:
           f"SimpleITK {sitk.Version_VersionString()}, "
           f"{datetime.date.today().isoformat()}; best of {args.repeat} warm reads.")
     print()
-    print("| input | MB on disk | medae ms | medae MB/s | SimpleITK ms | SimpleITK MB/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for name, mb, t_m, r_m, t_s, r_s, ratio in rows:
+    print("| input | MB on disk | medae ms | medae MB/s | SimpleITK ms | SimpleITK MB/s "
+          "| ratio (SimpleITK time / medae time) | nibabel ms (for reference) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, mb, t_m, r_m, t_s, r_s, ratio, t_n in rows:
+        nib_ms = "n/a" if t_n is None else f"{t_n * 1e3:.1f}"
         print(f"| {name} | {mb:.1f} | {t_m * 1e3:.1f} | {r_m:.0f} | {t_s * 1e3:.1f} | {r_s:.0f} "
-              f"| {ratio:.2f} |")
+              f"| {ratio:.2f} | {nib_ms} |")
 
 
 if __name__ == "__main__":
