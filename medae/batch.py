@@ -5,6 +5,7 @@ Layout of ``OUT`` (scripts rely on it)::
     OUT/<case_id>/anomaly_map.nii.gz   float32 heat map on the source's grid and affine
     OUT/<case_id>/candidates.nii.gz    candidate labels (1 = strongest), same grid
     OUT/<case_id>/candidates.csv       one row per candidate
+    OUT/<case_id>/brain_mask.nii.gz    the brain mask scoring used, same grid
     OUT/<case_id>/overlay_*.png        pictures
     OUT/<case_id>/reconstruction.nii.gz  (--save-reconstruction)
     OUT/<case_id>/result.json          the case's score row (marks the case as finished)
@@ -89,6 +90,7 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
         n = len(result.candidates)
         label_dtype = np.uint8 if n < 256 else np.uint16 if n < 65536 else np.int32
         write_on_grid(result.labels, scan, tmp / "candidates.nii.gz", dtype=label_dtype)
+        write_on_grid(result.brain_mask, scan, tmp / "brain_mask.nii.gz", dtype=np.uint8)
         _write_csv(tmp / "candidates.csv", CANDIDATE_COLUMNS,
                    [c.row() for c in result.candidates])
         if save_reconstruction and result.reconstruction is not None:

@@ -83,6 +83,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from medae.evaluation.evaluate import evaluate
+    from medae.evaluation.report import write_report
+
+    metrics = evaluate(args.predictions, args.labels)
+    out = write_report(metrics, args.output, str(args.predictions), str(args.labels))
+    v = metrics["voxel"]
+
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    print(f"voxel AP {f(v['average_precision'])}, AUROC {f(v['auroc'])}, [Dice] (upper bound) "
+          f"{f(v['best_dice'])}, Dice at calibrated threshold {f(v['dice_at_threshold'])}, "
+          f"lesion recall {f(metrics['lesions']['recall'])}; report in {out / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medae",
@@ -148,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="threads loading and preprocessing ahead of the model (default 2)")
     sc.add_argument("-q", "--quiet", action="store_true", help="no per-scan progress lines")
     sc.set_defaults(func=_cmd_score)
+
+    ev = sub.add_parser(
+        "evaluate", help="metrics of scored scans against ground-truth lesion masks",
+        description="Read the outputs of medae score and lesion masks (any label > 0 is a "
+                    "lesion) and write REPORT_DIR/metrics.json, report.md and plots: pooled "
+                    "voxel AP and AUROC, [Dice] (upper bound), Dice at the calibrated threshold, "
+                    "lesion-wise recall and false positives by size, scan-level AUROC/AP.")
+    ev.add_argument("--predictions", required=True, help="output folder of medae score")
+    ev.add_argument("--labels", required=True,
+                    help="manifest (case_id,image[,mask],label) or folder of label files "
+                         "named by case id")
+    ev.add_argument("--output", required=True, help="report folder")
+    ev.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "loss": {"kind": "mse", "beta": 1.0, "sparsity": 1e-3, "masked": False},
     "train": {
         "epochs": 20,
+        "steps": None,  # total optimisation steps; when set, it decides the number of epochs
         "batch_size": 16,
         "lr": 1e-3,
         "weight_decay": 1e-5,

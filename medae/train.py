@@ -237,14 +237,20 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         raise MedaeError("no training samples left after dropping empty and lesion slices")
 
     model = create_model(**kwargs).to(dev)
-    net = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
-    opt = torch.optim.AdamW(model.parameters(), lr=float(tc["lr"]),
-                            weight_decay=float(tc["weight_decay"]))
+    ddp = d.world > 1 and any(p.requires_grad for p in model.parameters())
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # a model without parameters (the intensity baseline) is only calibrated
+    opt = torch.optim.AdamW(trainable or [torch.zeros(1, requires_grad=True)],
+                            lr=float(tc["lr"]), weight_decay=float(tc["weight_decay"]))
     bs = int(tc["batch_size"])
     steps_per_epoch = math.ceil(len(train_ds) / (bs * d.world))
     if tc["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, int(tc["max_steps_per_epoch"]))
     epochs = int(tc["epochs"])
+    if tc["steps"]:
+        epochs = math.ceil(int(tc["steps"]) / steps_per_epoch)
+    epochs = epochs if trainable else 0
     total = max(1, epochs * steps_per_epoch)
     warm = int(tc["warmup_steps"])
 
@@ -347,7 +353,9 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
             "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
             "dropped_lesion_samples": train_ds.dropped_label,
             "epochs_run": len(hist.rows), "best_epoch": hist.best_epoch,
-            "best_loss": hist.best_val, "selected_on": "validation" if val_ds else "training",
+            "best_loss": hist.best_val if math.isfinite(hist.best_val) else None,
+            "selected_on": ("not trained (no parameters)" if not trainable
+                            else "validation" if val_ds else "training"),
             "precision": precision, "seed": seed, "world_size": d.world,
             "device": dev.type, "medae_version": __version__,
         }

@@ -18,6 +18,7 @@ from conftest import PHANTOM_SHAPE, lesion_phantom, write_dicom_volume, write_ph
 import medae
 
 CASE_FILES = {"anomaly_map.nii.gz", "candidates.nii.gz", "candidates.csv", "result.json",
+              "brain_mask.nii.gz",
               "overlay_ortho.png", "overlay_mosaic.png"}
 
 

@@ -73,8 +73,13 @@ def test_anomaly_map_residuals_erosion_and_median():
     assert raw[6, 6, 6] == pytest.approx(2.25) and raw[9, 9, 9] == pytest.approx(0.0625)
     pos, _ = anomaly_map(image, recon, mask, MapConfig(erode=0, median=0, residual="positive"))
     assert pos[9, 9, 9] == 0
+    slab, _ = anomaly_map(image, recon, mask, MapConfig.from_dict({"erode": 0,
+                                                                  "median": [3, 3, 1]}))
+    assert slab[6, 6, 6] == pytest.approx(0.5)  # in-plane median only
     with pytest.raises(MedaeError, match="unknown key"):
         MapConfig.from_dict({"medain": 3})
+    with pytest.raises(MedaeError, match="median"):
+        MapConfig.from_dict({"median": [3, 3]})
 
 
 def test_lesion_found_and_outputs_on_the_source_grid(tiny_model, tmp_path):

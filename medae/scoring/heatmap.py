@@ -21,14 +21,15 @@ class MapConfig:
             (only brighter-than-expected voxels, e.g. lesions in FLAIR).
         erode: erode the brain mask by this many model-space voxels (the brain edge is
             reconstructed poorly by every autoencoder and is not a lesion).
-        median: median filter size in model-space voxels (3D); 0 or 1 switches it off.
+        median: median filter size in model-space voxels: one size (a cube) or three (e.g.
+            ``[5, 5, 1]``: 5x5 within each axial slice); 0 or 1 switches it off.
         min_volume_mm3: candidates smaller than this are dropped.
         scan_percentile: the scan score is this percentile of the map inside the brain.
     """
 
     residual: str = "abs"
     erode: int = 2
-    median: int = 3
+    median: int | tuple[int, int, int] = 3
     min_volume_mm3: float = 20.0
     scan_percentile: float = 99.0
 
@@ -36,8 +37,11 @@ class MapConfig:
         if self.residual not in RESIDUALS:
             raise MedaeError(f"scoring.residual: expected one of {RESIDUALS}, "
                              f"got {self.residual!r}")
-        if self.erode < 0 or self.median < 0 or self.min_volume_mm3 < 0:
-            raise MedaeError("scoring: erode, median and min_volume_mm3 must be >= 0")
+        sizes = self.median if isinstance(self.median, tuple) else (self.median,)
+        if len(sizes) not in (1, 3) or any(not isinstance(m, int) or m < 0 for m in sizes):
+            raise MedaeError(f"scoring.median: one or three sizes >= 0, got {self.median!r}")
+        if self.erode < 0 or self.min_volume_mm3 < 0:
+            raise MedaeError("scoring: erode and min_volume_mm3 must be >= 0")
         if not 0 < self.scan_percentile <= 100:
             raise MedaeError("scoring.scan_percentile must be in (0, 100]")
 
@@ -49,6 +53,8 @@ class MapConfig:
         if unknown:
             raise MedaeError(f"scoring: unknown key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
+        if isinstance(values.get("median"), list):
+            values["median"] = tuple(values["median"])
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -73,7 +79,7 @@ def anomaly_map(image: np.ndarray, recon: np.ndarray, mask: np.ndarray,
         res = np.maximum(diff, 0)
     inside = eroded_mask(mask, config.erode)
     res = np.where(inside, res, 0).astype(np.float32)
-    if config.median > 1:
+    if max(np.atleast_1d(config.median)) > 1:
         res = ndimage.median_filter(res, size=config.median)
         res[~inside] = 0
     return res, inside

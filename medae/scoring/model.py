@@ -29,6 +29,7 @@ class ScoreResult:
             threshold (None when the bundle has none).
         threshold: the voxel threshold used, and ``threshold_rule`` how it was chosen.
         latent: the scan's latent code (mean over slices or windows).
+        brain: the analysed region (eroded brain mask); brain_mask: the whole brain mask.
         reconstruction: the reconstruction in the scan's units (only when asked for).
     """
 
@@ -40,7 +41,8 @@ class ScoreResult:
     threshold: float
     threshold_rule: str
     latent: np.ndarray
-    brain: np.ndarray
+    brain: np.ndarray  # the analysed region: the eroded brain mask (bool)
+    brain_mask: np.ndarray  # the whole brain mask used by preprocessing (bool)
     reconstruction: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
 
@@ -93,6 +95,7 @@ class AnomalyModel:
         cfg = self.map_config
         score = scan_score(heat, inside, cfg.scan_percentile)
         brain = to_scan_space(inside.astype(np.float32), prep, nearest=True) > 0.5
+        brain_mask = to_scan_space(prep.mask.astype(np.float32), prep, nearest=True) > 0.5
         heat_scan = np.maximum(to_scan_space(heat, prep), 0, dtype=np.float32)
         heat_scan[~brain] = 0
         thr, rule = pick_threshold(self.calibration, fpr, threshold)
@@ -105,7 +108,7 @@ class AnomalyModel:
         return ScoreResult(heatmap=heat_scan, labels=labels, candidates=cands, score=score,
                            flagged=None if scan_thr is None else bool(score > scan_thr),
                            threshold=thr, threshold_rule=rule, latent=code, brain=brain,
-                           reconstruction=recon_scan)
+                           brain_mask=brain_mask, reconstruction=recon_scan)
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,

@@ -1,0 +1,116 @@
+"""``medae evaluate``: metrics from the written outputs of ``medae score`` and expert masks.
+
+Reads ``OUT/scores.csv`` and each case's ``anomaly_map.nii.gz``, ``candidates.nii.gz``,
+``brain_mask.nii.gz`` and ``result.json`` (the threshold used), and the ground truth from a
+manifest (``case_id,image[,mask],label``) or a folder of label files named by case id.  Voxels
+are pooled inside the brain mask (the manifest's, else the one scoring used), one scan at a time,
+so the memory stays bounded whatever the test set's size.  Any label > 0 is a lesion.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medae.errors import MedaeError
+from medae.evaluation.lesions import lesion_detection, summarise_detection
+from medae.evaluation.pooled import PooledVoxels
+from medae.evaluation.ranking import ranking_metrics
+from medae.io.discover import discover, read_manifest
+
+
+def _on_grid(path: Path, ref: nib.Nifti1Image, what: str) -> np.ndarray:
+    img = nib.load(path)
+    if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+        raise MedaeError(path, f"{what} is not on the scan's grid ({img.shape} vs {ref.shape})")
+    return np.asanyarray(img.dataobj).reshape(ref.shape[:3])
+
+
+def _truth_sources(labels: str | os.PathLike) -> dict[str, tuple[Path, Path | None]]:
+    """case_id -> (label file, brain mask file or None)."""
+    labels = Path(labels)
+    if labels.is_file() and labels.suffix.lower() == ".csv":
+        out = {}
+        for s in read_manifest(labels):
+            if s.label is None:
+                raise MedaeError(labels, f"case {s.case_id} has no label column value")
+            out[s.case_id] = (s.label, s.mask)
+        return out
+    return {s.case_id: (s.path, None) for s in discover(labels) if s.kind == "nifti"}
+
+
+def evaluate(predictions: str | os.PathLike, labels: str | os.PathLike) -> dict:
+    """Compute every metric; returns the ``metrics.json`` content (see the module docstring)."""
+    pred = Path(predictions)
+    table = pred / "scores.csv"
+    if not table.is_file():
+        raise MedaeError(table, "missing: not an output folder of medae score")
+    with open(table, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    truth = _truth_sources(labels)
+    cases = [r for r in rows if r["case_id"] in truth]
+    if not cases:
+        raise MedaeError(pred, f"no scored case has a label in {labels} (case ids must match)")
+    missing = sorted(set(truth) - {r["case_id"] for r in rows})
+    records = {r["case_id"]: json.loads((pred / r["case_id"] / "result.json").read_text())
+               for r in cases}
+    thresholds = sorted({float(rec["threshold"]) for rec in records.values()})
+    pooled = PooledVoxels(thresholds=thresholds)
+    per_scan, detections = [], []
+    for r in cases:
+        case = r["case_id"]
+        heat_img = nib.load(pred / case / "anomaly_map.nii.gz")
+        heat = heat_img.get_fdata(dtype=np.float32)
+        label_path, mask_path = truth[case]
+        lesion = _on_grid(label_path, heat_img, "label") > 0
+        brain_path = mask_path or pred / case / "brain_mask.nii.gz"
+        brain = _on_grid(brain_path, heat_img, "brain mask") > 0
+        if not np.isfinite(heat).all():
+            raise MedaeError(pred / case / "anomaly_map.nii.gz", "contains NaN or infinite values")
+        pooled.add(heat[brain], lesion[brain])
+        one = PooledVoxels()
+        one.add(heat[brain], lesion[brain])
+        voxel_mm3 = float(abs(np.linalg.det(heat_img.affine[:3, :3])))
+        cands = _on_grid(pred / case / "candidates.nii.gz", heat_img, "candidates")
+        det = lesion_detection(lesion, cands.astype(np.int32), voxel_mm3=voxel_mm3)
+        detections.append(det)
+        per_scan.append({"case_id": case, "lesion_voxels": int(lesion[brain].sum()),
+                         "threshold": records[case]["threshold"],
+                         "ap": one.average_precision(), "score": float(r["score"]),
+                         "lesions": det["lesions"], "detected": det["detected"],
+                         "fp_candidates": det["fp_candidates"]})
+    for thr in thresholds:
+        for entry, d in zip(per_scan, pooled.scan_dice(thr), strict=True):
+            if entry["threshold"] == thr:
+                entry["dice_at_threshold"] = d
+    best, best_thr = pooled.best_dice()
+    thr_used = thresholds[0] if len(thresholds) == 1 else None
+    dice_cal = pooled.dice_at(thr_used) if thr_used is not None else None
+    dices = [e["dice_at_threshold"] for e in per_scan]
+    det = summarise_detection(detections)
+    abnormal = [e["lesion_voxels"] > 0 for e in per_scan]
+    return {
+        "n_scans": len(per_scan), "unlabelled_in_manifest": missing,
+        "voxel": {
+            "voxels": pooled.counts[0], "lesion_voxels": pooled.counts[1],
+            "average_precision": pooled.average_precision(), "auroc": pooled.roc_auc(),
+            "bounds": pooled.bounds(),
+            "best_dice": best, "best_dice_threshold": best_thr,
+            "best_dice_note": "upper bound: threshold chosen with the test labels",
+            "threshold": thr_used,
+            "threshold_rule": records[cases[0]["case_id"]]["threshold_rule"],
+            "dice_at_threshold": dice_cal,
+            "dice_per_scan_mean": float(np.mean(dices)),
+            "dice_per_scan_sd": float(np.std(dices, ddof=1)) if len(dices) > 1 else 0.0,
+        },
+        "lesions": {"recall": det["recall"], "fp_per_scan": det["fp_per_scan_mean"],
+                    "fp_per_scan_sd": det["fp_per_scan_sd"], "detail": det},
+        "scan_level": ranking_metrics([e["score"] for e in per_scan], abnormal),
+        "per_scan": per_scan,
+        "curve": pooled.curve(),
+    }

@@ -1,0 +1,86 @@
+"""Denoising U-Net (``dae_unet``): the learned baseline of Kascenas et al. (2022).
+
+A MONAI ``UNet`` (skip connections) trained to remove coarse noise from healthy images.  Skip
+connections would let a plain autoencoder copy its input; trained as a denoiser the network
+instead learns to restore healthy appearance, which is what makes it a strong anomaly detector.
+Inputs whose size is not a multiple of the total stride are padded and the output cropped back.
+The code ``z`` is the bottleneck feature map (captured with a forward hook).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from monai.networks.layers import SkipConnection
+from monai.networks.nets import UNet
+from torch import Tensor, nn
+
+from medae.models.ae import AEOutput
+from medae.models.noise import CoarseNoise
+from medae.models.registry import register_model
+
+_NORMS = {"instance": ("instance", {"affine": True}), "batch": "batch", None: None}
+
+
+class DenoisingUNet(nn.Module):
+    """MONAI U-Net with the :class:`AEOutput` interface; ``family == "dae"``."""
+
+    family = "dae"
+
+    def __init__(self, spatial_dims: int, in_channels: int, channels: Sequence[int],
+                 num_res_units: int, norm: str | None, dropout: float):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        if norm not in _NORMS:
+            raise ValueError(f"norm must be one of {tuple(_NORMS)}, got {norm!r}")
+        if len(channels) < 2:
+            raise ValueError("channels needs at least two levels")
+        self.spatial_dims = spatial_dims
+        self.net = UNet(spatial_dims, in_channels, in_channels, channels=tuple(channels),
+                        strides=(2,) * (len(channels) - 1), num_res_units=num_res_units,
+                        norm=_NORMS[norm], dropout=dropout)
+        self.multiple = 2 ** (len(channels) - 1)
+        self._z: Tensor | None = None
+        bottom = self.net.model
+        while not isinstance(bottom, SkipConnection):
+            bottom = next(m for m in bottom.children()
+                          if isinstance(m, (SkipConnection, nn.Sequential)))
+        while True:  # descend to the innermost skip connection's submodule
+            inner = bottom.submodule
+            nxt = next((m for m in inner.modules() if isinstance(m, SkipConnection)), None)
+            if nxt is None:
+                break
+            bottom = nxt
+        bottom.submodule.register_forward_hook(self._keep_code)
+
+    def _keep_code(self, module, args, output) -> None:
+        self._z = output
+
+    def forward(self, x: Tensor) -> AEOutput:
+        size = x.shape[2:]
+        pad = [(math.ceil(n / self.multiple) * self.multiple - n) for n in size]
+        if any(pad):
+            flat = [p for n in reversed(pad) for p in (0, n)]
+            x = F.pad(x, flat)
+        out = self.net(x)
+        out = out[(slice(None), slice(None), *(slice(0, n) for n in size))]
+        z, self._z = self._z, None
+        return AEOutput(recon=out, z=z, logits=out)
+
+
+@register_model("dae_unet")
+def dae_unet(*, spatial_dims: int = 2, in_channels: int = 1,
+             channels: Sequence[int] = (32, 64, 128, 256), num_res_units: int = 2,
+             norm: str | None = "instance", dropout: float = 0.0, noise_std: float = 0.2,
+             noise_resolution: int = 16, in_shape: Sequence[int] | None = None) -> DenoisingUNet:
+    """Denoising U-Net; ``noise_std``/``noise_resolution`` are kept as ``model.noise``.
+
+    ``in_shape`` is accepted (and recorded) for interface compatibility; the network is fully
+    convolutional.
+    """
+    model = DenoisingUNet(spatial_dims, in_channels, channels, num_res_units, norm, dropout)
+    model.noise = CoarseNoise(std=noise_std, resolution=noise_resolution)
+    return model

@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""The research benchmark on real brain FLAIR, end to end through the medae CLI.
+
+    python scripts/benchmark_brain.py            # full: every fold, 3 seeds (hours on a CPU)
+    python scripts/benchmark_brain.py --quick    # one fold per dataset, 3 seeds, shorter training
+
+Data (MEDAE_DATA, default ../shared/data): BraTS 2013 pat0001-pat0004 FLAIR and the Lesjak MS
+patients 07 and 19 FLAIR.  There is no healthy FLAIR, so (Kascenas et al.) each fold trains on
+the lesion-free axial slices of its training patients (the labels are used only to drop lesion
+slices), calibrates thresholds on the lesion-free slices of a held-out training patient (MS: of
+the single training patient, marked "train-calibrated"), scores the test patient, and evaluates
+against its expert mask.  Folds are over patients; the test patient never influences training,
+calibration or any setting.  Every recipe gets the preprocessing and post-processing of
+configs/brain_flair.yaml, so only the model differs; the intensity baseline is scored on the same
+voxels.  Writes docs/benchmark_results.md (and, with --readme, the README's results section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ["intensity", "ae2d", "vae2d", "sae2d", "dae2d", "brain_flair"]
+METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
+           ("best_dice", "[Dice] (upper bound)"), ("dice_calibrated", "Dice @ 1% healthy FPR"),
+           ("lesion_recall", "lesion recall"), ("fp_per_scan", "FP candidates / scan")]
+
+
+def _datasets(data: Path) -> dict[str, dict]:
+    brats = data / "brain" / "brats2013"
+    ms = data / "brain" / "ms_lesjak"
+    out = {}
+    pats = sorted(brats.glob("pat*"))
+    if pats:
+        out["BraTS 2013 FLAIR"] = {p.name: {
+            "image": p / "Flair_subtrMeanDivStd.nii.gz", "mask": p / "brainmask.nii.gz",
+            "label": p / "OTMultiClass.nii.gz"} for p in pats}
+    pats = sorted(ms.glob("patient*"))
+    if pats:
+        out["MS Lesjak FLAIR"] = {p.name: {
+            "image": next(p.glob("FLAIR*.nii.gz")), "mask": None,
+            "label": next(p.glob("GOLD_STANDARD*.nii.gz"))} for p in pats}
+    return out
+
+
+def _manifest(path: Path, cases: dict[str, dict]) -> Path:
+    lines = ["case_id,image,mask,label"]
+    for case, f in cases.items():
+        lines.append(f"{case},{f['image']},{f['mask'] or ''},{f['label']}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        res = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if res.returncode not in (0,):
+        raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}; see {log}")
+
+
+def _protocol_overrides() -> list[str]:
+    """The preprocessing and post-processing of brain_flair.yaml, for every recipe."""
+    cfg = yaml.safe_load((ROOT / "configs" / "brain_flair.yaml").read_text())
+    sets = []
+    for section in ("preprocess", "scoring"):
+        for key, value in cfg[section].items():
+            sets.append(f"{section}.{key}={json.dumps(value)}")
+    sets += [f"data.min_foreground={cfg['data']['min_foreground']}",
+             f"data.val_fraction={cfg['data']['val_fraction']}"]
+    return sets
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path,
+                    default=Path(os.environ.get("MEDAE_DATA", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "benchmark")
+    ap.add_argument("--quick", action="store_true",
+                    help="one fold per dataset and --steps 400 (about an hour on 2 CPU cores)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--recipes", nargs="+", default=RECIPES)
+    ap.add_argument("--steps", type=int, help="training steps per model (default: the recipe's)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--readme", action="store_true", help="also update the README's table")
+    args = ap.parse_args()
+    steps = args.steps or (400 if args.quick else None)
+    medae = [sys.executable, "-m", "medae"]
+    sets = _protocol_overrides()
+    results: dict = {}
+    t_start = time.time()
+    for dname, cases in _datasets(args.data).items():
+        names = sorted(cases)
+        tests = names[-1:] if args.quick else names
+        for test in tests:
+            train_cases = {c: cases[c] for c in names if c != test}
+            fold = args.work / dname.split()[0].lower() / f"test-{test}"
+            fold.mkdir(parents=True, exist_ok=True)
+            train_csv = _manifest(fold / "train.csv", train_cases)
+            test_csv = _manifest(fold / "test.csv", {test: cases[test]})
+            for recipe in args.recipes:
+                for seed in args.seeds if recipe != "intensity" else args.seeds[:1]:
+                    run = fold / f"{recipe}-seed{seed}"
+                    log = run.with_suffix(".log")
+                    if not (run / "report" / "metrics.json").exists():
+                        extra = ["--set", f"train.steps={steps}"] if steps else []
+                        if not (run / "model.json").exists():
+                            _run([*medae, "train", "--config", str(ROOT / "configs" /
+                                                                    f"{recipe}.yaml"),
+                                  "--data", str(train_csv), "--output", str(run), "--seed",
+                                  str(seed), "--device", args.device, "-q",
+                                  *[a for s in sets for a in ("--set", s)], *extra], log)
+                        _run([*medae, "score", "--model", str(run), "--input", str(test_csv),
+                              "--output", str(run / "scores"), "--device", args.device,
+                              "--no-overlays", "-q", "--fpr", "0.01"], log)
+                        _run([*medae, "evaluate", "--predictions", str(run / "scores"),
+                              "--labels", str(test_csv), "--output", str(run / "report")], log)
+                    m = json.loads((run / "report" / "metrics.json").read_text())
+                    bundle = json.loads((run / "model.json").read_text())
+                    row = {key: _metric(m, key) for key, _ in METRICS}
+                    row["calibration"] = bundle["calibration"]["source"]
+                    results.setdefault(dname, {}).setdefault(recipe, []).append(row)
+                    print(f"{dname} test {test} {recipe} seed {seed}: " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)),
+                        flush=True)
+    table = _table(results, args, steps, time.time() - t_start)
+    out = ROOT / "docs" / "benchmark_results.md"
+    out.write_text(table)
+    print(table)
+    if args.readme:
+        _update_readme(table)
+
+
+def _metric(m: dict, key: str) -> float:
+    value = {
+        "voxel_ap": m["voxel"]["average_precision"], "voxel_auroc": m["voxel"]["auroc"],
+        "best_dice": m["voxel"]["best_dice"], "dice_calibrated": m["voxel"]["dice_at_threshold"],
+        "lesion_recall": m["lesions"]["recall"], "fp_per_scan": m["lesions"]["fp_per_scan"],
+    }[key]
+    return float("nan") if value is None else float(value)
+
+
+def _fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _table(results: dict, args, steps, seconds: float) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip() or "unknown"
+    cmd = "python scripts/benchmark_brain.py" + (" --quick" if args.quick else "")
+    lines = [f"Produced by `{cmd}` at commit {commit} on {datetime.date.today().isoformat()} "
+             f"({seconds / 60:.0f} min, {os.cpu_count()} CPU cores); seeds "
+             f"{', '.join(map(str, args.seeds))}; training steps per model: "
+             f"{steps or 'the recipe default'}; mean ± sd over seeds and folds.", ""]
+    for dname, per in results.items():
+        lines += [f"**{dname}**", "",
+                  "| recipe | n | " + " | ".join(label for _, label in METRICS) + " |",
+                  "|---|---|" + "---|" * len(METRICS)]
+        for recipe, rows in per.items():
+            cells = [_fmt([r[k] for r in rows]) for k, _ in METRICS]
+            note = " (train-calibrated)" if rows[0]["calibration"].startswith("training") else ""
+            lines.append(f"| {recipe}{note} | {len(rows)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _update_readme(table: str) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+    if start not in text or end not in text:
+        raise SystemExit("README.md has no benchmark markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+if __name__ == "__main__":
+    main()
