@@ -1,4 +1,5 @@
 # medae: two commands for a fresh machine, `make demo` and `make test`.
+# Each runs `make install` first when .venv is missing.
 #
 # torch is installed before medae so that pip never resolves it on its own (an unpinned torch
 # pulls the multi-GB CUDA build).  Choose your build with TORCH_SPEC / TORCH_PIP_ARGS, e.g.
@@ -11,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test lint bench clean
+.PHONY: install test demo lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed
+	$(BIN)/medae demo --output demo_output/$$(date +%Y%m%d-%H%M%S)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

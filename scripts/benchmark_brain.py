@@ -40,12 +40,12 @@ def _datasets(data: Path) -> dict[str, dict]:
     brats = data / "brain" / "brats2013"
     ms = data / "brain" / "ms_lesjak"
     out = {}
-    pats = sorted(brats.glob("pat*"))
+    pats = sorted(p for p in brats.glob("pat*") if p.is_dir())
     if pats:
         out["BraTS 2013 FLAIR"] = {p.name: {
             "image": p / "Flair_subtrMeanDivStd.nii.gz", "mask": p / "brainmask.nii.gz",
             "label": p / "OTMultiClass.nii.gz"} for p in pats}
-    pats = sorted(ms.glob("patient*"))
+    pats = sorted(p for p in ms.glob("patient*") if p.is_dir())
     if pats:
         out["MS Lesjak FLAIR"] = {p.name: {
             "image": next(p.glob("FLAIR*.nii.gz")), "mask": None,

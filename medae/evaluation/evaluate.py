@@ -83,7 +83,9 @@ def evaluate(predictions: str | os.PathLike, labels: str | os.PathLike) -> dict:
                          "threshold": records[case]["threshold"],
                          "ap": one.average_precision(), "score": float(r["score"]),
                          "lesions": det["lesions"], "detected": det["detected"],
-                         "fp_candidates": det["fp_candidates"]})
+                         "fp_candidates": det["fp_candidates"],
+                         "lesion_mm3": det["lesion_mm3"],
+                         "lesion_detected": det["lesion_detected"]})
     for thr in thresholds:
         for entry, d in zip(per_scan, pooled.scan_dice(thr), strict=True):
             if entry["threshold"] == thr:
