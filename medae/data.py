@@ -34,17 +34,28 @@ class _Prepare(Transform):
         self.config = config
 
     def __call__(self, item: dict) -> dict:
-        prep = load_prepared(item["source"], self.config)
+        try:
+            prep = load_prepared(item["source"], self.config)
+        except MedaeError as exc:  # a bad scan is reported, never fatal for the others
+            return {"case_id": item["source"].case_id, "prepared": None, "error": str(exc)}
         return {"case_id": item["source"].case_id, "prepared": prep}
 
 
 def cache_cases(sources: Sequence[ScanSource], config: PreprocessConfig,
-                num_workers: int = 0) -> list[dict]:
-    """Read and preprocess every source once; returns ``{"case_id", "prepared"}`` items."""
+                num_workers: int = 0) -> tuple[list[dict], list[dict]]:
+    """Read and preprocess every source once.
+
+    Returns the ``{"case_id", "prepared"}`` items of the scans that loaded, and
+    ``{"case_id", "error"}`` for those that did not (one-line reasons).
+    """
     ds = CacheDataset([{"source": s} for s in sources], transform=_Prepare(config),
                       cache_rate=1.0, num_workers=num_workers or None, progress=False,
                       copy_cache=False)
-    return [ds[i] for i in range(len(ds))]
+    items = [ds[i] for i in range(len(ds))]
+    good = [it for it in items if it["prepared"] is not None]
+    bad = [{"case_id": it["case_id"], "error": it["error"]} for it in items
+           if it["prepared"] is None]
+    return good, bad
 
 
 def split_subjects(case_ids: Sequence[str], val_fraction: float, seed: int

@@ -224,8 +224,16 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     train_ids, val_ids = split_subjects([s.case_id for s in sources], dc["val_fraction"], seed)
     by_id = {s.case_id: s for s in sources}
     workers = int(dc["cache_workers"])
-    train_items = cache_cases([by_id[i] for i in train_ids], pre, workers)
-    val_items = cache_cases([by_id[i] for i in val_ids], pre, workers) if val_ids else []
+    train_items, bad = cache_cases([by_id[i] for i in train_ids], pre, workers)
+    val_items, bad_val = (cache_cases([by_id[i] for i in val_ids], pre, workers) if val_ids
+                          else ([], []))
+    skipped = bad + bad_val
+    for s in skipped:
+        log.warning("skipped %s: %s", s["case_id"], s["error"])
+    if d.main and skipped:
+        _write_rows(run / "skipped.csv", skipped)
+    if not train_items:
+        raise MedaeError("no training scan could be read (see the skipped scans above)")
 
     kwargs = model_kwargs(config)
     dims = int(kwargs["spatial_dims"])
@@ -328,7 +336,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         bar.close(f"epoch {epoch:3d} train {train_parts['total']:.4g} {val_txt} "
                   f"{row['samples_per_s']:.1f} samples/s")
         if d.main:
-            _write_log(log_path, hist.rows)
+            _write_rows(log_path, hist.rows)
             if board is not None:
                 for key, value in row.items():
                     if key != "epoch" and value is not None:
@@ -349,9 +357,10 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
                                    "validation" if val_items else "training (no validation set)",
                                    device=dev, batch_size=bs, precision=precision)
         summary = {
-            "train_subjects": len(train_ids), "val_subjects": len(val_ids),
+            "train_subjects": len(train_items), "val_subjects": len(val_items),
             "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
             "dropped_lesion_samples": train_ds.dropped_label,
+            "skipped_scans": len(skipped),
             "epochs_run": len(hist.rows), "best_epoch": hist.best_epoch,
             "best_loss": hist.best_val if math.isfinite(hist.best_val) else None,
             "selected_on": ("not trained (no parameters)" if not trainable
@@ -361,7 +370,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         }
         intensity = [{"case_id": it["case_id"], **it["prepared"].stats} for it in train_items]
         save_bundle(run, model, config, training=summary, intensity=intensity,
-                    val_cases=val_ids, calibration=calibration)
+                    val_cases=[it["case_id"] for it in val_items], calibration=calibration)
     if d.world > 1:
         dist.barrier()
     return run
@@ -395,7 +404,7 @@ def _tensorboard(run: Path):
     return SummaryWriter(log_dir=str(run / "tensorboard"))
 
 
-def _write_log(path: Path, rows: list[dict]) -> None:
+def _write_rows(path: Path, rows: list[dict]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys)

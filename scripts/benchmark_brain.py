@@ -100,6 +100,8 @@ def main() -> None:
     sets = _protocol_overrides()
     results: dict = {}
     t_start = time.time()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=ROOT).stdout.strip() or "unknown"
     for dname, cases in _datasets(args.data).items():
         names = sorted(cases)
         tests = names[-1:] if args.quick else names
@@ -134,7 +136,7 @@ def main() -> None:
                     print(f"{dname} test {test} {recipe} seed {seed}: " + ", ".join(
                         f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)),
                         flush=True)
-    table = _table(results, args, steps, time.time() - t_start)
+    table = _table(results, args, steps, time.time() - t_start, commit)
     out = ROOT / "docs" / "benchmark_results.md"
     out.write_text(table)
     print(table)
@@ -157,9 +159,7 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def _table(results: dict, args, steps, seconds: float) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip() or "unknown"
+def _table(results: dict, args, steps, seconds: float, commit: str) -> str:
     cmd = "python scripts/benchmark_brain.py" + (" --quick" if args.quick else "")
     lines = [f"Produced by `{cmd}` at commit {commit} on {datetime.date.today().isoformat()} "
              f"({seconds / 60:.0f} min, {os.cpu_count()} CPU cores); seeds "

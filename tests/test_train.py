@@ -145,3 +145,19 @@ def test_torchrun_two_processes_gloo(healthy, tmp_path):
     assert meta["training"]["world_size"] == 2
     assert len((out / "log.csv").read_text().splitlines()) == 3
     assert load_bundle(out).model is not None
+
+
+def test_bad_training_scans_are_skipped_with_reasons(healthy, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(healthy, data)
+    (data / "zero.nii.gz").write_bytes(b"")
+    (data / "text.nii").write_text("not an image\n" * 40)
+    run = train(_config("train.epochs=1"), discover(data), tmp_path / "run", device="cpu",
+                progress=False)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["training"]["skipped_scans"] == 2
+    skipped = (run / "skipped.csv").read_text()
+    assert "zero.nii.gz: empty file (0 bytes)" in skipped and "text.nii: not a NIfTI" in skipped
+    assert meta["training"]["train_subjects"] + meta["training"]["val_subjects"] == 5
