@@ -33,9 +33,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
 bench: $(VENV)/.installed
-	$(BIN)/python scripts/bench_io.py
-	$(BIN)/python scripts/bench_train.py
-	$(BIN)/python scripts/bench_score.py
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

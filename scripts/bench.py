@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Every benchmark in one go; writes docs/benchmarks.md.
+
+    python scripts/bench.py            # full (about 10 minutes on 2 CPU cores)
+    python scripts/bench.py --quick    # under 5 minutes on 2 CPU cores
+    python scripts/bench.py --device cuda   # training/scoring rows on the GPU
+
+Runs scripts/bench_io.py (loading: medae vs SimpleITK), bench_train.py (training throughput per
+precision), bench_score.py (seconds per BraTS-size scan, scans/s, peak memory), bench_metrics.py
+(medae vs scikit-learn) and bench_memory.py (peak memory scoring a 512x512x600 CT-size volume),
+each printing its own machine line and table, and assembles them with the commands that produced
+them.  Ratios against a peer are measured within one script run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SECTIONS = [
+    ("Loading (medae vs SimpleITK)", "bench_io.py", ["--repeat", "5"], ["--repeat", "2"],
+     "Both return a float32 array of physical values (medae also reorients to RAS+); MB/s "
+     "counts file bytes on disk.  Target: at least as fast as SimpleITK on `.nii.gz` and on the "
+     "GE DICOM series.  The `.nii.gz` lead comes from reading the file in one go and inflating "
+     "with ISA-L into the buffer that becomes the array."),
+    ("Training throughput", "bench_train.py", ["--steps", "20"], ["--steps", "6", "--warmup", "2"],
+     "The real training step (autocast, loss, backward, clipping, AdamW) on batches from the "
+     "real cached dataset and loader.  'data %' is the time spent waiting for the next batch.  On "
+     "a CPU without bf16/fp16 units, bf16 does not pay and fp16 is far slower: use 32 or bf16 "
+     "there; fp16 is for GPUs.  The loss columns agree across precisions (same seed, batches)."),
+    ("Scoring", "bench_score.py", ["--copies", "2"], ["--copies", "1"],
+     "The real batch job (`medae score` internals: load, preprocess, reconstruct every slice, "
+     "heat map, candidates, NIfTI/CSV/PNG outputs) on the BraTS FLAIR scans with the default "
+     "`ae2d` architecture.  Target on 2 CPU cores: under 5 s per scan, I/O included."),
+    ("Metrics (medae vs scikit-learn)", "bench_metrics.py", ["--huge"], ["--voxels", "5e6"],
+     "Pooled voxel AP + AUROC on the same synthetic voxels, each in its own process."),
+    ("Peak memory on a CT-size volume", "bench_memory.py", [], [],
+     "Scoring one 512x512x600 volume on the CPU with the default 2D model."),
+]
+DEVICE_SCRIPTS = {"bench_train.py", "bench_score.py", "bench_memory.py"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = ap.parse_args()
+    t0 = time.time()
+    parts = ["# Benchmarks", "",
+             f"Written by `python scripts/bench.py{' --quick' if args.quick else ''}"
+             f"{'' if args.device == 'auto' else ' --device ' + args.device}` on "
+             f"{datetime.date.today().isoformat()} ({platform.machine()}, Python "
+             f"{platform.python_version()}).  Each section gives the command that produced it "
+             "and the machine it ran on.", ""]
+    for title, script, full, quick, note in SECTIONS:
+        path = ROOT / "scripts" / script
+        if not path.exists():
+            continue
+        extra = quick if args.quick else full
+        if script in DEVICE_SCRIPTS:
+            extra = [*extra, "--device", args.device]
+        cmd = [sys.executable, str(path), *extra]
+        print(f"running {script} ...", flush=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        shown = " ".join(["python", f"scripts/{script}", *extra])
+        parts += [f"## {title}", "", f"`{shown}`", "", note, ""]
+        if res.returncode != 0:
+            err = (res.stderr.strip().splitlines() or ["?"])[-1]
+            parts += [f"Failed: {err}", ""]
+            continue
+        parts += ["```" if "|" not in res.stdout else "", res.stdout.strip(),
+                  "```" if "|" not in res.stdout else "", ""]
+    parts += ["## GPU", "",
+              "Not measured yet: no GPU was available to the sessions that wrote this file.  "
+              "Run `python scripts/bench.py --device cuda` on one to add the mixed-precision "
+              "training and scoring rows.", ""]
+    args.output.write_text("\n".join(parts))
+    print(f"wrote {args.output} in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
