@@ -121,3 +121,27 @@ def test_dicom_series_scored_on_its_own_grid(tiny_model, tmp_path):
     np.testing.assert_allclose(img.affine, scan.grid.affine, atol=1e-4)
     assert int(img.header["sform_code"]) == 1
     assert result.candidates == []
+
+
+def test_3d_model_sliding_window_scoring(tmp_path):
+    """A 3D model scores a volume larger than its patches (MONAI sliding window, Gaussian)."""
+    from conftest import ROOT, TINY_2D, write_phantoms
+
+    from medae import discover
+    from medae.config import load_config
+    from medae.train import train
+
+    write_phantoms(tmp_path / "h", 3, shape=(24, 28, 20))
+    sets = [s for s in TINY_2D if not s.startswith("train.epochs")]
+    cfg = load_config(ROOT / "configs" / "ae3d.yaml",
+                      [*sets, "train.epochs=2", "data.patch_size=[16, 16, 16]",
+                       "data.min_foreground=0.0"])
+    run = train(cfg, discover(tmp_path / "h"), tmp_path / "run", device="cpu", progress=False)
+    img, _, aff = lesion_phantom()
+    src = tmp_path / "p.nii.gz"
+    nib.save(nib.Nifti1Image(img, aff), src)
+    scan = medae.load_scan(src)
+    result = medae.load_model(run, device="cpu").score(scan, fpr=0.05)
+    assert result.heatmap.shape == scan.shape and np.isfinite(result.heatmap).all()
+    assert result.heatmap[result.brain].max() > 0
+    assert result.latent.shape == (32,)  # mean bottleneck code over the windows
