@@ -26,6 +26,8 @@ from medae.io.atomic import atomic_write_bytes
 from medae.models import create_model, list_models
 from medae.preprocess import PreprocessConfig
 
+#: suffixes of pickle-based checkpoints (loading one can run arbitrary code): refused
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 FORMAT = "medae-bundle"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -95,9 +97,35 @@ def _check(cond: bool, path: Path, reason: str) -> None:
         raise MedaeError(path, reason)
 
 
+def _pickle_refusal(path: Path) -> MedaeError:
+    return MedaeError(path, "is a pickle-based checkpoint: loading it can run arbitrary code; "
+                            "medae loads safetensors bundles. If you trust its origin, convert it "
+                            "with `medae convert-checkpoint --trust-pickle-code-execution "
+                            f"--checkpoint {path} --config RECIPE.yaml --output RUN_DIR`")
+
+
+def _refuse_pickles(run: Path) -> None:
+    """A pickle checkpoint given where a bundle is expected is refused, never unpickled."""
+    if run.name.lower().endswith(PICKLE_SUFFIXES) and not run.is_dir():
+        raise _pickle_refusal(run)
+    if run.is_dir() and not (run / META).exists():
+        if (run / "checkpoint.pt").is_file() and (run / "config.yaml").is_file():
+            raise MedaeError(run, "training has not finished (a checkpoint, no model.json): "
+                                  "continue it with `medae train ... --output "
+                                  f"{run} --resume`")
+        pickles = sorted(p for p in run.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise _pickle_refusal(pickles[0])
+
+
 def load_bundle(run: str | os.PathLike, device: str | torch.device = "cpu") -> Bundle:
-    """Load and validate a bundle; the network is returned in eval mode on ``device``."""
+    """Load and validate a bundle; the network is returned in eval mode on ``device``.
+
+    Nothing is unpickled: weights are read from safetensors.  A pickle-based checkpoint (or a
+    folder holding one and no ``model.json``) is refused; see :func:`convert_checkpoint`.
+    """
     run = Path(run)
+    _refuse_pickles(run)
     meta_path = run / META
     meta = _read_meta(meta_path)
     version = meta.get("format_version")
@@ -138,3 +166,57 @@ def load_bundle(run: str | os.PathLike, device: str | torch.device = "cpu") -> B
         raise MedaeError(wpath, f"weights do not fit the architecture ({str(exc)[:200]})") from None
     model.to(device).eval()
     return Bundle(path=run, model=model, preprocess=pre_cfg, meta=meta)
+
+
+def convert_checkpoint(checkpoint: str | os.PathLike, config: str | os.PathLike,
+                       output: str | os.PathLike, *, trust_pickle_code_execution: bool = False
+                       ) -> Path:
+    """Turn a pickle-based PyTorch checkpoint into a medae bundle (safetensors + model.json).
+
+    Unpickling can run arbitrary code, so this runs only with ``trust_pickle_code_execution``
+    set by the user.  The checkpoint holds a state dict, or a dict with a ``"model"`` or
+    ``"state_dict"`` entry; the network is built from the recipe ``config`` and the weights are
+    loaded strictly.  The bundle has no calibrated thresholds (score with ``--threshold``).
+    """
+    from medae.config import load_config
+    from medae.train import model_kwargs
+
+    checkpoint, output = Path(checkpoint), Path(output)
+    if not trust_pickle_code_execution:
+        raise MedaeError(checkpoint, "converting a pickle-based checkpoint unpickles it, which can "
+                                     "run arbitrary code: pass --trust-pickle-code-execution "
+                                     "only if you trust its origin")
+    if (output / META).exists():
+        raise MedaeError(output, "already holds a model bundle (choose a new folder)")
+    cfg = load_config(config)
+    if not checkpoint.is_file():
+        raise MedaeError(checkpoint, "no such file")
+    try:
+        obj = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle and torch raise many types for foreign files
+        raise MedaeError(checkpoint, f"cannot load checkpoint ({type(exc).__name__}: "
+                                     f"{str(exc)[:200]})") from None
+    state = obj
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                state = obj[key]
+                break
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise MedaeError(checkpoint, "holds no state dict (expected a dict of tensors, or a dict "
+                                     "with a 'model' or 'state_dict' entry)")
+    try:
+        model = create_model(**model_kwargs(cfg))
+        model.load_state_dict(state, strict=True)
+    except MedaeError:
+        raise
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise MedaeError(checkpoint, f"weights do not fit the recipe's architecture "
+                                     f"({' '.join(str(exc).split())[:200]})") from None
+    output.mkdir(parents=True, exist_ok=True)
+    training = {"note": f"converted from the pickle-based checkpoint {checkpoint.name} with "
+                        "--trust-pickle-code-execution; not trained by medae, not calibrated",
+                "converted_from": checkpoint.name, "medae_version": __version__}
+    return save_bundle(output, model, cfg, training=training, intensity=[], val_cases=[],
+                       calibration=None)

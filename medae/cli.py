@@ -112,6 +112,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from medae.bundle import convert_checkpoint
+
+    run = convert_checkpoint(args.checkpoint, args.config, args.output,
+                             trust_pickle_code_execution=args.trust_pickle_code_execution)
+    print(f"model bundle: {run} (no calibrated threshold: score with --threshold)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medae",
@@ -190,6 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "named by case id")
     ev.add_argument("--output", required=True, help="report folder")
     ev.set_defaults(func=_cmd_evaluate)
+
+    cv = sub.add_parser(
+        "convert-checkpoint", help="turn a trusted pickle-based PyTorch checkpoint into a bundle",
+        description="Unpickle a PyTorch checkpoint (.pt/.pth/.ckpt: a state dict, or a dict with "
+                    "'model' or 'state_dict'), build the network of --config, load the weights "
+                    "strictly and write a safetensors model bundle into --output.  Unpickling "
+                    "can run arbitrary code: it happens only with --trust-pickle-code-execution.")
+    cv.add_argument("--checkpoint", required=True, help="pickle-based checkpoint file")
+    cv.add_argument("--config", required=True, help="YAML recipe the weights were trained with")
+    cv.add_argument("--output", required=True, help="new run folder for the bundle")
+    cv.add_argument("--trust-pickle-code-execution", action="store_true",
+                    help="I trust this file's origin: unpickling it may run arbitrary code")
+    cv.set_defaults(func=_cmd_convert)
 
     de = sub.add_parser(
         "demo", help="the whole pipeline in minutes on synthetic data made from a shipped "

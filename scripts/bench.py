@@ -44,7 +44,7 @@ SECTIONS = [
     ("Peak memory on a CT-size volume", "bench_memory.py", [], [],
      "Scoring one 512x512x600 volume on the CPU with the default 2D model."),
 ]
-DEVICE_SCRIPTS = {"bench_train.py", "bench_score.py", "bench_memory.py"}
+DEVICE_SCRIPTS = {"bench_train.py", "bench_score.py"}
 
 
 def main() -> None:

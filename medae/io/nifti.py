@@ -202,5 +202,5 @@ def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,
     img = cls(data, None, header=header)
     payload = img.to_bytes()
     if path.name.lower().endswith(".gz"):
-        payload = _gzip.compress(payload, compresslevel=1)
+        payload = _gzip.compress(payload, compresslevel=1, mtime=0)  # reproducible bytes
     return atomic_write_bytes(path, payload)

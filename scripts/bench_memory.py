@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Peak memory of scoring one CT-sized volume (512x512x600) on the CPU.
+
+    python scripts/bench_memory.py [--recipe ae2d] [--shape 512 512 600] [--no-overlays]
+
+Writes a CT-like int16 NIfTI (0.7x0.7x0.8 mm, a body ellipse of soft tissue around a
+brain-like core, air outside) into a temporary folder, builds a bundle of the recipe's default
+architecture with random weights (as ``scripts/bench_score.py`` does: memory does not depend on
+the weights), and runs the real batch job (``medae.batch.score_sources``: loading,
+preprocessing, reconstruction, heat map, candidates, NIfTI and PNG outputs) in a child process,
+so the peak resident set size printed is the job's own (``ru_maxrss`` of the child).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def _write_volume(path: Path, shape: tuple[int, int, int], spacing=(0.7, 0.7, 0.8)) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    nx, ny, nz = shape
+    x = (np.arange(nx, dtype=np.float32) - nx / 2) / (0.45 * nx)
+    y = (np.arange(ny, dtype=np.float32) - ny / 2) / (0.38 * ny)
+    r2 = x[:, None] ** 2 + y[None, :] ** 2  # one slice's ellipse (built per slice: no 3D floats)
+    body = r2 < 1
+    core = r2 < 0.45
+    vol = np.full(shape, -1000, dtype=np.int16)  # air
+    for k in range(nz):
+        sl = np.where(body, 40, -1000).astype(np.int16)
+        sl[core] = 30 + int(10 * np.sin(k / 40))
+        noise = rng.integers(-8, 9, size=(nx, ny), dtype=np.int16)
+        sl[body] += noise[body]
+        vol[:, :, k] = sl
+    affine = np.diag([*spacing, 1.0])
+    nib.save(nib.Nifti1Image(vol, affine), path)
+
+
+def _job(run: Path, image: Path, out: Path, overlays: bool) -> dict:
+    from medae.batch import score_sources
+    from medae.io.discover import discover
+    from medae.scoring import load_model
+
+    model = load_model(run, device="cpu")
+    sources = discover(image)
+    t0 = time.perf_counter()
+    summary = score_sources(model, sources, out, workers=1, progress=False, overlays=overlays)
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    return {"scored": summary.scored, "failed": summary.failed, "wall": wall, "peak_mib": peak}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--recipe", default="ae2d")
+    ap.add_argument("--shape", type=int, nargs=3, default=[512, 512, 600])
+    ap.add_argument("--no-overlays", action="store_true")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        run, image, out = map(Path, args.child)
+        print(json.dumps(_job(run, image, out, not args.no_overlays)))
+        return
+    from bench_score import _build_bundle
+
+    shape = tuple(args.shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        image = tmp / "ct.nii.gz"
+        _write_volume(image, shape)
+        _build_bundle(args.recipe, tmp / "run")
+        cmd = [sys.executable, __file__, "--child", str(tmp / "run"), str(image),
+               str(tmp / "out")]
+        if args.no_overlays:
+            cmd.append("--no-overlays")
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode:
+            sys.exit(res.stderr)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        shutil.rmtree(tmp / "out", ignore_errors=True)
+    if r["scored"] != 1:
+        sys.exit(f"the volume was not scored: {r}")
+    voxels = shape[0] * shape[1] * shape[2]
+    print(f"CPU ({os.cpu_count()} cores); {datetime.date.today().isoformat()}; "
+          f"{platform.machine()}, Python {platform.python_version()}; recipe {args.recipe}, "
+          f"one {'x'.join(map(str, shape))} int16 volume ({voxels / 1e6:.0f} M voxels, "
+          f"{voxels * 4 / 2**20:.0f} MiB as float32), overlays "
+          f"{'off' if args.no_overlays else 'on'}.")
+    print()
+    print("| wall seconds (load to outputs written) | peak RSS MiB (child) |")
+    print("|---|---|")
+    print(f"| {r['wall']:.1f} | {max(r['peak_mib'], child_peak):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
