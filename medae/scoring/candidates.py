@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.measure import label as cc_label
+
+_26 = np.ones((3, 3, 3), bool)  # 26-connectivity
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,8 @@ def find_candidates(heat: np.ndarray, affine: np.ndarray, threshold: float,
 
     Returns the label image (int32, 1 = strongest candidate) and the candidates.
     """
-    binary = heat > threshold
-    labels = cc_label(binary, connectivity=3).astype(np.int32)
-    n = int(labels.max())
+    # int32 labels written directly and relabelled in place: CT-size volumes stay affordable
+    labels, n = ndimage.label(heat > threshold, structure=_26, output=np.int32)
     if n == 0:
         return labels, []
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
@@ -52,7 +52,6 @@ def find_candidates(heat: np.ndarray, affine: np.ndarray, threshold: float,
     counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     maxes = ndimage.maximum(heat, labels, idx)
     means = ndimage.mean(heat, labels, idx)
-    centroids = ndimage.center_of_mass(binary, labels, idx)
     boxes = ndimage.find_objects(labels)
     keep = [i for i in range(n) if counts[i] * voxel_mm3 >= min_volume_mm3]
     keep.sort(key=lambda i: (-maxes[i], -counts[i]))
@@ -60,11 +59,14 @@ def find_candidates(heat: np.ndarray, affine: np.ndarray, threshold: float,
     out = []
     for new_id, i in enumerate(keep, start=1):
         relabel[i + 1] = new_id
-        world = affine @ np.r_[centroids[i], 1.0]
         box = boxes[i]
+        inside = np.argwhere(labels[box] == i + 1).mean(axis=0)  # within the bounding box only
+        centroid = inside + [s.start for s in box]
+        world = affine @ np.r_[centroid, 1.0]
         out.append(Candidate(
             id=new_id, voxels=int(counts[i]), volume_mm3=float(counts[i] * voxel_mm3),
             centroid_mm=tuple(float(v) for v in world[:3]),
             bbox=tuple(int(s.start) for s in box) + tuple(int(s.stop) for s in box),
             max_score=float(maxes[i]), mean_score=float(means[i])))
-    return relabel[labels], out
+    np.take(relabel, labels, out=labels)
+    return labels, out
