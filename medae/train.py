@@ -6,7 +6,6 @@ remain (dropout, VAE sampling) are checkpointed, so ``--resume`` continues exact
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
@@ -32,6 +31,7 @@ from medae.models import apply_coarse_noise, autoencoder_loss, create_model
 from medae.models.noise import draw_coarse_noise_params
 from medae.preprocess import PreprocessConfig
 from medae.scoring.heatmap import MapConfig
+from medae.scoring.reconstruct import autocast_context
 from medae.scoring.threshold import calibrate_on
 
 log = logging.getLogger("medae")
@@ -109,13 +109,6 @@ def make_loader(ds, batch_size: int, shuffle: bool, epoch: int, seed: int, d: Di
                       pin_memory=pin, drop_last=False, persistent_workers=False)
 
 
-def _autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _corrupt(x, mask, noise_cfg: dict | None, seed: int):
     """Denoising models train on inputs with coarse noise; the draw is seeded per step."""
     if noise_cfg is None:
@@ -171,7 +164,7 @@ def train_step(net, model, batch: dict, *, opt, scaler, sched, device: torch.dev
     x = batch["image"].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True)
     x_in = _corrupt(x, mask, noise, noise_seed)
-    with _autocast(device, precision):
+    with autocast_context(device, precision):
         out = net(x_in)
     loss, parts = autoencoder_loss(model, out, x, mask=mask if masked else None, **loss_args)
     if not torch.isfinite(loss):
@@ -385,7 +378,7 @@ def _validate(model, ds, dev, precision, bs, noise_cfg, seed, lc, loss_args) -> 
         x = batch["image"].to(dev)
         mask = batch["mask"].to(dev)
         x_in = _corrupt(x, mask, noise_cfg, sample_seed(seed, "val-noise", step))
-        with _autocast(dev, precision):
+        with autocast_context(dev, precision):
             out = model(x_in)
         loss, _ = autoencoder_loss(model, out, x, mask=mask if lc["masked"] else None,
                                    **loss_args)

@@ -11,7 +11,7 @@ from monai.inferers import sliding_window_inference
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast_context(device: torch.device, precision: str):
     if precision in _DTYPES:
         return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
     return contextlib.nullcontext()
@@ -47,7 +47,7 @@ def reconstruct(model: torch.nn.Module, image: np.ndarray, mask: np.ndarray, *,
         codes = []
         for a in range(0, slices.shape[0], batch_size):
             x = slices[a:a + batch_size].to(device, non_blocking=True)
-            with _autocast(device, precision):
+            with autocast_context(device, precision):
                 out = model(x)
             recon[a:a + batch_size] = out.recon.float().cpu()
             codes.append(_code(out.z).cpu())
@@ -59,7 +59,7 @@ def reconstruct(model: torch.nn.Module, image: np.ndarray, mask: np.ndarray, *,
     codes: list[torch.Tensor] = []
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        with _autocast(device, precision):
+        with autocast_context(device, precision):
             out = model(x)
         codes.append(_code(out.z).cpu())
         return out.recon.float()
