@@ -13,7 +13,7 @@ Layout of ``OUT`` (scripts rely on it)::
 
 A case is written into a hidden temporary folder and renamed into place when complete, so a
 killed job never leaves a partial case; ``--continue`` skips finished cases.  Tables are rebuilt
-from the per-case records after every case, so shards of one job can share ``OUT``.
+from the per-case records (every 30 s and at the end), so shards of one job can share ``OUT``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ SCORE_COLUMNS = ["case_id", "source", "score", "flagged", "n_candidates", "statu
 CANDIDATE_COLUMNS = ["id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm",
                      "centroid_z_mm", "bbox", "max_score", "mean_score"]
 FAILED_DIR = ".failed"
+TABLE_REFRESH_S = 30.0
 
 
 @dataclass
@@ -195,6 +196,7 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
         "arguments": arguments or {}, "shard": f"{index + 1}/{count}", "n_scans": len(mine),
     }, indent=2).encode())
     summary = BatchSummary()
+    last_tables = time.monotonic()
     todo = []
     for src in mine:
         if resume and (out / src.case_id / "result.json").is_file():
@@ -229,6 +231,10 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
             msg = f"FAILED: {reason}"
         if progress:
             print(f"[{k}/{len(todo)}] {src.case_id}: {msg}", file=sys.stderr, flush=True)
-        rebuild_tables(out, save_latent)
+        # the tables re-read every case record: refresh them at most every 30 s (cost grows
+        # with the folder); the per-case records are what --continue relies on
+        if time.monotonic() - last_tables > TABLE_REFRESH_S:
+            rebuild_tables(out, save_latent)
+            last_tables = time.monotonic()
     rebuild_tables(out, save_latent)
     return summary

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Every benchmark in one go; writes docs/benchmarks.md.
 
-    python scripts/bench.py            # full (about 10 minutes on 2 CPU cores)
+    python scripts/bench.py            # full (longer: more repeats, steps, scans)
     python scripts/bench.py --quick    # under 5 minutes on 2 CPU cores
     python scripts/bench.py --device cuda   # training/scoring rows on the GPU
 

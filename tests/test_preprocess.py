@@ -90,7 +90,7 @@ def test_real_brats_with_brain_mask():
     prep = preprocess(scan, cfg, mask=brain, label=label)
     assert prep.image.shape == (96, 112, 80)
     assert prep.label is not None and prep.label.sum() > 0
-    assert not (prep.label & ~prep.mask).any() or (prep.label & ~prep.mask).sum() < 50
+    assert (prep.label & ~prep.mask).sum() < 50  # lesion labels lie inside the brain mask
     back = to_scan_space(prep.mask.astype(np.float32), prep, nearest=True) > 0.5
     dice = 2 * (back & brain).sum() / (back.sum() + brain.sum())
     assert dice > 0.97
