@@ -101,10 +101,11 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
 
             write_overlays(scan.array, result.heatmap, scan.spacing, tmp,
                            candidates=result.labels, threshold=result.threshold,
-                           mask=result.brain, units="anomaly score", title=src.case_id)
+                           mask=result.analysed, units="anomaly score", title=src.case_id)
         row["seconds"] = round(time.perf_counter() - t0, 3)  # loading to outputs written
         record = {"row": row, "threshold": result.threshold,
-                  "threshold_rule": result.threshold_rule,
+                  "threshold_rule": result.threshold_rule, "mask_rule": result.mask_rule,
+                  "min_volume_mm3": result.min_volume_mm3,
                   "latent": [float(v) for v in np.ravel(result.latent)]}
         atomic_write_bytes(tmp / "result.json", json.dumps(record).encode())
         final = out / src.case_id

@@ -26,13 +26,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for src in sources:
             try:
                 scan = src.load()
+                if src.sequences:
+                    src.load_sequences(scan)  # co-registered? (refused when not)
             except MedaeError as exc:
                 failed += 1
                 print(f"{src.case_id}\t{src.kind}\tFAILED\t{exc}")
                 continue
             sx, sy, sz = scan.spacing
+            seqs = (f"\tsequences {','.join(src.sequence_names)}" if src.sequences else "")
             print(f"{src.case_id}\t{scan.kind}\t{'x'.join(map(str, scan.shape))}\t"
-                  f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm\t{scan.grid_orientation}")
+                  f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm\t{scan.grid_orientation}{seqs}")
     return 1 if failed else 0
 
 
@@ -168,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--output", required=True, help="output folder")
     sc.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     sc.add_argument("--fpr", type=float,
-                    help="voxel threshold calibrated for this healthy false-positive rate "
-                         "(default 0.01)")
+                    help="a voxel rule instead of the default: the threshold calibrated for "
+                         "this false-positive rate on healthy brain voxels (e.g. 0.01); by "
+                         "default the threshold at which healthy calibration scans average at "
+                         "most one false-positive candidate")
     sc.add_argument("--threshold", type=float, help="voxel threshold set by hand")
     sc.add_argument("--shard", help="i/n: score only the i-th of n parts (SLURM arrays, GPUs)")
     sc.add_argument("--continue", dest="resume", action="store_true",
@@ -192,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the outputs of medae score and lesion masks (any label > 0 is a "
                     "lesion) and write REPORT_DIR/metrics.json, report.md and plots: pooled "
                     "voxel AP and AUROC, [Dice] (upper bound), Dice at the calibrated threshold, "
-                    "lesion-wise recall and false positives by size, scan-level AUROC/AP.")
+                    "lesion-wise recall and false positives by size, an FROC curve (recall "
+                    "against false-positive candidates per scan), scan-level AUROC/AP.")
     ev.add_argument("--predictions", required=True, help="output folder of medae score")
     ev.add_argument("--labels", required=True,
                     help="manifest (case_id,image[,mask],label) or folder of label files "

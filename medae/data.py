@@ -26,7 +26,7 @@ def load_prepared(source: ScanSource, config: PreprocessConfig) -> Prepared:
     """Read a source (and its mask/label files) and preprocess it."""
     scan = source.load()
     return preprocess(scan, config, mask=source.load_companion("mask", scan),
-                      label=source.load_companion("label", scan))
+                      label=source.load_companion("label", scan), keep_native=False)
 
 
 class _Prepare(Transform):

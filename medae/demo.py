@@ -35,7 +35,7 @@ RECIPE = [
     "preprocess.spacing=null", "preprocess.size=[80, 96, 80]", "preprocess.mask=auto",
     "preprocess.percentiles=[1, 90]",
     "data.val_fraction=0.25", "data.min_foreground=0.1", "data.augment={flip_lr: true}",
-    "loss.masked=true", "scoring.residual=abs", "scoring.erode=1", "scoring.median=[3, 3, 1]",
+    "loss.masked=true", "scoring.residual=abs", "scoring.erode_mm=2", "scoring.median_mm=[6, 6, 0]",
     "scoring.min_volume_mm3=150", "train.batch_size=16", "train.lr=0.002",
     "train.warmup_steps=20", "train.patience=1000",
 ]

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from medae.errors import MedaeError
 from medae.io.scan import Scan
+from medae.masks import compute_mask
 
 Size3 = tuple[int | None, int | None, int | None]
 
@@ -87,6 +87,8 @@ class Prepared:
     offset: tuple[int, int, int]  # model-space origin inside the resampled volume (may be < 0)
     stats: dict = field(default_factory=dict)  # intensity statistics used for normalisation
     label: np.ndarray | None = None  # bool (X, Y, Z), when a lesion label was given
+    native_mask: np.ndarray | None = None  # bool, the brain mask on the scan's own grid
+    mask_rule: str = ""  # how the brain mask was made (recorded in bundles and results)
 
 
 def _resize(array: np.ndarray, shape: tuple[int, int, int], nearest: bool) -> np.ndarray:
@@ -100,31 +102,8 @@ def _resize(array: np.ndarray, shape: tuple[int, int, int], nearest: bool) -> np
     return out[0, 0].numpy()
 
 
-def compute_mask(image: np.ndarray) -> np.ndarray:
-    """Foreground of a scan: a constant background (skull-stripped data) or an Otsu threshold.
-
-    The largest connected component is kept and its holes filled.
-    """
-    from skimage.filters import threshold_otsu
-
-    lowest = float(image.min())
-    at_lowest = image <= lowest
-    if at_lowest.mean() > 0.1:  # skull-stripped: background is one constant value
-        fg = ~at_lowest
-    else:
-        smooth = ndimage.gaussian_filter(image, 1.0)
-        fg = smooth > threshold_otsu(smooth)
-    labels, n = ndimage.label(fg)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        fg = labels == int(sizes.argmax())
-    return ndimage.binary_fill_holes(fg)
-
-
-def normalise(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig
-              ) -> tuple[np.ndarray, dict]:
-    """Intensity normalisation inside ``mask``; zero outside.  Returns the image and statistics."""
+def intensity_stats(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig) -> dict:
+    """The statistics that :func:`apply_normalisation` uses, from the voxels inside ``mask``."""
     inside = image[mask]
     if inside.size == 0:
         raise MedaeError("the foreground mask is empty: nothing to normalise")
@@ -132,20 +111,45 @@ def normalise(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig
         lo, hi = (float(v) for v in np.percentile(inside, config.percentiles))
         if hi - lo <= 1e-12 * max(1.0, abs(hi)):
             raise MedaeError("constant intensity inside the mask: cannot normalise")
-        out = (image - lo) / (hi - lo)
-        stats = {"low": lo, "high": hi}
-    elif config.normalise == "zscore":
-        mean, sd = float(inside.mean()), float(inside.std())
+        return {"low": lo, "high": hi}
+    if config.normalise == "zscore":
+        mean, sd = float(inside.mean(dtype=np.float64)), float(inside.std(dtype=np.float64))
         if sd <= 1e-12 * max(1.0, abs(mean)):
             raise MedaeError("constant intensity inside the mask: cannot normalise")
-        out = (image - mean) / sd
-        stats = {"mean": mean, "sd": sd}
+        return {"mean": mean, "sd": sd}
+    return {}
+
+
+def apply_normalisation(image: np.ndarray, stats: dict, clip: bool = False) -> np.ndarray:
+    """Normalised intensities (float32) everywhere (no masking): the same rule on any grid."""
+    if "low" in stats:
+        out = (image - np.float32(stats["low"])) / np.float32(stats["high"] - stats["low"])
+    elif "mean" in stats:
+        out = (image - np.float32(stats["mean"])) / np.float32(stats["sd"])
     else:
-        out, stats = image.copy(), {}
-    if config.clip:
+        out = np.array(image, dtype=np.float32, copy=True)
+    out = out.astype(np.float32, copy=False)
+    if clip:
         np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def denormalise(image: np.ndarray, stats: dict) -> np.ndarray:
+    """Back to the scan's units (the inverse of :func:`apply_normalisation` without clipping)."""
+    if "low" in stats:
+        return image * (stats["high"] - stats["low"]) + stats["low"]
+    if "mean" in stats:
+        return image * stats["sd"] + stats["mean"]
+    return image
+
+
+def normalise(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig
+              ) -> tuple[np.ndarray, dict]:
+    """Intensity normalisation inside ``mask``; zero outside.  Returns the image and statistics."""
+    stats = intensity_stats(image, mask, config)
+    out = apply_normalisation(image, stats, config.clip)
     out[~mask] = 0.0
-    return out.astype(np.float32, copy=False), stats
+    return out, stats
 
 
 def _crop_pad(array: np.ndarray, offset, size, fill=0) -> np.ndarray:
@@ -159,9 +163,24 @@ def _crop_pad(array: np.ndarray, offset, size, fill=0) -> np.ndarray:
     return out
 
 
+def brain_mask(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = None
+               ) -> tuple[np.ndarray, str]:
+    """The foreground mask on the scan's own grid and the rule that made it."""
+    if config.mask == "none":
+        return np.ones(scan.shape, bool), "none: every voxel"
+    if mask is not None and config.mask != "computed":
+        return np.asarray(mask) > 0, "given (the mask supplied with the scan)"
+    return compute_mask(scan.array)
+
+
 def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = None,
-               label: np.ndarray | None = None) -> Prepared:
-    """Turn a scan into model input.  ``mask``/``label`` are arrays on the scan's array grid."""
+               label: np.ndarray | None = None, keep_native: bool = True) -> Prepared:
+    """Turn a scan into model input.  ``mask``/``label`` are arrays on the scan's array grid.
+
+    The brain mask and the intensity statistics come from the scan at its own resolution, so
+    scoring can compare the reconstruction with the scan's own normalised voxels
+    (``keep_native=False`` drops the scan-grid mask from the result, e.g. for training caches).
+    """
     if mask is not None and mask.shape != scan.shape:
         raise MedaeError(f"{scan.source}: mask shape {mask.shape} differs from scan {scan.shape}")
     if label is not None and label.shape != scan.shape:
@@ -173,19 +192,19 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
     else:
         shape = tuple(max(1, round(n * s / t)) for n, s, t in
                       zip(scan.shape, scan.spacing, config.spacing, strict=True))
-    image = _resize(scan.array, shape, nearest=False)
-    if config.mask == "none":
-        fg = np.ones(shape, bool)
-    else:
-        if mask is None or config.mask == "computed":
-            mask = compute_mask(scan.array)  # at native resolution: crisp edges
-        fg = _resize(np.asarray(mask, np.float32) > 0, shape, nearest=True) > 0.5
-    if not fg.any():
+    native, rule = brain_mask(scan, config, mask)
+    if not native.any():
         raise MedaeError(f"{scan.source}: the foreground mask is empty")
     try:
-        image, stats = normalise(image, fg, config)
+        stats = intensity_stats(scan.array, native, config)
     except MedaeError as exc:
         raise MedaeError(f"{scan.source}: {exc}") from None
+    fg = _resize(native.astype(np.float32), shape, nearest=True) > 0.5
+    if not fg.any():
+        raise MedaeError(f"{scan.source}: the foreground mask vanishes at "
+                         f"{config.spacing} mm")
+    image = apply_normalisation(_resize(scan.array, shape, nearest=False), stats, config.clip)
+    image[~fg] = 0.0
     lab = None
     if label is not None:
         lab = _resize(np.asarray(label, np.float32) > 0, shape, nearest=True) > 0.5
@@ -196,7 +215,8 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
                    for c, s, n in zip(centre, size, shape, strict=True))
     return Prepared(image=_crop_pad(image, offset, size), mask=_crop_pad(fg, offset, size, False),
                     scan_shape=scan.shape, resampled_shape=shape, offset=offset, stats=stats,
-                    label=None if lab is None else _crop_pad(lab, offset, size, False))
+                    label=None if lab is None else _crop_pad(lab, offset, size, False),
+                    native_mask=native if keep_native else None, mask_rule=rule)
 
 
 def to_scan_space(array: np.ndarray, prepared: Prepared, nearest: bool = False,

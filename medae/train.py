@@ -24,19 +24,20 @@ from medae import __version__
 from medae.bundle import save_bundle
 from medae.config import dump_config
 from medae.data import Augment, SampleDataset, cache_cases, sample_seed, split_subjects
+from medae.device import PRECISIONS, resolve_device
 from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes
 from medae.io.discover import ScanSource
 from medae.models import apply_coarse_noise, autoencoder_loss, create_model
 from medae.models.noise import draw_coarse_noise_params
 from medae.preprocess import PreprocessConfig
+from medae.scoring.calibration import calibrate_model
 from medae.scoring.heatmap import MapConfig
+from medae.scoring.model import AnomalyModel
 from medae.scoring.reconstruct import autocast_context
-from medae.scoring.threshold import calibrate_on
 
 log = logging.getLogger("medae")
 CHECKPOINT = "checkpoint.pt"
-PRECISIONS = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -57,18 +58,6 @@ def _init_distributed(device: torch.device) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MedaeError("--device cuda: no CUDA device is available (use --device cpu)")
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise MedaeError(f"--device {name}: expected auto, cpu or cuda")
-    return torch.device(name)
 
 
 @dataclass
@@ -211,7 +200,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         atomic_write_bytes(run / "config.yaml", dump_config(config).encode())
 
     pre = PreprocessConfig.from_dict(config["preprocess"])
-    map_cfg = MapConfig.from_dict(config["scoring"])  # validated before any work
+    map_cfg = MapConfig.from_dict(config["scoring"], pre.spacing)  # validated before any work
     if not sources:
         raise MedaeError("no training scans found")
     train_ids, val_ids = split_subjects([s.case_id for s in sources], dc["val_fraction"], seed)
@@ -346,9 +335,12 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     if d.main:
         if best_state is not None:
             model.load_state_dict(best_state)
-        calibration = calibrate_on(model, val_items or train_items, map_cfg,
-                                   "validation" if val_items else "training (no validation set)",
-                                   device=dev, batch_size=bs, precision=precision)
+        scorer = AnomalyModel(model, pre, map_cfg, device=dev, batch_size=bs,
+                              precision=precision)
+        calib_items = val_items or train_items
+        calibration = calibrate_model(
+            scorer, [by_id[it["case_id"]] for it in calib_items],
+            "validation" if val_items else "training (no validation set)")
         summary = {
             "train_subjects": len(train_items), "val_subjects": len(val_items),
             "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
@@ -361,7 +353,8 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
             "precision": precision, "seed": seed, "world_size": d.world,
             "device": dev.type, "medae_version": __version__,
         }
-        intensity = [{"case_id": it["case_id"], **it["prepared"].stats} for it in train_items]
+        intensity = [{"case_id": it["case_id"], **it["prepared"].stats,
+                      "mask_rule": it["prepared"].mask_rule} for it in train_items]
         save_bundle(run, model, config, training=summary, intensity=intensity,
                     val_cases=[it["case_id"] for it in val_items], calibration=calibration)
     if d.world > 1:

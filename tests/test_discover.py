@@ -47,10 +47,12 @@ def test_manifest_paths_relative_to_manifest(tmp_path):
 
 @pytest.mark.parametrize("body,reason", [
     ("case,image\nx,a.nii.gz\n", "at least case_id,image"),
+    ("case_id,mask\nx,a.nii.gz\n", "at least case_id,image"),
+    ("case_id,image,image\np1,a,b\n", "must be unique words"),
     ("case_id,image\n../x,img/p1.nii.gz\n", "line 2: case_id '../x'"),
     ("case_id,image\np1,img/p1.nii.gz\np1,img/p1.nii.gz\n", "line 3: duplicate case_id"),
     ("case_id,image\np1,img/missing.nii.gz\n", "line 2: image img/missing.nii.gz does not exist"),
-    ("case_id,image,weight\np1,img/p1.nii.gz,1\n", "unknown manifest column(s) weight"),
+    ("case_id,image,weight\np1,img/p1.nii.gz,1\n", "line 2: weight 1 does not exist"),
     ("case_id,image\n", "lists no scans"),
 ])
 def test_manifest_errors(tmp_path, body, reason):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -93,3 +94,45 @@ def test_nan_map_and_mismatched_labels_are_clear_errors(scored, tmp_path):
                  "--output", tmp_path / "r")
     assert res.returncode == 1 and "scores.csv: missing" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_froc_counts_lesions_and_false_candidates():
+    """Two lesions (strong, weak), two false blobs (one under the minimum volume): recall and
+    false candidates per scan at thresholds between their strengths."""
+    from medae.evaluation.froc import FROC
+
+    heat = np.zeros((30, 30, 10), np.float32)
+    lesion = np.zeros(heat.shape, bool)
+    lesion[2:5, 2:5, 2:5] = True  # 27 voxels
+    heat[2:5, 2:5, 2:5] = 4.0
+    lesion[10:13, 10:13, 2:5] = True
+    heat[11, 11, 3] = 2.0  # the weak lesion: one hot voxel (under the minimum volume alone)
+    heat[10:13, 11, 3] = 2.0  # 3 voxels = 6 mm3 at 2 mm3 per voxel
+    heat[20:23, 20:23, 5:8] = 3.0  # a false blob of 27 voxels
+    heat[25, 25, 5] = 5.0  # a false single voxel: under the minimum volume
+    froc = FROC([1.0, 2.5, 3.5, 4.5])
+    froc.add(heat, lesion, voxel_mm3=2.0, min_volume_mm3=5.0)
+    froc.add(np.zeros_like(heat), np.zeros_like(lesion), voxel_mm3=2.0, min_volume_mm3=5.0)
+    r = froc.result()
+    assert r["lesions"] == 2 and r["scans"] == 2
+    assert r["recall"] == [1.0, 0.5, 0.5, 0.0]
+    assert r["fp_per_scan"] == [0.5, 0.5, 0.0, 0.0]
+
+
+def test_froc_in_metrics_and_report(scored, tmp_path):
+    m = evaluate(scored / "out", scored / "labels.csv")
+    froc = m["froc"]
+    assert froc["lesions"] == 2 and froc["scans"] == 3
+    assert len(froc["thresholds"]) >= 10
+    assert froc["thresholds"] == sorted(froc["thresholds"])
+    fp, recall = froc["fp_per_scan"], froc["recall"]
+    # recall can only fall as the threshold rises; false candidates mostly do too (at low
+    # thresholds they can merge into fewer, larger ones)
+    assert all(a >= b for a, b in itertools.pairwise(recall))
+    assert fp[-1] == min(fp) and max(fp) > 0
+    assert recall[0] == 1.0  # the lowest threshold finds both lesions
+    from medae.evaluation.report import write_report
+
+    out = write_report(m, tmp_path / "r", "p", "l")
+    assert (out / "froc.png").stat().st_size > 5000
+    assert "FROC" in (out / "report.md").read_text()

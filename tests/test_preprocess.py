@@ -8,7 +8,8 @@ from conftest import shared
 
 from medae import MedaeError, load_scan
 from medae.io.scan import Grid, Scan
-from medae.preprocess import PreprocessConfig, compute_mask, preprocess, to_scan_space
+from medae.masks import compute_mask, fill_holes
+from medae.preprocess import PreprocessConfig, preprocess, to_scan_space
 
 
 def _scan(array, zooms=(1.0, 1.0, 1.0)) -> Scan:
@@ -33,8 +34,15 @@ def test_resample_normalise_and_back():
     prep = preprocess(scan, cfg)
     assert prep.resampled_shape == (20, 20, 20)
     assert prep.image.shape == prep.mask.shape == (24, 24, 24)
-    inside = prep.image[prep.mask]
-    np.testing.assert_allclose(np.percentile(inside, [0.5, 99.5]), [0.0, 1.0], atol=1e-5)
+    # intensity statistics from the scan's own voxels inside its own-grid mask
+    np.testing.assert_array_equal(prep.native_mask, ball)
+    lo, hi = np.percentile(img[ball], [0.5, 99.5])
+    assert (prep.stats["low"], prep.stats["high"]) == pytest.approx((lo, hi))
+    from scipy import ndimage
+
+    core = ndimage.binary_erosion(prep.mask)  # inside the ball: 100 -> (100 - lo) / (hi - lo)
+    assert core.sum() > 50
+    assert np.median(prep.image[core]) == pytest.approx((100 - lo) / (hi - lo), abs=0.03)
     assert (prep.image[~prep.mask] == 0).all()
     # padding is centred on the mask
     idx = np.argwhere(prep.mask)
@@ -64,7 +72,8 @@ def test_crop_smaller_than_volume_and_given_mask():
 def test_computed_mask_otsu_on_noisy_background():
     img, ball = _ball((32, 32, 32), 10.0, value=200.0, background=20.0)
     img += np.random.default_rng(1).normal(0, 10, img.shape).astype(np.float32)
-    mask = compute_mask(img)
+    mask, rule = compute_mask(img)
+    assert rule.startswith("Otsu")
     dice = 2 * (mask & ball).sum() / (mask.sum() + ball.sum())
     assert dice > 0.95
 
@@ -96,3 +105,91 @@ def test_real_brats_with_brain_mask():
     assert dice > 0.97
     auto = preprocess(scan, cfg, label=label)  # constant background found without the mask
     assert (auto.mask == prep.mask).mean() > 0.99
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_near_constant_background_and_slice_holes():
+    """Skull-stripped and then resampled: the background rings slightly below zero and dark
+    fluid inside the brain must stay in the mask (Otsu would drop it)."""
+    img, ball = _ball((40, 40, 30), 14.0, value=100.0)
+    grid = np.indices(img.shape).astype(float)
+    r = np.sqrt(((grid - np.array([19.5, 19.5, 14.5])[:, None, None, None]) ** 2).sum(0))
+    img[r < 5] = 8.0  # dark 'ventricle' inside the brain
+    rim = ball & (r > 13)
+    img[rim] = 30.0
+    outside_rim = ~ball & (r < 15)
+    img[outside_rim] = np.random.default_rng(0).uniform(-12, 0, outside_rim.sum())
+    # a 'sulcus': a background channel from the surface into the brain, open in 3D
+    img[18:22, 18:22, 20:30] = 0.0
+    mask, rule = compute_mask(img)
+    assert rule.startswith("skull-stripped background")
+    assert mask[r < 5].all()  # dark fluid kept
+    assert not mask[outside_rim].any()  # ringing below the background is background
+    # the channel is closed in each axial slice it crosses, so it is filled there
+    assert mask[19, 19, 20:27].all()
+    filled = fill_holes(np.pad(np.ones((5, 5, 3), bool), 1) & ~np.pad(
+        np.pad(np.ones((1, 1, 5), bool), ((2, 2), (2, 2), (0, 0))), ((1, 1), (1, 1), (0, 0))))
+    assert filled[3, 3, 2]  # a tube open at both ends in 3D is a hole in each slice
+
+
+@pytest.mark.parametrize("patient", ["patient07", "patient19"])
+def test_masks_on_real_ms_scans(patient):
+    """The Lesjak MS scans (skull-stripped, then registered: background near zero, not at it):
+    the computed mask is the brain (FLAIR > 0 up to its ringing rim) and covers the lesions."""
+    folder = shared("brain", "ms_lesjak", patient)
+    flair = load_scan(next(folder.glob("FLAIR*.nii.gz"))).array
+    lesion = load_scan(next(folder.glob("GOLD_STANDARD*.nii.gz"))).array > 0
+    mask, rule = compute_mask(flair)
+    assert rule.startswith("skull-stripped background")
+    assert _dice(mask, flair > 0) > 0.99
+    missed = lesion & ~mask
+    assert missed.sum() <= 5 and (flair[missed] <= 0).all()  # only label voxels off the image
+    for seq in ("T1_", "T2_"):
+        other, _ = compute_mask(load_scan(next(folder.glob(f"{seq}*.nii.gz"))).array)
+        assert _dice(other, mask) > 0.99
+
+
+@pytest.mark.parametrize("patient", ["pat0001", "pat0003"])
+def test_masks_on_real_brats_scans(patient):
+    folder = shared("brain", "brats2013", patient)
+    flair = load_scan(folder / "Flair_subtrMeanDivStd.nii.gz").array
+    given = load_scan(folder / "brainmask.nii.gz").array > 0
+    lesion = load_scan(folder / "OTMultiClass.nii.gz").array > 0
+    mask, rule = compute_mask(flair)
+    assert "background" in rule and _dice(mask, given) > 0.998
+    assert not (lesion & given & ~mask).any()  # every labelled voxel inside the brain
+
+
+def test_masks_on_real_ixi_scans():
+    folder = shared("brain", "healthy", "ixi002")
+    for seq in ("T1", "T2"):
+        img = load_scan(folder / f"hd_bet_IXI002-Guys-0828-{seq}.nii.gz").array
+        given = load_scan(folder / f"hd_bet_mask_IXI002-Guys-0828-{seq}.nii.gz").array > 0
+        mask, _ = compute_mask(img)
+        assert _dice(mask, given) > 0.999
+
+
+def test_masks_on_demo_patients(tmp_path):
+    from medae.synthetic import make_subject
+
+    for seed, lesions in ((3, 2), (4, 0)):
+        case = make_subject(seed, lesions=lesions)
+        mask, rule = compute_mask(case.image)
+        assert rule.startswith("skull-stripped background")
+        assert _dice(mask, case.brain) > 0.97 and not (case.lesion & ~mask).any()
+
+
+def test_mask_rule_recorded(tmp_path):
+    img, ball = _ball((30, 30, 30), 9.0)
+    img[ball] += np.random.default_rng(0).normal(0, 3, ball.sum()).astype(np.float32)
+    scan = _scan(img)
+    cfg = PreprocessConfig(spacing=None)
+    assert preprocess(scan, cfg).mask_rule.startswith("skull-stripped background")
+    assert preprocess(scan, cfg, mask=ball).mask_rule.startswith("given")
+    assert preprocess(scan, PreprocessConfig(spacing=None, mask="none")).mask_rule.startswith(
+        "none")
+    prep = preprocess(scan, cfg, keep_native=False)
+    assert prep.native_mask is None and prep.mask_rule

@@ -9,7 +9,9 @@ from conftest import lesion_phantom, shared
 
 import medae
 from medae import MedaeError
+from medae.masks import outer_erosion
 from medae.scoring import MapConfig, anomaly_map, calibrate, find_candidates, pick_threshold
+from medae.scoring.threshold import HealthyMap, candidate_threshold
 
 
 def test_candidates_components_sizes_and_world_centroids():
@@ -35,10 +37,15 @@ def test_candidates_components_sizes_and_world_centroids():
     assert cands == [] and not labels.any()
 
 
+def _healthy(values, shape=(50, 50, 20)):
+    heat = np.asarray(values, np.float32).reshape(shape)
+    return HealthyMap.crop(heat, np.ones(shape, bool), 1.0)
+
+
 def test_calibration_quantiles_and_threshold_choice():
     rng = np.random.default_rng(0)
-    values = [rng.random(50_000), rng.random(50_000)]
-    cal = calibrate(values, [0.1, 0.2, 0.3, 0.4], "validation")
+    maps = [_healthy(rng.random(50_000)), _healthy(rng.random(50_000))]
+    cal = calibrate(maps, [0.1, 0.2, 0.3, 0.4], "validation")
     assert cal["voxel_thresholds"]["0.01"] == pytest.approx(0.99, abs=0.003)
     assert cal["voxel_thresholds"]["0.1"] == pytest.approx(0.90, abs=0.005)
     assert cal["scan_threshold"] == pytest.approx(np.percentile([0.1, 0.2, 0.3, 0.4], 95))
@@ -48,14 +55,41 @@ def test_calibration_quantiles_and_threshold_choice():
     thr, _ = pick_threshold(cal, fpr=0.02)  # interpolated on the stored curve
     assert thr == pytest.approx(0.98, abs=0.005)
     assert pick_threshold(cal, threshold=0.5) == (0.5, "set by hand (--threshold)")
+    thr, rule = pick_threshold(cal)  # the default: the candidate rule
+    assert thr == cal["candidate_threshold"] and "candidate" in rule
+    legacy = {k: v for k, v in cal.items() if not k.startswith("candidate")}
+    assert pick_threshold(legacy)[0] == cal["voxel_thresholds"]["0.01"]  # older bundles
     with pytest.raises(MedaeError, match="outside the calibrated range"):
         pick_threshold(cal, fpr=0.9)
     with pytest.raises(MedaeError, match="no calibrated threshold"):
         pick_threshold(None)
+    with pytest.raises(MedaeError, match="finite"):
+        pick_threshold(cal, threshold=float("nan"))
     with pytest.raises(MedaeError, match="no healthy voxels"):
         calibrate([], [], "validation")
-    flat = calibrate([np.zeros(100)], [0.0], "training")  # all-normal, constant scores
+    flat = calibrate([_healthy(np.zeros(100), (10, 10, 1))], [0.0], "training")
     assert flat["voxel_thresholds"]["0.01"] == 0.0
+
+
+def test_candidate_rule_allows_one_false_candidate_per_healthy_scan():
+    """Healthy maps with blobs of known strength: the candidate threshold is the lowest one
+    leaving at most one blob of >= min volume per scan on average."""
+    rng = np.random.default_rng(1)
+    maps = []
+    for k in range(4):
+        heat = rng.random((40, 40, 20)).astype(np.float32) * 0.5  # noise: single voxels
+        for j, strength in enumerate((3.0, 2.0, 1.5)):  # 3 blobs of 27 voxels per scan
+            x = 5 + 12 * j
+            heat[x:x + 3, 10 + k:13 + k, 5:8] = strength + 0.1 * k
+        maps.append(HealthyMap.crop(heat, np.ones(heat.shape, bool), 1.0))
+    thr, fp = candidate_threshold(maps, np.linspace(0, 3.5, 200), min_volume_mm3=10)
+    assert fp <= 1.0
+    assert 2.3 < thr < 3.0  # above every 2.0-2.3 blob, below the 3.0 ones
+    assert np.mean([m.count_candidates(thr - 0.05, 10) for m in maps]) > 1.0
+    cal = calibrate(maps, [0.0] * 4, "validation", min_volume_mm3=10)
+    assert cal["candidate_fp_per_scan"] <= 1.0 and "4 healthy validation" in \
+        cal["candidate_rule"]
+    assert cal["candidate_threshold"] < 3.0  # the strongest blobs still count as one each
 
 
 def test_anomaly_map_residuals_erosion_and_median():
@@ -66,20 +100,50 @@ def test_anomaly_map_residuals_erosion_and_median():
     recon[9, 9, 9] = 0.25  # darker than expected
     mask = np.zeros(image.shape, bool)
     mask[1:11, 1:11, 1:11] = True
-    heat, inside = anomaly_map(image, recon, mask, MapConfig(erode=1, median=3))
+    heat, inside = anomaly_map(image, recon, mask, MapConfig(erode_mm=1, median_mm=3))
     assert inside.sum() == 8**3 and not heat[~inside].any()
     assert heat[6, 6, 6] == pytest.approx(0.5) and heat[5, 5, 5] == pytest.approx(0.5)
-    raw, _ = anomaly_map(image, recon, mask, MapConfig(erode=0, median=0, residual="squared"))
+    raw, _ = anomaly_map(image, recon, mask, MapConfig(erode_mm=0, median_mm=0,
+                                                       residual="squared"))
     assert raw[6, 6, 6] == pytest.approx(2.25) and raw[9, 9, 9] == pytest.approx(0.0625)
-    pos, _ = anomaly_map(image, recon, mask, MapConfig(erode=0, median=0, residual="positive"))
+    pos, _ = anomaly_map(image, recon, mask, MapConfig(erode_mm=0, median_mm=0,
+                                                       residual="positive"))
     assert pos[9, 9, 9] == 0
-    slab, _ = anomaly_map(image, recon, mask, MapConfig.from_dict({"erode": 0,
-                                                                  "median": [3, 3, 1]}))
+    slab, _ = anomaly_map(image, recon, mask, MapConfig.from_dict({"erode_mm": 0,
+                                                                  "median_mm": [3, 3, 0]}))
     assert slab[6, 6, 6] == pytest.approx(0.5)  # in-plane median only
+    # millimetres, not voxels: the widest odd window within 3 mm
+    assert MapConfig(median_mm=3).median_size((0.5, 1.0, 3.0)) == (5, 3, 1)
+    assert MapConfig(median_mm=9.375).median_size((1.875, 0.9375, 1.0)) == (5, 9, 9)
+    # legacy bundles: sizes in model voxels, converted with the model's spacing
+    old = MapConfig.from_dict({"erode": 3, "median": [5, 5, 1]}, (1.875, 1.875, 1.875))
+    assert old.erode_mm == pytest.approx(5.625) and old.median_mm == (9.375, 9.375, 0.0)
     with pytest.raises(MedaeError, match="unknown key"):
         MapConfig.from_dict({"medain": 3})
-    with pytest.raises(MedaeError, match="median"):
-        MapConfig.from_dict({"median": [3, 3]})
+    with pytest.raises(MedaeError, match="median_mm"):
+        MapConfig.from_dict({"median_mm": [3, 3]})
+    with pytest.raises(MedaeError, match="erode_mm"):
+        MapConfig.from_dict({"erode_mm": -1})
+
+
+def test_erosion_only_from_the_outer_surface():
+    """A ventricle-like hole inside the brain does not grow: only the outer rim is left out."""
+    grid = np.indices((40, 40, 30)).astype(float)
+    r = np.sqrt(((grid - np.array([19.5, 19.5, 14.5])[:, None, None, None]) ** 2).sum(0))
+    brain = r < 14
+    hole = r < 3
+    mask = brain & ~hole
+    out = outer_erosion(mask, 2.0, (1.0, 1.0, 1.0))
+    assert not (out & hole).any()
+    ring = (r >= 3) & (r < 4.5)  # right around the hole: kept
+    assert out[ring].all()
+    assert not out[(r > 12.6) & brain].any() and out[(r < 11.5) & ~hole].all()
+    # anisotropic voxels: 2 mm deep is one 2 mm voxel along z, two 1 mm voxels in-plane
+    box = np.zeros((20, 20, 10), bool)
+    box[2:18, 2:18, 2:8] = True
+    out = outer_erosion(box, 2.0, (1.0, 1.0, 2.0))
+    assert out[:, :, 3].any() and not out[:, :, 2].any()  # z: one 2 mm voxel removed
+    assert not out[3, :, 4].any() and out[4, 4:16, 4].all()  # x: two 1 mm voxels removed
 
 
 def test_lesion_found_and_outputs_on_the_source_grid(tiny_model, tmp_path):
@@ -103,7 +167,7 @@ def test_lesion_found_and_outputs_on_the_source_grid(tiny_model, tmp_path):
     stored = nib.load(src)
     # the canonical array of the scan is the phantom itself (the flip undone)
     assert lesion[tuple(np.round(ijk).astype(int))], (top, ijk)
-    assert result.heatmap[lesion].mean() > 3 * result.heatmap[result.brain & ~lesion].mean()
+    assert result.heatmap[lesion].mean() > 3 * result.heatmap[result.analysed & ~lesion].mean()
     out = medae.write_on_grid(result.heatmap, scan, tmp_path / "map.nii.gz")
     written = nib.load(out)
     assert written.shape == stored.shape
@@ -143,5 +207,5 @@ def test_3d_model_sliding_window_scoring(tmp_path):
     scan = medae.load_scan(src)
     result = medae.load_model(run, device="cpu").score(scan, fpr=0.05)
     assert result.heatmap.shape == scan.shape and np.isfinite(result.heatmap).all()
-    assert result.heatmap[result.brain].max() > 0
+    assert result.heatmap[result.analysed].max() > 0
     assert result.latent.shape == (32,)  # mean bottleneck code over the windows

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from medae.errors import MedaeError
+from medae.evaluation.froc import FROC, FROC_LEVELS
 from medae.evaluation.lesions import lesion_detection, summarise_detection
 from medae.evaluation.pooled import PooledVoxels
 from medae.evaluation.ranking import ranking_metrics
@@ -62,6 +63,8 @@ def evaluate(predictions: str | os.PathLike, labels: str | os.PathLike) -> dict:
     thresholds = sorted({float(rec["threshold"]) for rec in records.values()})
     pooled = PooledVoxels(thresholds=thresholds)
     per_scan, detections = [], []
+    sample = []  # brain voxels' scores, subsampled, to place the FROC thresholds
+    rng = np.random.default_rng(0)
     for r in cases:
         case = r["case_id"]
         heat_img = nib.load(pred / case / "anomaly_map.nii.gz")
@@ -73,6 +76,9 @@ def evaluate(predictions: str | os.PathLike, labels: str | os.PathLike) -> dict:
         if not np.isfinite(heat).all():
             raise MedaeError(pred / case / "anomaly_map.nii.gz", "contains NaN or infinite values")
         pooled.add(heat[brain], lesion[brain])
+        values = heat[brain]
+        sample.append(values if values.size <= 200_000 else
+                      rng.choice(values, 200_000, replace=False))
         one = PooledVoxels()
         one.add(heat[brain], lesion[brain])
         voxel_mm3 = float(abs(np.linalg.det(heat_img.affine[:3, :3])))
@@ -86,6 +92,7 @@ def evaluate(predictions: str | os.PathLike, labels: str | os.PathLike) -> dict:
                          "fp_candidates": det["fp_candidates"],
                          "lesion_mm3": det["lesion_mm3"],
                          "lesion_detected": det["lesion_detected"]})
+    froc = _froc(pred, cases, truth, records, np.concatenate(sample))
     for thr in thresholds:
         for entry, d in zip(per_scan, pooled.scan_dice(thr), strict=True):
             if entry["threshold"] == thr:
@@ -112,7 +119,27 @@ def evaluate(predictions: str | os.PathLike, labels: str | os.PathLike) -> dict:
         },
         "lesions": {"recall": det["recall"], "fp_per_scan": det["fp_per_scan_mean"],
                     "fp_per_scan_sd": det["fp_per_scan_sd"], "detail": det},
+        "froc": froc,
         "scan_level": ranking_metrics([e["score"] for e in per_scan], abnormal),
         "per_scan": per_scan,
         "curve": pooled.curve(),
     }
+
+
+def _froc(pred: Path, cases: list[dict], truth: dict, records: dict, sample: np.ndarray) -> dict:
+    """A second pass over the maps: the FROC curve at thresholds spread over the brain voxels'
+    scores (the fraction of voxels above each is :data:`FROC_LEVELS`)."""
+    thresholds = np.quantile(sample, 1 - FROC_LEVELS) if sample.size else []
+    froc = FROC([t for t in thresholds if t > 0])
+    for r in cases:
+        case = r["case_id"]
+        heat_img = nib.load(pred / case / "anomaly_map.nii.gz")
+        heat = heat_img.get_fdata(dtype=np.float32)
+        label_path, mask_path = truth[case]
+        lesion = _on_grid(label_path, heat_img, "label") > 0
+        brain_path = mask_path or pred / case / "brain_mask.nii.gz"
+        brain = _on_grid(brain_path, heat_img, "brain mask") > 0
+        voxel_mm3 = float(abs(np.linalg.det(heat_img.affine[:3, :3])))
+        froc.add(np.where(brain, heat, 0), lesion & brain, voxel_mm3,
+                 float(records[case].get("min_volume_mm3", 0.0)))
+    return froc.result()

@@ -66,6 +66,22 @@ def _plots(m: dict, out: Path) -> list[str]:
         ax.grid(alpha=0.3)
         _save(fig, out / "dice_threshold.png")
         names += ["pr_curve.png", "dice_threshold.png"]
+    froc = m.get("froc") or {}
+    if froc.get("lesions"):
+        fig = Figure(figsize=(5.5, 4.5))
+        ax = fig.add_subplot()
+        ax.plot(froc["fp_per_scan"], froc["recall"], marker=".", color="C0")
+        les = m["lesions"]
+        if les["recall"] is not None:
+            ax.plot([les["fp_per_scan"]], [les["recall"]], "o", color="C2",
+                    label="calibrated operating point")
+            ax.legend(fontsize=8)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set(xlabel="false-positive candidates per scan", ylabel="lesion-wise recall",
+               ylim=(0, 1.02), title=f"FROC ({froc['lesions']} lesions, {froc['scans']} scans)")
+        ax.grid(alpha=0.3)
+        _save(fig, out / "froc.png")
+        names.append("froc.png")
     per = m["per_scan"]
     fig = Figure(figsize=(max(5.0, 0.5 * len(per) + 2), 4.0))
     ax = fig.add_subplot()
@@ -112,6 +128,13 @@ def write_report(metrics: dict, output: str | os.PathLike, predictions: str, lab
               "|---|---|---|---|"]
     for name, b in les["detail"]["by_size"].items():
         lines.append(f"| {name} | {b['lesions']} | {b['detected']} | {_fmt(b['recall'])} |")
+    froc = metrics.get("froc") or {}
+    if froc.get("lesions"):
+        lines += ["", "FROC (lesion-wise recall at thresholds over the brain voxels' scores):", "",
+                  "| threshold | FP candidates / scan | lesion recall |", "|---|---|---|"]
+        for t, f, r in zip(froc["thresholds"], froc["fp_per_scan"], froc["recall"],
+                           strict=True):
+            lines.append(f"| {t:.4g} | {f:.2f} | {_fmt(r)} |")
     lines += ["", "| case | lesion voxels | AP | Dice @ threshold | lesions found "
               "| FP candidates |", "|---|---|---|---|---|---|"]
     for p in metrics["per_scan"]:

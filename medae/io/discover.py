@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import re
@@ -15,12 +16,16 @@ from medae.errors import MedaeError, ScanReadError
 from medae.io import dicom
 from medae.io.nifti import is_nifti_path, read_nifti
 from medae.io.scan import Scan
+from medae.io.sequences import SequenceRef, nnunet_parts, on_grid
 
 log = logging.getLogger("medae")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-MANIFEST_COLUMNS = ("case_id", "image", "mask", "label")
+#: manifest columns that are not sequences; every other column names a sequence (``image``,
+#: ``flair``, ``t2`` ...), the first of them fixing the case's grid
+RESERVED_COLUMNS = ("case_id", "mask", "label")
+_SEQUENCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 
 
 @dataclass(frozen=True)
@@ -33,11 +38,30 @@ class ScanSource:
     series: dicom.DicomSeries | None = None
     mask: Path | None = None
     label: Path | None = None
+    name: str = "image"  # the first sequence's name
+    sequences: tuple[SequenceRef, ...] = ()  # further co-registered sequences, in order
+    problem: str | None = None  # found while grouping (a missing sequence): load() refuses
+
+    @property
+    def sequence_names(self) -> tuple[str, ...]:
+        return (self.name, *(s.name for s in self.sequences))
 
     def load(self) -> Scan:
+        """The first sequence (the case's grid)."""
+        if self.problem:
+            raise ScanReadError(self.path, self.problem)
         if self.series is not None:
             return dicom.read_dicom_series(self.series)
         return load_scan(self.path)
+
+    def load_sequences(self, scan: Scan) -> dict[str, np.ndarray]:
+        """Every sequence on ``scan``'s (the first sequence's) array grid, by name."""
+        out = {self.name: scan.array}
+        for seq in self.sequences:
+            other = (dicom.read_dicom_series(seq.series) if seq.series is not None
+                     else load_scan(seq.path))
+            out[seq.name] = on_grid(scan, other, f"sequence {seq.name} of case {self.case_id}")
+        return out
 
     def load_companion(self, which: str, scan: Scan) -> np.ndarray | None:
         """The ``mask`` or ``label`` file as a boolean array on ``scan``'s array grid."""
@@ -51,9 +75,10 @@ class ScanSource:
         return other.array > 0
 
     def describe(self) -> str:
-        if self.series is not None:
-            return self.series.describe()
-        return "NIfTI file"
+        text = self.series.describe() if self.series is not None else "NIfTI file"
+        if self.sequences:
+            text += f"; sequences {', '.join(self.sequence_names)}"
+        return text
 
 
 def safe_id(text: str) -> str:
@@ -113,14 +138,24 @@ def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list
         files, base = _walk(root), root
     sources: list[ScanSource] = []
     other: list[Path] = []
+    groups: dict[tuple[Path, str], list[tuple[int, ScanSource]]] = {}
     for f in files:
         if is_nifti_path(f):
             rel = f.relative_to(base)
-            case = safe_id("_".join([*rel.parts[:-1], _nifti_stem(f)]))
-            sources.append(ScanSource(case_id=case, kind="nifti", path=f))
+            stem = _nifti_stem(f)
+            src = ScanSource(case_id=safe_id("_".join([*rel.parts[:-1], stem])), kind="nifti",
+                             path=f)
+            parts = nnunet_parts(stem)
+            if parts:
+                groups.setdefault((f.parent, parts[0]), []).append((parts[1], src))
+            else:
+                sources.append(src)
         else:
             other.append(f)
     series, notes = dicom.find_dicom_series(other)
+    per_folder: dict[Path, int] = {}
+    for s in series:
+        per_folder[s.folder] = per_folder.get(s.folder, 0) + 1
     for s in series:
         try:
             rel = s.folder.relative_to(base)
@@ -131,9 +166,51 @@ def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list
         bits = [*parts, number, s.key[:8]]
         if s.volume:
             bits.append(s.volume)
-        sources.append(ScanSource(case_id=safe_id("_".join(bits)), kind="dicom", path=s.folder,
-                                  series=s))
+        src = ScanSource(case_id=safe_id("_".join(bits)), kind="dicom", path=s.folder, series=s)
+        seq = nnunet_parts(s.folder.name) if per_folder[s.folder] == 1 else None
+        if seq:
+            groups.setdefault((s.folder.parent, seq[0]), []).append((seq[1], src))
+        else:
+            sources.append(src)
+    sources += _sequence_cases(groups, base)
     return _dedupe(sorted(sources, key=lambda s: (s.case_id, str(s.path)))), notes
+
+
+def _sequence_cases(groups: dict[tuple[Path, str], list[tuple[int, ScanSource]]],
+                    base: Path) -> list[ScanSource]:
+    """nnU-Net-named files and folders (``CASE_0000`` ...) grouped into multi-sequence cases.
+
+    A group without a ``_0000`` member is no case: its members stay ordinary scans.  A gap in the
+    suffixes or two volumes for one suffix is recorded as the case's problem (its load fails
+    with that reason; the other cases go on).
+    """
+    out = []
+    for (folder, name), members in sorted(groups.items(), key=lambda g: (str(g[0][0]), g[0][1])):
+        indexes = sorted(i for i, _ in members)
+        if 0 not in indexes:
+            out.extend(src for _, src in members)
+            continue
+        members = sorted(members, key=lambda m: (m[0], str(m[1].path)))
+        try:
+            rel = [p for p in folder.relative_to(base).parts if p not in ("", ".")]
+        except ValueError:
+            rel = []
+        case = safe_id("_".join([*rel, name]))
+        problem = None
+        missing = sorted(set(range(indexes[-1] + 1)) - set(indexes))
+        doubled = sorted({i for i in indexes if indexes.count(i) > 1})
+        if missing:
+            problem = (f"case {case}: missing sequence(s) "
+                       f"{', '.join(f'{i:04d}' for i in missing)}")
+        elif doubled:
+            problem = (f"case {case}: several volumes for sequence(s) "
+                       f"{', '.join(f'{i:04d}' for i in doubled)}")
+        first = members[0][1]
+        extra = tuple(SequenceRef(name=f"{i:04d}", kind=src.kind, path=src.path,
+                                  series=src.series) for i, src in members[1:])
+        out.append(dataclasses.replace(first, case_id=case, name="0000", sequences=extra,
+                                       problem=problem))
+    return out
 
 
 def _walk(root: Path) -> list[Path]:
@@ -151,18 +228,21 @@ def _dedupe(sources: list[ScanSource]) -> list[ScanSource]:
         n = seen.get(s.case_id, 0)
         seen[s.case_id] = n + 1
         if n:
-            s = ScanSource(case_id=f"{s.case_id}_{n + 1}", kind=s.kind, path=s.path,
-                           series=s.series, mask=s.mask, label=s.label)
+            s = dataclasses.replace(s, case_id=f"{s.case_id}_{n + 1}")
         out.append(s)
     return out
 
 
 def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
-    """Read a CSV manifest with columns ``case_id,image[,mask][,label]``.
+    """Read a CSV manifest: ``case_id``, one or more sequence columns, optional ``mask``/``label``.
 
-    Paths are relative to the manifest's folder (absolute paths are kept).  ``image`` is a NIfTI
-    file, a DICOM file or a folder with one DICOM series; ``mask`` (brain/foreground) and
-    ``label`` (ground-truth lesions) are NIfTI files on the image's grid.
+    ``case_id,image[,mask][,label]`` lists single-sequence scans; ``case_id,flair,t1,t2,mask,label``
+    lists multi-sequence cases (every column but case_id, mask and label names a sequence; the
+    first fixes the case's grid, the others are resampled onto it).  Paths are relative to the
+    manifest's folder (absolute paths are kept).  A sequence is a NIfTI file, a DICOM file or a
+    folder with one DICOM series; ``mask`` (brain/foreground) and ``label`` (ground-truth lesions)
+    are NIfTI files on the first sequence's grid.  An empty cell in a later sequence column is
+    that case's problem (it fails when loaded; the other cases go on).
     """
     path = Path(path)
     try:
@@ -171,17 +251,19 @@ def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
         raise MedaeError(path, f"cannot read manifest ({exc})") from exc
     reader = csv.DictReader(text.splitlines())
     fields = [f.strip() for f in (reader.fieldnames or [])]
-    if "case_id" not in fields or "image" not in fields:
-        raise MedaeError(path, "manifest needs a header row with at least case_id,image")
-    unknown = [f for f in fields if f not in MANIFEST_COLUMNS]
-    if unknown:
-        raise MedaeError(path, f"unknown manifest column(s) {', '.join(unknown)}; "
-                               f"expected {','.join(MANIFEST_COLUMNS)}")
+    seq_cols = [f for f in fields if f not in RESERVED_COLUMNS]
+    if "case_id" not in fields or not seq_cols:
+        raise MedaeError(path, "manifest needs a header row with at least case_id,image (or "
+                               "case_id and sequence columns such as flair,t2)")
+    bad = [f for f in seq_cols if not _SEQUENCE_NAME.match(f)]
+    if bad or len(set(fields)) != len(fields):
+        raise MedaeError(path, f"manifest column names must be unique words (letters, digits, "
+                               f"_ or -), got {', '.join(repr(f) for f in bad or fields)}")
     sources, seen = [], set()
     for lineno, row in enumerate(reader, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
         case = row.get("case_id", "")
-        if not case and not row.get("image"):
+        if not case and not any(row.get(c) for c in seq_cols):
             continue  # blank line
         if not _CASE_ID.match(case):
             raise MedaeError(path, f"line {lineno}: case_id {case!r} must be letters, digits, "
@@ -189,12 +271,12 @@ def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
         if case in seen:
             raise MedaeError(path, f"line {lineno}: duplicate case_id {case!r}")
         seen.add(case)
-        paths = {}
-        for col in ("image", "mask", "label"):
+        paths: dict[str, Path | None] = {}
+        for col in [*seq_cols, "mask", "label"]:
             value = row.get(col, "")
             if not value:
-                if col == "image":
-                    raise MedaeError(path, f"line {lineno}: empty image path")
+                if col == seq_cols[0]:
+                    raise MedaeError(path, f"line {lineno}: empty {col} path")
                 paths[col] = None
                 continue
             p = Path(value)
@@ -202,10 +284,19 @@ def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
             if not p.exists():
                 raise MedaeError(path, f"line {lineno}: {col} {value} does not exist")
             paths[col] = p
-        image = paths["image"]
-        kind = "nifti" if is_nifti_path(image) and image.is_file() else "dicom"
-        sources.append(ScanSource(case_id=case, kind=kind, path=image, mask=paths["mask"],
-                                  label=paths["label"]))
+        missing = [c for c in seq_cols[1:] if paths[c] is None]
+        extra = tuple(SequenceRef(name=c, kind=_kind(paths[c]), path=paths[c])
+                      for c in seq_cols[1:] if paths[c] is not None)
+        first = paths[seq_cols[0]]
+        sources.append(ScanSource(
+            case_id=case, kind=_kind(first), path=first, mask=paths["mask"],
+            label=paths["label"], name=seq_cols[0], sequences=extra,
+            problem=f"case {case}: missing sequence(s) {', '.join(missing)}" if missing
+            else None))
     if not sources:
         raise MedaeError(path, "manifest lists no scans")
     return sources
+
+
+def _kind(path: Path) -> str:
+    return "nifti" if is_nifti_path(path) and path.is_file() else "dicom"

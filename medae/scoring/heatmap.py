@@ -1,4 +1,9 @@
-"""From input and reconstruction to the anomaly (heat) map, and a scan-level score."""
+"""From the scan and its reconstruction to the anomaly (heat) map, and a scan-level score.
+
+Everything here works on the scan's own grid: the residual compares the scan's normalised voxels
+with the reconstruction brought back to that grid, and the erosion and median filter sizes are
+millimetres, so small lesions keep their extent whatever resolution the model ran at.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from medae.errors import MedaeError
+from medae.masks import bounding_box, outer_erosion
 
 RESIDUALS = ("abs", "squared", "positive")
 
@@ -19,17 +25,23 @@ class MapConfig:
     Attributes:
         residual: ``"abs"`` |x - x̂|, ``"squared"`` (x - x̂)², or ``"positive"`` max(x - x̂, 0)
             (only brighter-than-expected voxels, e.g. lesions in FLAIR).
-        erode: erode the brain mask by this many model-space voxels (the brain edge is
-            reconstructed poorly by every autoencoder and is not a lesion).
-        median: median filter size in model-space voxels: one size (a cube) or three (e.g.
-            ``[5, 5, 1]``: 5x5 within each axial slice); 0 or 1 switches it off.
+        erode_mm: leave out the outer rim of the brain mask, this many mm deep (the brain edge
+            is reconstructed poorly by every autoencoder and is not a lesion).  Only the outer
+            surface is eroded: holes inside the mask do not grow.
+        median_mm: median filter width in mm at the scan's resolution: one width (every axis)
+            or three (e.g. ``[5, 5, 0]``: within each axial slice); each becomes the largest odd
+            number of voxels no wider than that (under 3 voxels: no filtering on that axis).
         min_volume_mm3: candidates smaller than this are dropped.
         scan_percentile: the scan score is this percentile of the map inside the brain.
+
+    Bundles written before maps were computed at the scan's resolution used ``erode`` and
+    ``median`` in voxels of the model grid: :meth:`from_dict` converts them with the model's
+    spacing.
     """
 
     residual: str = "abs"
-    erode: int = 2
-    median: int | tuple[int, int, int] = 3
+    erode_mm: float = 4.0
+    median_mm: float | tuple[float, float, float] = (3.0, 3.0, 0.0)
     min_volume_mm3: float = 20.0
     scan_percentile: float = 99.0
 
@@ -37,52 +49,87 @@ class MapConfig:
         if self.residual not in RESIDUALS:
             raise MedaeError(f"scoring.residual: expected one of {RESIDUALS}, "
                              f"got {self.residual!r}")
-        sizes = self.median if isinstance(self.median, tuple) else (self.median,)
-        if len(sizes) not in (1, 3) or any(not isinstance(m, int) or m < 0 for m in sizes):
-            raise MedaeError(f"scoring.median: one or three sizes >= 0, got {self.median!r}")
-        if self.erode < 0 or self.min_volume_mm3 < 0:
-            raise MedaeError("scoring: erode and min_volume_mm3 must be >= 0")
+        widths = self.median_mm if isinstance(self.median_mm, tuple) else (self.median_mm,)
+        if len(widths) not in (1, 3) or any(
+                isinstance(m, bool) or not isinstance(m, int | float) or not 0 <= m < 1e3
+                for m in widths):
+            raise MedaeError("scoring.median_mm: one or three widths in mm (0 <= w < 1000), "
+                             f"got {self.median_mm!r}")
+        for key in ("erode_mm", "min_volume_mm3"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    not 0 <= value < 1e9:
+                raise MedaeError(f"scoring.{key}: expected a number >= 0, got {value!r}")
         if not 0 < self.scan_percentile <= 100:
             raise MedaeError("scoring.scan_percentile must be in (0, 100]")
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> MapConfig:
+    def from_dict(cls, values: dict | None, model_spacing=None) -> MapConfig:
+        """Validate a ``scoring`` section (legacy ``erode``/``median`` in model voxels are
+        converted to mm with ``model_spacing``, 1 mm when the model kept the scan's grid)."""
         values = dict(values or {})
+        spacing = np.asarray(model_spacing if model_spacing is not None else (1.0,) * 3, float)
+        if "erode" in values:
+            if "erode_mm" in values:
+                raise MedaeError("scoring: give erode_mm (mm), not also erode (model voxels)")
+            values["erode_mm"] = float(values.pop("erode")) * float(spacing.mean())
+        if "median" in values:
+            if "median_mm" in values:
+                raise MedaeError("scoring: give median_mm (mm), not also median (model voxels)")
+            m = values.pop("median")
+            m = [m] * 3 if not isinstance(m, list | tuple) else list(m)
+            if len(m) != 3:
+                raise MedaeError(f"scoring.median: one or three sizes, got {m!r}")
+            values["median_mm"] = [0.0 if v <= 1 else float(v) * float(s)
+                                   for v, s in zip(m, spacing, strict=True)]
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise MedaeError(f"scoring: unknown key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
-        if isinstance(values.get("median"), list):
-            values["median"] = tuple(values["median"])
+        if isinstance(values.get("median_mm"), list):
+            values["median_mm"] = tuple(values["median_mm"])
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if isinstance(d["median_mm"], tuple):
+            d["median_mm"] = list(d["median_mm"])
+        return d
+
+    def median_size(self, spacing) -> tuple[int, int, int]:
+        """The median filter's size in voxels of a grid with ``spacing`` (odd, >= 1)."""
+        widths = self.median_mm if isinstance(self.median_mm, tuple) else (self.median_mm,) * 3
+        return tuple(max(1, 2 * int(np.floor((w / s + 1e-6 - 1) / 2)) + 1)
+                     for w, s in zip(widths, spacing, strict=True))
 
 
-def eroded_mask(mask: np.ndarray, erode: int) -> np.ndarray:
-    if erode <= 0:
-        return mask.astype(bool)
-    return ndimage.binary_erosion(mask, iterations=erode, border_value=0)
+def residual(image: np.ndarray, recon: np.ndarray, kind: str) -> np.ndarray:
+    diff = np.subtract(image, recon, dtype=np.float32)
+    if kind == "abs":
+        return np.abs(diff, out=diff)
+    if kind == "squared":
+        return np.multiply(diff, diff, out=diff)
+    return np.maximum(diff, 0, out=diff)
 
 
-def anomaly_map(image: np.ndarray, recon: np.ndarray, mask: np.ndarray,
-                config: MapConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Residual inside the eroded mask, median-filtered.  Returns (map, eroded mask)."""
-    diff = image - recon
-    if config.residual == "abs":
-        res = np.abs(diff)
-    elif config.residual == "squared":
-        res = diff * diff
-    else:
-        res = np.maximum(diff, 0)
-    inside = eroded_mask(mask, config.erode)
-    res = np.where(inside, res, 0).astype(np.float32)
-    if max(np.atleast_1d(config.median)) > 1:
-        res = ndimage.median_filter(res, size=config.median)
-        res[~inside] = 0
-    return res, inside
+def anomaly_map(image: np.ndarray, recon: np.ndarray, mask: np.ndarray, config: MapConfig,
+                spacing=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Residual inside the outer-eroded ``mask``, median-filtered (``spacing``: mm per axis of
+    these arrays).  Returns (map float32, analysed region bool); the map is 0 outside it."""
+    inside = outer_erosion(mask, config.erode_mm, spacing)
+    heat = np.zeros(image.shape, np.float32)
+    size = config.median_size(spacing)
+    box = bounding_box(inside, margin=[s // 2 for s in size])
+    if box is None:
+        return heat, inside
+    res = residual(image[box], recon[box], config.residual)
+    res[~inside[box]] = 0
+    if max(size) > 1:
+        res = ndimage.median_filter(res, size=size)
+        res[~inside[box]] = 0
+    heat[box] = res
+    return heat, inside
 
 
 def scan_score(heat: np.ndarray, inside: np.ndarray, percentile: float) -> float:

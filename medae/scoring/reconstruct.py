@@ -8,12 +8,13 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from medae.device import PRECISIONS
 
 
 def autocast_context(device: torch.device, precision: str):
-    if precision in _DTYPES:
-        return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+    dtype = PRECISIONS.get(str(precision))
+    if dtype is not None:
+        return torch.autocast(device_type=device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 
