@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from medae.errors import MedaeError
+from medae.io.nifti import MAX_VOXELS as _MAX_RESAMPLED
 from medae.io.scan import Scan
 
 Size3 = tuple[int | None, int | None, int | None]
@@ -173,6 +174,10 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
     else:
         shape = tuple(max(1, round(n * s / t)) for n, s, t in
                       zip(scan.shape, scan.spacing, config.spacing, strict=True))
+    if float(np.prod(shape, dtype=np.float64)) > _MAX_RESAMPLED:  # checked before allocating
+        raise MedaeError(f"{scan.source}: resampling {scan.describe()} to {config.spacing} mm "
+                         f"gives {'x'.join(map(str, shape))} voxels, more than "
+                         f"{_MAX_RESAMPLED:.3g}")
     image = _resize(scan.array, shape, nearest=False)
     if config.mask == "none":
         fg = np.ones(shape, bool)

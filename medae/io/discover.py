@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import os
 import re
@@ -13,6 +15,7 @@ import numpy as np
 
 from medae.errors import MedaeError, ScanReadError
 from medae.io import dicom
+from medae.io.files import NOT_REGULAR, is_regular, read_regular
 from medae.io.nifti import is_nifti_path, read_nifti
 from medae.io.scan import Scan
 
@@ -21,6 +24,10 @@ log = logging.getLogger("medae")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MANIFEST_COLUMNS = ("case_id", "image", "mask", "label")
+#: names medae's commands write beside case folders: no case id may take one (any letter case)
+RESERVED_IDS = frozenset(n.casefold() for n in (
+    "scores.csv", "failures.csv", "run.json", "latents.npz", "index.html", "report.md",
+    "metrics.json", "skipped.csv", "model.json", "config.yaml", "log.csv", "summary.json"))
 
 
 @dataclass(frozen=True)
@@ -77,12 +84,14 @@ def load_scan(path: str | os.PathLike, series: str | None = None) -> Scan:
     a folder holds several.
     """
     path = Path(path)
-    if is_nifti_path(path) and not path.is_dir():
-        return read_nifti(path)
     if path.is_dir():
         return dicom.load_dicom_folder(path, series=series)
     if not path.exists():
         raise ScanReadError(path, "no such file or folder")
+    if not is_regular(path):
+        raise ScanReadError(path, NOT_REGULAR)
+    if is_nifti_path(path):
+        return read_nifti(path)
     if dicom.is_dicom_file(path):
         return dicom.load_dicom_folder(path, series=series)
     raise ScanReadError(path, "not a NIfTI (.nii, .nii.gz) or DICOM file")
@@ -107,20 +116,27 @@ def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list
         raise MedaeError(root, "no such file or folder")
     if root.is_file() and root.suffix.lower() == ".csv":
         return read_manifest(root), []
-    if root.is_file():
-        files, base = [root], root.parent
+    if not root.is_dir():
+        if not is_regular(root):
+            raise MedaeError(root, NOT_REGULAR)
+        files, base, notes = [root], root.parent, []
     else:
-        files, base = _walk(root), root
+        (files, notes), base = _walk(root), root
     sources: list[ScanSource] = []
+    cleaned: set[Path] = set()  # names changed by cleaning give way to names kept as they are
     other: list[Path] = []
     for f in files:
         if is_nifti_path(f):
             rel = f.relative_to(base)
-            case = safe_id("_".join([*rel.parts[:-1], _nifti_stem(f)]))
+            raw = "_".join([*rel.parts[:-1], _nifti_stem(f)])
+            case = safe_id(raw)
+            if raw != case:
+                cleaned.add(f)
             sources.append(ScanSource(case_id=case, kind="nifti", path=f))
         else:
             other.append(f)
-    series, notes = dicom.find_dicom_series(other)
+    series, dicom_notes = dicom.find_dicom_series(other)
+    notes += dicom_notes
     for s in series:
         try:
             rel = s.folder.relative_to(base)
@@ -133,28 +149,72 @@ def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list
             bits.append(s.volume)
         sources.append(ScanSource(case_id=safe_id("_".join(bits)), kind="dicom", path=s.folder,
                                   series=s))
-    return _dedupe(sorted(sources, key=lambda s: (s.case_id, str(s.path)))), notes
+    return _dedupe(sources, base, cleaned), notes
 
 
-def _walk(root: Path) -> list[Path]:
-    out = []
+def is_case_folder(folder: str | os.PathLike, source: str | None = None) -> bool:
+    """``folder`` is a case folder written by ``medae score``: a real folder whose
+    ``result.json`` is medae's record for a case of that name (and, if given, that source)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    try:
+        record = json.loads(read_regular(folder / "result.json", limit=1 << 24))
+    except (OSError, ValueError, RecursionError, MedaeError):
+        return False
+    row = record.get("row") if isinstance(record, dict) else None
+    if not isinstance(row, dict) or row.get("case_id") != folder.name:
+        return False
+    return source is None or row.get("source") == source
+
+
+def _walk(root: Path) -> tuple[list[Path], list[str]]:
+    """Regular files under ``root`` (hidden entries and medae's own case folders skipped), and
+    a note for each entry that is not a regular file (never opened: a pipe would block)."""
+    out, notes = [], []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return out
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames
+                             if not d.startswith(".") and not is_case_folder(here / d))
+        for name in sorted(filenames):
+            path = here / name
+            if name.startswith("."):
+                continue
+            if not is_regular(path) and os.path.exists(path):
+                notes.append(f"{path}: skipped, {NOT_REGULAR}")
+                continue
+            out.append(path)  # a dangling link stays: reading it fails with a clear reason
+    return out, notes
 
 
-def _dedupe(sources: list[ScanSource]) -> list[ScanSource]:
-    seen: dict[str, int] = {}
+def _suffix(source: ScanSource, base: Path) -> str:
+    try:
+        rel = source.path.relative_to(base)
+    except ValueError:
+        rel = source.path
+    text = f"{rel}#{source.series.key if source.series else ''}"
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+
+
+def _dedupe(sources: list[ScanSource], base: Path, cleaned: set[Path] = frozenset()
+            ) -> list[ScanSource]:
+    """Unique case ids (ignoring letter case): a name taken twice, or one of medae's own output
+    names, gets a suffix hashed from the source's relative path (stable when files are added)."""
+    taken = set(RESERVED_IDS)
     out = []
-    for s in sources:
-        n = seen.get(s.case_id, 0)
-        seen[s.case_id] = n + 1
-        if n:
-            s = ScanSource(case_id=f"{s.case_id}_{n + 1}", kind=s.kind, path=s.path,
-                           series=s.series, mask=s.mask, label=s.label)
+    for s in sorted(sources, key=lambda s: (s.case_id, s.path in cleaned, str(s.path))):
+        case = s.case_id
+        if case.casefold() in taken:
+            case = f"{s.case_id}_{_suffix(s, base)}"
+            k = 2
+            while case.casefold() in taken:
+                case = f"{s.case_id}_{_suffix(s, base)}_{k}"
+                k += 1
+            s = ScanSource(case_id=case, kind=s.kind, path=s.path, series=s.series,
+                           mask=s.mask, label=s.label)
+        taken.add(case.casefold())
         out.append(s)
-    return out
+    return sorted(out, key=lambda s: (s.case_id, str(s.path)))
 
 
 def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
@@ -166,9 +226,11 @@ def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MedaeError(path, f"cannot read manifest ({exc})") from exc
+        text = read_regular(path, limit=1 << 28).decode("utf-8-sig")
+    except OSError as exc:
+        raise MedaeError(path, f"cannot read manifest ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise MedaeError(path, "cannot read manifest (not UTF-8 text)") from None
     reader = csv.DictReader(text.splitlines())
     fields = [f.strip() for f in (reader.fieldnames or [])]
     if "case_id" not in fields or "image" not in fields:
@@ -186,9 +248,12 @@ def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
         if not _CASE_ID.match(case):
             raise MedaeError(path, f"line {lineno}: case_id {case!r} must be letters, digits, "
                                    "'.', '_' or '-' (not starting with a dot)")
-        if case in seen:
+        if case.casefold() in seen:
             raise MedaeError(path, f"line {lineno}: duplicate case_id {case!r}")
-        seen.add(case)
+        if case.casefold() in RESERVED_IDS:
+            raise MedaeError(path, f"line {lineno}: case_id {case!r} is the name of one of "
+                                   "medae's own output files; choose another")
+        seen.add(case.casefold())
         paths = {}
         for col in ("image", "mask", "label"):
             value = row.get(col, "")

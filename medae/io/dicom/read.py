@@ -23,6 +23,7 @@ def read_dicom_series(series: DicomSeries) -> Scan:
     meta = {k: v for k, v in series._meta if not k.startswith("_")}
     if series._mosaic:
         data, affine, mosaic_meta = _read_mosaic(series)
+        _check_finite(series.where, data)
         meta = {k: v for k, v in mosaic_meta.items() if not k.startswith("_")}
         meta["NumberOfSlices"] = data.shape[2]
     else:
@@ -39,12 +40,22 @@ def read_dicom_series(series: DicomSeries) -> Scan:
                 plane = stack[k]
                 plane[...] = pixels[f.index]
                 if f.slope != 1.0 or f.intercept != 0.0:
-                    plane *= np.float32(f.slope)
-                    plane += np.float32(f.intercept)
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        plane *= np.float32(f.slope)
+                        plane += np.float32(f.intercept)
+        _check_finite(series.where, stack)
         data = stack.transpose(2, 1, 0)   # (frame, row, col) -> (col, row, frame)
         affine = series._affine
     grid = Grid(shape=tuple(int(s) for s in data.shape), affine=affine.copy())
     return Scan.from_grid(data, grid, source=series.source, kind="dicom", meta=meta)
+
+
+def _check_finite(where: Path, data: np.ndarray) -> None:
+    """Infinite voxels (a rescale overflowing 32-bit floats) are refused, as for NIfTI."""
+    if not np.isfinite(data).all():
+        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        raise ScanReadError(where, f"{n_bad} voxels are NaN or infinite after RescaleSlope/"
+                                   "RescaleIntercept")
 
 
 # ------------------------------------------------------------------------------------------------
