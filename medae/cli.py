@@ -106,10 +106,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from medae.evaluation.evaluate import evaluate
     from medae.evaluation.report import write_report
-
-    from pathlib import Path
 
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise MedaeError(args.output, "--output exists and is not a folder")

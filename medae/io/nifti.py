@@ -84,7 +84,7 @@ def read_nifti_header(path: str | os.PathLike, raw: bytes | None = None) -> nib.
     if cls is None:
         raise ScanReadError(path, "not a NIfTI file (no NIfTI-1/2 header)")
     try:
-        header = cls.from_fileobj(io.BytesIO(head), check=True)
+        header = cls.from_fileobj(io.BytesIO(head), check=False)  # checked below, never "fixed"
     except Exception as exc:  # nibabel raises several types for bad headers
         raise ScanReadError(path, f"invalid NIfTI header ({exc})") from exc
     if header.get_data_offset() == 0 and head[344:347] != b"n+1" and head[4:7] != b"n+2":

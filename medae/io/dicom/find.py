@@ -30,12 +30,17 @@ def _has_preamble(path: Path) -> bool:
         return False
 
 
-def _broken(path: Path, reason: str) -> DicomSeries:
-    """A file that is DICOM but cannot be used: a one-file series that fails with ``reason``
-    (so that it lands in failures.csv / skipped.csv rather than vanishing)."""
-    return DicomSeries(key=_hash("unusable", path.name), folder=path.parent, files=(path,),
-                       series_number=None, modality="OT", n_slices=0, volume=None,
-                       _problem=reason)
+def _broken(broken: dict[tuple[Path, str], list[Path]]) -> list[DicomSeries]:
+    """Files that are DICOM but cannot be used, one series per folder and reason, that fails
+    with that reason (so that they land in failures.csv / skipped.csv rather than vanish)."""
+    out = []
+    for (folder, reason), paths in sorted(broken.items()):
+        paths = sorted(paths)
+        text = reason if len(paths) == 1 else f"{len(paths)} files: {reason}"
+        out.append(DicomSeries(key=_hash("unusable", folder.name, reason), folder=folder,
+                               files=tuple(paths), series_number=None, modality="OT",
+                               n_slices=0, volume=None, _problem=text))
+    return out
 
 
 def find_dicom_series(files) -> tuple[list[DicomSeries], list[str]]:
@@ -47,7 +52,7 @@ def find_dicom_series(files) -> tuple[list[DicomSeries], list[str]]:
     frames_by_group: dict[tuple, list[_Frame]] = defaultdict(list)
     info: dict[tuple, tuple[dict[str, Any], int | None, str]] = {}
     mosaics: list[DicomSeries] = []
-    broken: list[DicomSeries] = []
+    broken: dict[tuple[Path, str], list[Path]] = defaultdict(list)
     seen_instances: dict[tuple[str, int], Path] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # pydicom warns about every odd value it meets
@@ -63,7 +68,7 @@ def find_dicom_series(files) -> tuple[list[DicomSeries], list[str]]:
             except Exception as exc:  # pydicom raises many types for broken headers
                 reason = f"unreadable DICOM header ({_short(exc, 80)})"
                 if _has_preamble(path):  # a DICOM file for sure: a broken scan, not a note
-                    broken.append(_broken(path, reason))
+                    broken[(path.parent, reason)].append(path)
                 else:
                     notes.append(f"{path}: skipped, {reason}")
                 continue
@@ -86,7 +91,7 @@ def find_dicom_series(files) -> tuple[list[DicomSeries], list[str]]:
             except Exception as exc:
                 reason = exc.reason if isinstance(exc, MedaeError) and exc.reason else \
                     f"unusable DICOM header ({_short(exc, 80)})"
-                broken.append(_broken(path, reason))
+                broken[(path.parent, reason)].append(path)
                 continue
             if sop:
                 first = seen_instances.setdefault((sop, len(frames)), path)
@@ -100,7 +105,7 @@ def find_dicom_series(files) -> tuple[list[DicomSeries], list[str]]:
         meta, number, modality = info[gkey]
         series.extend(_volumes(gkey, frames, meta, number, modality))
     series.extend(_label_mosaics(mosaics))
-    series.extend(broken)
+    series.extend(_broken(broken))
     series.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30,
                                str(s.folder), s.volume or "", s.key))
     return series, notes

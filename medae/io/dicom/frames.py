@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medae.errors import ScanReadError
 from medae.io.dicom.headers import _PixelInfo, _raw_pixels
 from medae.io.dicom.values import (
@@ -22,8 +20,6 @@ from medae.io.dicom.values import (
     _uid_name,
 )
 from medae.io.nifti import MAX_VOXELS
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -104,14 +100,6 @@ def _check_size(path: Path, ds: Any, pixel: _PixelInfo, n_frames: int, rows: int
                                   f"too small to hold them")
 
 
-def _rescale(path: Path, name: str, value: float | None, default: float) -> float:
-    if value is None:
-        return default
-    if abs(value) > _FLOAT32_MAX:
-        raise ScanReadError(path, f"{name} {value:.3g} overflows 32-bit floats")
-    return value
-
-
 def _frames_of(path: Path, ds: Any, pixel: _PixelInfo) -> list[_Frame]:
     rows, cols = _int(_get(ds, "Rows")), _int(_get(ds, "Columns"))
     n_frames = max(1, _int(_get(ds, "NumberOfFrames")) or 1)
@@ -119,8 +107,10 @@ def _frames_of(path: Path, ds: Any, pixel: _PixelInfo) -> list[_Frame]:
     pixels = _raw_pixels(ds, pixel, n_frames, rows, cols)
     acquisition = str(_int(_get(ds, "AcquisitionNumber")))
     instance = _int(_get(ds, "InstanceNumber"))
-    slope = _rescale(path, "RescaleSlope", _num(_get(ds, "RescaleSlope")), 1.0)
-    intercept = _rescale(path, "RescaleIntercept", _num(_get(ds, "RescaleIntercept")), 0.0)
+    slope = _num(_get(ds, "RescaleSlope"))
+    slope = 1.0 if slope is None else slope
+    intercept = _num(_get(ds, "RescaleIntercept"))
+    intercept = 0.0 if intercept is None else intercept
     per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
     if not per_frame:
         position = _floats(_get(ds, "ImagePositionPatient"), 3)
@@ -166,8 +156,8 @@ def _frames_of(path: Path, ds: Any, pixel: _PixelInfo) -> list[_Frame]:
                 strong.append(("stack", _clean(stack, 16)))
         f_slope = _num(_get(pvt, "RescaleSlope")) if pvt is not None else None
         f_inter = _num(_get(pvt, "RescaleIntercept")) if pvt is not None else None
-        f_slope = _rescale(path, "RescaleSlope", f_slope, slope)
-        f_inter = _rescale(path, "RescaleIntercept", f_inter, intercept)
+        f_slope = slope if f_slope is None else f_slope
+        f_inter = intercept if f_inter is None else f_inter
         frames.append(_Frame(
             file=path, index=i, n_file_frames=n_frames,
             position=_floats(_get(pos, "ImagePositionPatient"), 3) if pos is not None else None,

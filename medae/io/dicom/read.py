@@ -15,6 +15,7 @@ from medae.io.dicom.mosaic import _read_mosaic
 from medae.io.dicom.pixels import _file_pixels
 from medae.io.dicom.series import DicomSeries
 from medae.io.dicom.values import _clean
+from medae.io.nifti import MAX_VOXELS
 from medae.io.scan import Grid, Scan
 
 
@@ -30,6 +31,11 @@ def read_dicom_series(series: DicomSeries) -> Scan:
         if series._problem or series._affine is None:
             raise ScanReadError(series.where, series._problem or "unusable geometry")
         frames = series._frames
+        n_vox = len(frames) * series.rows * series.cols
+        if n_vox > MAX_VOXELS:  # checked before allocating
+            raise ScanReadError(series.where, f"{len(frames)} frames of {series.rows}x"
+                                              f"{series.cols} ({n_vox:.3g} voxels), more than "
+                                              f"the limit of {MAX_VOXELS:.3g}")
         stack = np.empty((len(frames), series.rows, series.cols), dtype=np.float32)
         by_file: dict[Path, list[tuple[int, _Frame]]] = defaultdict(list)
         for k, f in enumerate(frames):
