@@ -24,6 +24,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -36,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from medae import __version__
-from medae.errors import MedaeError
+from medae.errors import MedaeError, failure_reason
 from medae.io.atomic import DIR_MODE, atomic_write_bytes
-from medae.io.discover import ScanSource
+from medae.io.discover import ScanSource, is_case_folder
 from medae.io.nifti import write_on_grid
 from medae.scoring.model import AnomalyModel, ScoreResult
 
@@ -47,6 +48,10 @@ CANDIDATE_COLUMNS = ["id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_
                      "centroid_z_mm", "bbox", "max_score", "mean_score"]
 FAILED_DIR = ".failed"
 TABLE_REFRESH_S = 30.0
+#: names medae writes at the top of OUT (a case id never takes one of them, see discover)
+TOP_LEVEL = ("scores.csv", "failures.csv", "run.json", "latents.npz")
+#: temporary names medae leaves when killed: ``.<name>.<8 random characters>.tmp|.old``
+_LEFTOVER = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")
 
 
 @dataclass
@@ -107,11 +112,13 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
                   "threshold_rule": result.threshold_rule, "mask_rule": result.mask_rule,
                   "min_volume_mm3": result.min_volume_mm3,
                   "latent": [float(v) for v in np.ravel(result.latent)]}
-        atomic_write_bytes(tmp / "result.json", json.dumps(record).encode())
+        atomic_write_bytes(tmp / "result.json", json.dumps(record, allow_nan=False).encode())
         final = out / src.case_id
-        if final.exists():  # a previous run's output (not --continue): replace it whole
-            old = out / f".{src.case_id}.old"
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(final):  # a previous run's output (not --continue): replace it whole
+            if not is_case_folder(final):
+                raise MedaeError(final, "exists and was not written by medae: left untouched "
+                                        "(move it, or choose another --output)")
+            old = Path(tempfile.mkdtemp(prefix=f".{src.case_id}.", suffix=".old", dir=out))
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -120,6 +127,50 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output(out: Path) -> bool:
+    """Refuse an ``out`` that is not a folder, or that holds a file named like medae's tables
+    that medae did not write (it would be overwritten).  True when ``out`` is medae's output."""
+    if os.path.lexists(out) and not out.is_dir():
+        raise MedaeError(out, "--output exists and is not a folder")
+    ours = _is_output_folder(out)
+    if not ours:
+        for name in TOP_LEVEL:
+            if os.path.lexists(out / name):
+                raise MedaeError(out / name, "exists and was not written by medae; it would be "
+                                             "overwritten: choose another --output")
+    return ours
+
+
+def prepare_output(out: Path) -> None:
+    """Check ``out`` (see :func:`check_output`), create it, and remove leftovers of a killed run
+    (medae's own temporary names only)."""
+    ours = check_output(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / FAILED_DIR).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise MedaeError(out, f"cannot create the output folder: {exc.strerror or exc}") from None
+    if not ours:
+        return
+    for folder in (out, out / FAILED_DIR):  # from a killed run
+        for leftover in folder.iterdir():
+            if not _LEFTOVER.match(leftover.name) or leftover.is_symlink():
+                continue
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _is_output_folder(out: Path) -> bool:
+    """``out`` holds a ``run.json`` written by medae score."""
+    try:
+        run = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(run, dict) and "medae_version" in run and "shard" in run
 
 
 def _load(model: AnomalyModel, src: ScanSource):
@@ -149,7 +200,7 @@ def rebuild_tables(out: Path, save_latent: bool = False) -> tuple[list[dict], li
     """Rewrite scores.csv / failures.csv (and latents.npz) from the per-case records."""
     rows, failures, latents = [], [], []
     for rec_path in sorted(out.glob("*/result.json")):
-        if rec_path.parent.name.startswith("."):
+        if rec_path.parent.name.startswith(".") or not is_case_folder(rec_path.parent):
             continue
         rec = json.loads(rec_path.read_text())
         rows.append(rec["row"])
@@ -181,26 +232,19 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
                   arguments: dict | None = None) -> BatchSummary:
     """Score ``sources`` into ``out`` (see the module docstring for the layout)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / FAILED_DIR).mkdir(exist_ok=True)
-    leftovers = [*out.glob(".*.tmp"), *out.glob(".*.old"), *(out / FAILED_DIR).glob(".*.tmp")]
-    for leftover in leftovers:  # from a killed run
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+    prepare_output(out)
     index, count = shard
     mine = sorted(sources, key=lambda s: s.case_id)[index::count]
     atomic_write_bytes(out / "run.json", json.dumps({
         "medae_version": __version__, "python": platform.python_version(),
         "model": str(model.bundle.path), "model_name": model.name,
         "arguments": arguments or {}, "shard": f"{index + 1}/{count}", "n_scans": len(mine),
-    }, indent=2).encode())
+    }, indent=2, allow_nan=False).encode())
     summary = BatchSummary()
     last_tables = time.monotonic()
     todo = []
     for src in mine:
-        if resume and (out / src.case_id / "result.json").is_file():
+        if resume and is_case_folder(out / src.case_id, source=_source_text(src)):
             summary.skipped += 1
         else:
             todo.append(src)
@@ -222,10 +266,11 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
             summary.scored += 1
             msg = (f"score {result.score:.4g}, {len(result.candidates)} candidate(s), "
                    f"{row['seconds']:.1f} s")
-        except Exception as exc:  # one scan must never stop the others
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
             summary.failed += 1
-            reason = str(exc) if isinstance(exc, MedaeError) else \
-                f"{src.path}: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            reason = failure_reason(src.path, exc)
             atomic_write_bytes(fail_path, json.dumps({
                 "case_id": src.case_id, "source": _source_text(src), "reason": reason,
                 "seconds": round(time.perf_counter() - t0, 3)}).encode())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from medae import __version__
+from medae.config import validate_config
 from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes
+from medae.io.files import read_regular
 from medae.models import create_model, list_models
 from medae.preprocess import PreprocessConfig
 
@@ -67,7 +70,7 @@ def save_bundle(run: str | os.PathLike, model: torch.nn.Module, config: dict, *,
         "weights": {"file": WEIGHTS, "sha256": hashlib.sha256(payload).hexdigest()},
     }
     atomic_write_bytes(run / WEIGHTS, payload)
-    atomic_write_bytes(run / META, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(run / META, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
     return run
 
 
@@ -76,20 +79,62 @@ def update_meta(run: str | os.PathLike, **fields: Any) -> dict:
     path = Path(run) / META
     meta = _read_meta(path)
     meta.update(fields)
-    atomic_write_bytes(path, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
     return meta
 
 
 def _read_meta(path: Path) -> dict:
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(read_regular(path, limit=MAX_META_BYTES), parse_constant=_no_constant)
     except FileNotFoundError as exc:
         raise MedaeError(path, "missing: not a medae model folder") from exc
+    except MedaeError as exc:
+        raise MedaeError(path, f"unreadable model metadata ({exc.reason})") from None
+    except RecursionError:
+        raise MedaeError(path, "unreadable model metadata (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MedaeError(path, f"unreadable model metadata ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise MedaeError(path, f"not a medae model bundle (format is not {FORMAT!r})")
     return meta
+
+
+MAX_META_BYTES = 64 << 20
+
+
+def _no_constant(name: str) -> None:
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
+def _finite(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_calibration(cal: Any, path: Path) -> None:
+    """``calibration`` is null or complete: finite thresholds and an increasing FPR curve."""
+    if cal is None:
+        return
+    _check(isinstance(cal, dict) and bool(cal), path,
+           "calibration: expected null or calibrated thresholds, got an empty value")
+    voxel = cal.get("voxel_thresholds")
+    _check(isinstance(voxel, dict) and bool(voxel) and all(
+        _finite(v) for v in voxel.values()), path,
+        "calibration.voxel_thresholds: expected finite numbers")
+    curve = cal.get("fpr_curve")
+    ok = isinstance(curve, dict) and all(isinstance(curve.get(k), list) for k in
+                                         ("fpr", "threshold"))
+    ok = ok and 2 <= len(curve["fpr"]) == len(curve["threshold"])
+    ok = ok and all(_finite(v) for v in curve["fpr"] + curve["threshold"])
+    ok = ok and all(0 < a < b < 1 for a, b in zip(curve["fpr"][:-1], curve["fpr"][1:], strict=True))
+    _check(ok, path, "calibration.fpr_curve: expected equal-length lists of finite numbers, "
+                     "fpr increasing within (0, 1)")
+    scan = cal.get("scan_threshold")
+    _check(scan is None or _finite(scan), path,
+           "calibration.scan_threshold: expected null or a finite number")
+    cand = cal.get("candidate_threshold")  # absent in bundles calibrated before the rule
+    _check(cand is None or _finite(cand), path,
+           "calibration.candidate_threshold: expected null or a finite number")
 
 
 def _check(cond: bool, path: Path, reason: str) -> None:
@@ -142,6 +187,16 @@ def load_bundle(run: str | os.PathLike, device: str | torch.device = "cpu") -> B
            and isinstance(weights.get("sha256"), str), meta_path, "weights: missing or invalid")
     pre = meta.get("preprocess")
     _check(isinstance(pre, dict), meta_path, "preprocess: missing")
+    config = meta.get("config")
+    _check(isinstance(config, dict), meta_path, "config: missing (the training recipe)")
+    from medae.scoring.heatmap import MapConfig
+
+    try:
+        validate_config(config)
+        MapConfig.from_dict(config.get("scoring"))
+    except (MedaeError, TypeError, ValueError) as exc:
+        raise MedaeError(meta_path, str(exc)) from None
+    _check_calibration(meta.get("calibration"), meta_path)
     try:
         pre_cfg = PreprocessConfig.from_dict(pre)
     except (MedaeError, TypeError, ValueError) as exc:

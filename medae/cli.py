@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
+import warnings
 from collections.abc import Sequence
 
 from medae import __version__
-from medae.errors import MedaeError
+from medae.errors import MedaeError, failure_reason
 
 log = logging.getLogger("medae")
 
@@ -28,9 +30,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 scan = src.load()
                 if src.sequences:
                     src.load_sequences(scan)  # co-registered? (refused when not)
-            except MedaeError as exc:
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # one scan never stops the listing
                 failed += 1
-                print(f"{src.case_id}\t{src.kind}\tFAILED\t{exc}")
+                print(f"{src.case_id}\t{src.kind}\tFAILED\t{failure_reason(src.path, exc)}")
                 continue
             sx, sy, sz = scan.spacing
             seqs = (f"\tsequences {','.join(src.sequence_names)}" if src.sequences else "")
@@ -60,16 +64,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_score(args: argparse.Namespace) -> int:
-    from medae.batch import parse_shard, score_sources
-    from medae.io.discover import discover_with_notes
-    from medae.scoring import load_model
-
-    shard = parse_shard(args.shard)
+def _check_flags(args: argparse.Namespace) -> None:
+    """Every score flag checked once, before the model or any scan is read."""
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise MedaeError(f"--threshold {args.threshold}: expected a finite number")
+    if args.fpr is not None and not (math.isfinite(args.fpr) and 0 < args.fpr < 1):
+        raise MedaeError(f"--fpr {args.fpr}: expected a false-positive rate between 0 and 1")
     if args.fpr is not None and args.threshold is not None:
         raise MedaeError("--fpr and --threshold exclude each other")
+    if not 1 <= args.batch_size <= 65536:
+        raise MedaeError(f"--batch-size {args.batch_size}: expected an integer from 1 to 65536")
+    if not 1 <= args.workers <= 64:
+        raise MedaeError(f"--workers {args.workers}: expected an integer from 1 to 64")
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medae.batch import check_output, parse_shard, score_sources
+    from medae.io.discover import discover_with_notes
+    from medae.scoring import load_model
+    from medae.scoring.threshold import pick_threshold
+
+    shard = parse_shard(args.shard)
+    _check_flags(args)
+    check_output(Path(args.output))
     model = load_model(args.model, device=args.device, batch_size=args.batch_size,
                        precision=args.precision)
+    pick_threshold(model.calibration, args.fpr, args.threshold)  # once, not once per scan
     sources, notes = discover_with_notes(args.input)
     for note in notes:
         print(f"note: skipped {note}", file=sys.stderr)
@@ -87,9 +109,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from medae.evaluation.evaluate import evaluate
     from medae.evaluation.report import write_report
 
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise MedaeError(args.output, "--output exists and is not a folder")
     metrics = evaluate(args.predictions, args.labels)
     out = write_report(metrics, args.output, str(args.predictions), str(args.labels))
     v = metrics["voxel"]
@@ -245,8 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    for name in ("pydicom", "nibabel"):  # their log lines may quote file contents
+        logging.getLogger(name).propagate = False
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # never printed: library warnings quote file text
+            return int(args.func(args) or 0)
     except MedaeError as exc:
         print(f"medae: error: {exc}", file=sys.stderr)
         return 1

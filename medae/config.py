@@ -7,7 +7,9 @@ optimisation (``train``).  Unknown keys are errors that name the key.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "max_steps_per_epoch": None,
     },
-    "scoring": {},  # medae.scoring.MapConfig fields (residual, erode, median, ...)
+    "scoring": {},  # medae.scoring.MapConfig fields (residual, erode_mm, median_mm, ...)
 }
 # keys validated by the model factory, PreprocessConfig and MapConfig
 _OPEN_SECTIONS = {"model", "preprocess", "scoring"}
@@ -78,7 +80,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple = (
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise MedaeError(f"--set {item!r}: expected section.key=value")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise MedaeError(f"--set {item!r}: the value {raw!r} is not valid YAML") from None
         node = user
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -86,11 +91,87 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple = (
             if not isinstance(node, dict):
                 raise MedaeError(f"--set {item!r}: {part} is not a section")
         node[parts[-1]] = value
-    for section in user:
+    for section, value in user.items():
         if section not in DEFAULTS:
             raise MedaeError(f"config: unknown section {section!r} "
                              f"(known: {', '.join(DEFAULTS)})")
-    return _merge(DEFAULTS, user, "")
+        if value is not None and not isinstance(value, dict):
+            raise MedaeError(f"config: {section} is {value!r}; expected a mapping of "
+                             f"{section} keys")
+    config = _merge(DEFAULTS, {k: v for k, v in user.items() if v is not None}, "")
+    return validate_config(config)
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _num(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+# key -> (test, what is allowed); checked once, before any work
+_RULES: dict[str, tuple[Any, str]] = {
+    "train.epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "train.steps": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
+    "train.batch_size": (lambda v: _int(v) and 1 <= v <= 1 << 16, "an integer from 1 to 65536"),
+    "train.lr": (lambda v: _num(v) and v > 0, "a finite number > 0"),
+    "train.weight_decay": (lambda v: _num(v) and v >= 0, "a finite number >= 0"),
+    "train.warmup_steps": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "train.schedule": (lambda v: v in ("cosine", "constant"), "cosine or constant"),
+    "train.grad_clip": (lambda v: v is None or (_num(v) and v >= 0),
+                        "null or a finite number >= 0"),
+    "train.patience": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "train.precision": (lambda v: str(v) in ("32", "bf16", "fp16"), "32, bf16 or fp16"),
+    "train.seed": (lambda v: _int(v) and 0 <= v < 2**63, "an integer from 0 to 2**63 - 1"),
+    "train.max_steps_per_epoch": (lambda v: v is None or (_int(v) and v >= 1),
+                                  "null or an integer >= 1"),
+    "data.val_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number from 0 to below 1"),
+    "data.min_foreground": (lambda v: _num(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "data.patch_size": (lambda v: v is None or (isinstance(v, list) and len(v) in (2, 3)
+                                                and all(_int(s) and s >= 1 for s in v)),
+                        "null or a list of 2 or 3 integers >= 1"),
+    "data.augment": (lambda v: isinstance(v, dict), "a mapping"),
+    "data.cache_workers": (lambda v: _int(v) and 0 <= v <= 256, "an integer from 0 to 256"),
+    "data.num_workers": (lambda v: _int(v) and 0 <= v <= 256, "an integer from 0 to 256"),
+    "loss.kind": (lambda v: v in ("mse", "l1", "bce"), "mse, l1 or bce"),
+    "loss.beta": (lambda v: _num(v) and v >= 0, "a finite number >= 0"),
+    "loss.sparsity": (lambda v: _num(v) and v >= 0, "a finite number >= 0"),
+    "loss.masked": (lambda v: isinstance(v, bool), "true or false"),
+    "model.name": (lambda v: isinstance(v, str) and v in _model_names(), "a registered model"),
+    "model.spatial_dims": (lambda v: v in (2, 3), "2 or 3"),
+}
+
+
+_FLOAT_KEYS = {"train.lr", "train.weight_decay", "train.grad_clip", "data.val_fraction",
+               "data.min_foreground", "loss.beta", "loss.sparsity"}
+
+
+def _model_names() -> list[str]:
+    from medae.models import list_models
+
+    return list_models()
+
+
+def validate_config(config: dict) -> dict:
+    """Check every section is a mapping and every known key's type and range; returns
+    ``config``.  One line naming the key, the value and what is allowed."""
+    for section in DEFAULTS:
+        if not isinstance(config.get(section), dict):
+            raise MedaeError(f"config: {section} is {config.get(section)!r}; expected a mapping")
+    for key, (ok, allowed) in _RULES.items():
+        section, name = key.split(".")
+        if name not in config[section]:
+            continue
+        value = config[section][name]
+        if isinstance(value, str) and key in _FLOAT_KEYS:  # YAML 1.1 reads 1e-3 as text
+            with contextlib.suppress(ValueError):
+                value = config[section][name] = float(value)
+        if not ok(value):
+            extra = f" ({', '.join(_model_names())})" if key == "model.name" else ""
+            raise MedaeError(f"config: {key} is {value!r}; expected {allowed}{extra}")
+    return config
 
 
 def dump_config(config: dict) -> str:

@@ -17,7 +17,7 @@ from monai.data import CacheDataset
 from monai.transforms import Transform
 from torch.utils.data import Dataset
 
-from medae.errors import MedaeError
+from medae.errors import MedaeError, failure_reason
 from medae.io.discover import ScanSource
 from medae.preprocess import Prepared, PreprocessConfig, preprocess
 
@@ -36,8 +36,11 @@ class _Prepare(Transform):
     def __call__(self, item: dict) -> dict:
         try:
             prep = load_prepared(item["source"], self.config)
-        except MedaeError as exc:  # a bad scan is reported, never fatal for the others
-            return {"case_id": item["source"].case_id, "prepared": None, "error": str(exc)}
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a bad scan never stops the others
+            return {"case_id": item["source"].case_id, "prepared": None,
+                    "error": failure_reason(item["source"].path, exc)}
         return {"case_id": item["source"].case_id, "prepared": prep}
 
 

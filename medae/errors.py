@@ -23,6 +23,15 @@ class MedaeError(Exception):
         super().__init__(" ".join(message.split()))
 
 
+def failure_reason(path: str | os.PathLike, exc: BaseException) -> str:
+    """One line for a scan that failed with ``exc``.  An unexpected exception's message is left
+    out (it may quote file contents such as DICOM text): only its type is named."""
+    if isinstance(exc, MedaeError):
+        return str(exc)
+    return str(MedaeError(path, f"unexpected {type(exc).__name__} while reading or scoring "
+                                "(a bug or an unsupported file; message withheld)"))
+
+
 class ScanReadError(MedaeError):
     """A scan could not be read or has unusable contents or geometry."""
 

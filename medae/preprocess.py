@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from medae.errors import MedaeError
+from medae.io.nifti import MAX_VOXELS as _MAX_RESAMPLED
 from medae.io.scan import Scan
 from medae.masks import compute_mask
 
@@ -192,6 +193,10 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
     else:
         shape = tuple(max(1, round(n * s / t)) for n, s, t in
                       zip(scan.shape, scan.spacing, config.spacing, strict=True))
+    if float(np.prod(shape, dtype=np.float64)) > _MAX_RESAMPLED:  # checked before allocating
+        raise MedaeError(f"{scan.source}: resampling {scan.describe()} to {config.spacing} mm "
+                         f"gives {'x'.join(map(str, shape))} voxels, more than "
+                         f"{_MAX_RESAMPLED:.3g}")
     native, rule = brain_mask(scan, config, mask)
     if not native.any():
         raise MedaeError(f"{scan.source}: the foreground mask is empty")

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 from medae import __version__
 from medae.bundle import save_bundle
-from medae.config import dump_config
+from medae.config import dump_config, validate_config
 from medae.data import Augment, SampleDataset, cache_cases, sample_seed, split_subjects
 from medae.device import PRECISIONS, resolve_device
 from medae.errors import MedaeError
@@ -176,6 +176,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     Returns the run folder.  ``config`` is the resolved recipe (:func:`medae.config.load_config`).
     """
     run = Path(output)
+    validate_config(config)
     dev = resolve_device(device)
     d = _init_distributed(dev)
     tc, dc, lc = config["train"], config["data"], config["loss"]
@@ -189,6 +190,13 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(seed)
 
+    # the recipe is checked whole before anything is written or read
+    if os.path.lexists(run) and not run.is_dir():
+        raise MedaeError(run, "--output exists and is not a folder")
+    pre = PreprocessConfig.from_dict(config["preprocess"])
+    map_cfg = MapConfig.from_dict(config["scoring"], pre.spacing)  # validated before any work
+    kwargs = model_kwargs(config)
+    model = create_model(**kwargs).to(dev)  # an invalid model fails before any scan is read
     ckpt_path = run / CHECKPOINT
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
@@ -199,8 +207,6 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     if d.main and not resume:
         atomic_write_bytes(run / "config.yaml", dump_config(config).encode())
 
-    pre = PreprocessConfig.from_dict(config["preprocess"])
-    map_cfg = MapConfig.from_dict(config["scoring"], pre.spacing)  # validated before any work
     if not sources:
         raise MedaeError("no training scans found")
     train_ids, val_ids = split_subjects([s.case_id for s in sources], dc["val_fraction"], seed)
@@ -217,7 +223,6 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     if not train_items:
         raise MedaeError("no training scan could be read (see the skipped scans above)")
 
-    kwargs = model_kwargs(config)
     dims = int(kwargs["spatial_dims"])
     common = {"patch_size": dc["patch_size"], "min_foreground": dc["min_foreground"]}
     train_ds = SampleDataset(train_items, dims, augment=Augment.from_dict(dc["augment"]),
@@ -226,7 +231,6 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     if len(train_ds) == 0:
         raise MedaeError("no training samples left after dropping empty and lesion slices")
 
-    model = create_model(**kwargs).to(dev)
     ddp = d.world > 1 and any(p.requires_grad for p in model.parameters())
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     trainable = [p for p in model.parameters() if p.requires_grad]

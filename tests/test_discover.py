@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -22,7 +24,9 @@ def test_folder_tree_case_ids_are_safe_stable_and_unique(tmp_path):
     (tmp_path / "readme.txt").write_text("not a scan")
     first = discover(tmp_path)
     ids = [s.case_id for s in first]
-    assert ids == ["site_A_sub-01_flair", "site_A_sub-01_flair_2", "site_A_sub-02_flair"]
+    # the second of two names cleaning to one id gets a suffix hashed from its relative path
+    suffix = hashlib.sha1(b"site;A/sub-01/flair.nii.gz#").hexdigest()[:6]
+    assert ids == ["site_A_sub-01_flair", f"site_A_sub-01_flair_{suffix}", "site_A_sub-02_flair"]
     assert all(s.kind == "nifti" for s in first)
     assert [s.case_id for s in discover(tmp_path)] == ids  # stable
     single = discover(tmp_path / "site A" / "sub-02" / "flair.nii")

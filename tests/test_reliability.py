@@ -345,9 +345,10 @@ def test_convert_checkpoint(tiny_model, tmp_path, capsys):
     write_phantoms(inp, 1, shape=PHANTOM_SHAPE, seed=61)
     score = ["score", "--model", str(out), "--input", str(inp), "--device", "cpu", "-q",
              "--no-overlays"]
-    assert main([*score, "--output", str(tmp_path / "s0")]) == 1  # no calibration
-    (fail,) = _rows(tmp_path / "s0" / "failures.csv")
-    assert "no calibrated threshold: pass --threshold" in fail["reason"]
+    assert main([*score, "--output", str(tmp_path / "s0")]) == 1  # no calibration: checked once
+    err = capsys.readouterr().err
+    assert err.strip() == "medae: error: this model has no calibrated threshold: pass --threshold"
+    assert not (tmp_path / "s0").exists()  # refused before any work
     assert main([*score, "--output", str(tmp_path / "s1"), "--threshold", "0.2"]) == 0
     (row,) = _rows(tmp_path / "s1" / "scores.csv")
     assert row["status"] == "ok"

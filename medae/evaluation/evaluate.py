@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -23,13 +24,82 @@ from medae.evaluation.lesions import lesion_detection, summarise_detection
 from medae.evaluation.pooled import PooledVoxels
 from medae.evaluation.ranking import ranking_metrics
 from medae.io.discover import discover, read_manifest
+from medae.io.files import is_regular, read_regular
+from medae.io.nifti import MAX_VOXELS
+
+
+def _load(path: Path, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """A NIfTI image and its voxels, or one line saying why not (missing, truncated, absurd)."""
+    if not is_regular(path):
+        raise MedaeError(path, f"{what}: missing or not a regular file")
+    try:
+        img = nib.load(path)
+        if not isinstance(img, nib.Nifti1Image) or len(img.shape) < 3:
+            raise MedaeError(path, f"{what}: not a 3D NIfTI image")
+        if float(np.prod(img.shape, dtype=np.float64)) > MAX_VOXELS:
+            raise MedaeError(path, f"{what}: header claims {img.shape}, more than the limit")
+        data = np.asanyarray(img.dataobj)
+    except MedaeError:
+        raise
+    except Exception as exc:  # nibabel and gzip raise many types for broken files
+        raise MedaeError(path, f"{what}: unreadable ({type(exc).__name__})") from None
+    return img, data
 
 
 def _on_grid(path: Path, ref: nib.Nifti1Image, what: str) -> np.ndarray:
-    img = nib.load(path)
+    img, data = _load(path, what)
     if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
         raise MedaeError(path, f"{what} is not on the scan's grid ({img.shape} vs {ref.shape})")
-    return np.asanyarray(img.dataobj).reshape(ref.shape[:3])
+    if data.size != int(np.prod(ref.shape[:3])):
+        raise MedaeError(path, f"{what}: one 3D volume expected, got shape {img.shape}")
+    return data.reshape(ref.shape[:3])
+
+
+def _read_scores(table: Path) -> list[dict]:
+    """The scored rows of scores.csv, checked: its columns, unique case ids, finite scores."""
+    if not table.is_file():
+        raise MedaeError(table, "missing: not an output folder of medae score")
+    try:
+        text = read_regular(table, limit=1 << 30).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MedaeError(table, f"unreadable ({type(exc).__name__})") from None
+    reader = csv.DictReader(text.splitlines())
+    missing = [c for c in ("case_id", "status", "score") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise MedaeError(table, f"missing column(s) {', '.join(missing)}: not a scores.csv "
+                                "written by medae score")
+    rows, seen = [], set()
+    for lineno, row in enumerate(reader, start=2):
+        if row.get("status") != "ok":
+            continue
+        case = row.get("case_id") or ""
+        if case in seen:
+            raise MedaeError(table, f"line {lineno}: case {case!r} is listed twice")
+        seen.add(case)
+        try:
+            score = float(row.get("score") or "")
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise MedaeError(table, f"line {lineno}: score {row.get('score')!r} is not a finite "
+                                    "number")
+        rows.append(row)
+    return rows
+
+
+def _record(path: Path) -> dict:
+    try:
+        rec = json.loads(read_regular(path, limit=1 << 24))
+        float(rec["threshold"]), str(rec["threshold_rule"])
+    except MedaeError:
+        raise
+    except FileNotFoundError:
+        raise MedaeError(path, "missing: the case folder is incomplete") from None
+    except Exception as exc:
+        raise MedaeError(path, f"unreadable case record ({type(exc).__name__})") from None
+    if not math.isfinite(float(rec["threshold"])):
+        raise MedaeError(path, "threshold is not a finite number")
+    return rec
 
 
 def _truth_sources(labels: str | os.PathLike) -> dict[str, tuple[Path, Path | None]]:
@@ -48,18 +118,13 @@ def _truth_sources(labels: str | os.PathLike) -> dict[str, tuple[Path, Path | No
 def evaluate(predictions: str | os.PathLike, labels: str | os.PathLike) -> dict:
     """Compute every metric; returns the ``metrics.json`` content (see the module docstring)."""
     pred = Path(predictions)
-    table = pred / "scores.csv"
-    if not table.is_file():
-        raise MedaeError(table, "missing: not an output folder of medae score")
-    with open(table, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    rows = _read_scores(pred / "scores.csv")
     truth = _truth_sources(labels)
     cases = [r for r in rows if r["case_id"] in truth]
     if not cases:
         raise MedaeError(pred, f"no scored case has a label in {labels} (case ids must match)")
     missing = sorted(set(truth) - {r["case_id"] for r in rows})
-    records = {r["case_id"]: json.loads((pred / r["case_id"] / "result.json").read_text())
-               for r in cases}
+    records = {r["case_id"]: _record(pred / r["case_id"] / "result.json") for r in cases}
     thresholds = sorted({float(rec["threshold"]) for rec in records.values()})
     pooled = PooledVoxels(thresholds=thresholds)
     per_scan, detections = [], []
@@ -67,8 +132,8 @@ def evaluate(predictions: str | os.PathLike, labels: str | os.PathLike) -> dict:
     rng = np.random.default_rng(0)
     for r in cases:
         case = r["case_id"]
-        heat_img = nib.load(pred / case / "anomaly_map.nii.gz")
-        heat = heat_img.get_fdata(dtype=np.float32)
+        heat_img, heat = _load(pred / case / "anomaly_map.nii.gz", "anomaly map")
+        heat = np.asarray(heat, dtype=np.float32).reshape(heat_img.shape[:3])
         label_path, mask_path = truth[case]
         lesion = _on_grid(label_path, heat_img, "label") > 0
         brain_path = mask_path or pred / case / "brain_mask.nii.gz"

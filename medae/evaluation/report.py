@@ -101,7 +101,8 @@ def write_report(metrics: dict, output: str | os.PathLike, predictions: str, lab
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     metrics = _clean(metrics)
-    atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(out / "metrics.json", text.encode())
     plots = _plots(metrics, out)
     v, les, sl = metrics["voxel"], metrics["lesions"], metrics["scan_level"]
     lines = [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
@@ -14,6 +16,7 @@ import numpy as np
 
 from medae.errors import MedaeError, ScanReadError
 from medae.io import dicom
+from medae.io.files import NOT_REGULAR, is_regular, read_regular
 from medae.io.nifti import is_nifti_path, read_nifti
 from medae.io.scan import Scan
 from medae.io.sequences import SequenceRef, nnunet_parts, on_grid
@@ -26,6 +29,10 @@ _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 #: ``flair``, ``t2`` ...), the first of them fixing the case's grid
 RESERVED_COLUMNS = ("case_id", "mask", "label")
 _SEQUENCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
+#: names medae's commands write beside case folders: no case id may take one (any letter case)
+RESERVED_IDS = frozenset(n.casefold() for n in (
+    "scores.csv", "failures.csv", "run.json", "latents.npz", "index.html", "report.md",
+    "metrics.json", "skipped.csv", "model.json", "config.yaml", "log.csv", "summary.json"))
 
 
 @dataclass(frozen=True)
@@ -102,12 +109,14 @@ def load_scan(path: str | os.PathLike, series: str | None = None) -> Scan:
     a folder holds several.
     """
     path = Path(path)
-    if is_nifti_path(path) and not path.is_dir():
-        return read_nifti(path)
     if path.is_dir():
         return dicom.load_dicom_folder(path, series=series)
     if not path.exists():
         raise ScanReadError(path, "no such file or folder")
+    if not is_regular(path):
+        raise ScanReadError(path, NOT_REGULAR)
+    if is_nifti_path(path):
+        return read_nifti(path)
     if dicom.is_dicom_file(path):
         return dicom.load_dicom_folder(path, series=series)
     raise ScanReadError(path, "not a NIfTI (.nii, .nii.gz) or DICOM file")
@@ -132,19 +141,24 @@ def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list
         raise MedaeError(root, "no such file or folder")
     if root.is_file() and root.suffix.lower() == ".csv":
         return read_manifest(root), []
-    if root.is_file():
-        files, base = [root], root.parent
+    if not root.is_dir():
+        if not is_regular(root):
+            raise MedaeError(root, NOT_REGULAR)
+        files, base, notes = [root], root.parent, []
     else:
-        files, base = _walk(root), root
+        (files, notes), base = _walk(root), root
     sources: list[ScanSource] = []
+    cleaned: set[Path] = set()  # names changed by cleaning give way to names kept as they are
     other: list[Path] = []
     groups: dict[tuple[Path, str], list[tuple[int, ScanSource]]] = {}
     for f in files:
         if is_nifti_path(f):
             rel = f.relative_to(base)
             stem = _nifti_stem(f)
-            src = ScanSource(case_id=safe_id("_".join([*rel.parts[:-1], stem])), kind="nifti",
-                             path=f)
+            raw = "_".join([*rel.parts[:-1], stem])
+            src = ScanSource(case_id=safe_id(raw), kind="nifti", path=f)
+            if raw != src.case_id:
+                cleaned.add(f)
             parts = nnunet_parts(stem)
             if parts:
                 groups.setdefault((f.parent, parts[0]), []).append((parts[1], src))
@@ -152,7 +166,8 @@ def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list
                 sources.append(src)
         else:
             other.append(f)
-    series, notes = dicom.find_dicom_series(other)
+    series, dicom_notes = dicom.find_dicom_series(other)
+    notes += dicom_notes
     per_folder: dict[Path, int] = {}
     for s in series:
         per_folder[s.folder] = per_folder.get(s.folder, 0) + 1
@@ -173,7 +188,7 @@ def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list
         else:
             sources.append(src)
     sources += _sequence_cases(groups, base)
-    return _dedupe(sorted(sources, key=lambda s: (s.case_id, str(s.path)))), notes
+    return _dedupe(sources, base, cleaned), notes
 
 
 def _sequence_cases(groups: dict[tuple[Path, str], list[tuple[int, ScanSource]]],
@@ -213,24 +228,68 @@ def _sequence_cases(groups: dict[tuple[Path, str], list[tuple[int, ScanSource]]]
     return out
 
 
-def _walk(root: Path) -> list[Path]:
-    out = []
+def is_case_folder(folder: str | os.PathLike, source: str | None = None) -> bool:
+    """``folder`` is a case folder written by ``medae score``: a real folder whose
+    ``result.json`` is medae's record for a case of that name (and, if given, that source)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    try:
+        record = json.loads(read_regular(folder / "result.json", limit=1 << 24))
+    except (OSError, ValueError, RecursionError, MedaeError):
+        return False
+    row = record.get("row") if isinstance(record, dict) else None
+    if not isinstance(row, dict) or row.get("case_id") != folder.name:
+        return False
+    return source is None or row.get("source") == source
+
+
+def _walk(root: Path) -> tuple[list[Path], list[str]]:
+    """Regular files under ``root`` (hidden entries and medae's own case folders skipped), and
+    a note for each entry that is not a regular file (never opened: a pipe would block)."""
+    out, notes = [], []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return out
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames
+                             if not d.startswith(".") and not is_case_folder(here / d))
+        for name in sorted(filenames):
+            path = here / name
+            if name.startswith("."):
+                continue
+            if not is_regular(path) and os.path.exists(path):
+                notes.append(f"{path}: skipped, {NOT_REGULAR}")
+                continue
+            out.append(path)  # a dangling link stays: reading it fails with a clear reason
+    return out, notes
 
 
-def _dedupe(sources: list[ScanSource]) -> list[ScanSource]:
-    seen: dict[str, int] = {}
+def _suffix(source: ScanSource, base: Path) -> str:
+    try:
+        rel = source.path.relative_to(base)
+    except ValueError:
+        rel = source.path
+    text = f"{rel}#{source.series.key if source.series else ''}"
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+
+
+def _dedupe(sources: list[ScanSource], base: Path, cleaned: set[Path] = frozenset()
+            ) -> list[ScanSource]:
+    """Unique case ids (ignoring letter case): a name taken twice, or one of medae's own output
+    names, gets a suffix hashed from the source's relative path (stable when files are added)."""
+    taken = set(RESERVED_IDS)
     out = []
-    for s in sources:
-        n = seen.get(s.case_id, 0)
-        seen[s.case_id] = n + 1
-        if n:
-            s = dataclasses.replace(s, case_id=f"{s.case_id}_{n + 1}")
+    for s in sorted(sources, key=lambda s: (s.case_id, s.path in cleaned, str(s.path))):
+        case = s.case_id
+        if case.casefold() in taken:
+            case = f"{s.case_id}_{_suffix(s, base)}"
+            k = 2
+            while case.casefold() in taken:
+                case = f"{s.case_id}_{_suffix(s, base)}_{k}"
+                k += 1
+            s = dataclasses.replace(s, case_id=case)
+        taken.add(case.casefold())
         out.append(s)
-    return out
+    return sorted(out, key=lambda s: (s.case_id, str(s.path)))
 
 
 def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
@@ -246,9 +305,11 @@ def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MedaeError(path, f"cannot read manifest ({exc})") from exc
+        text = read_regular(path, limit=1 << 28).decode("utf-8-sig")
+    except OSError as exc:
+        raise MedaeError(path, f"cannot read manifest ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise MedaeError(path, "cannot read manifest (not UTF-8 text)") from None
     reader = csv.DictReader(text.splitlines())
     fields = [f.strip() for f in (reader.fieldnames or [])]
     seq_cols = [f for f in fields if f not in RESERVED_COLUMNS]
@@ -268,9 +329,12 @@ def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
         if not _CASE_ID.match(case):
             raise MedaeError(path, f"line {lineno}: case_id {case!r} must be letters, digits, "
                                    "'.', '_' or '-' (not starting with a dot)")
-        if case in seen:
+        if case.casefold() in seen:
             raise MedaeError(path, f"line {lineno}: duplicate case_id {case!r}")
-        seen.add(case)
+        if case.casefold() in RESERVED_IDS:
+            raise MedaeError(path, f"line {lineno}: case_id {case!r} is the name of one of "
+                                   "medae's own output files; choose another")
+        seen.add(case.casefold())
         paths: dict[str, Path | None] = {}
         for col in [*seq_cols, "mask", "label"]:
             value = row.get(col, "")

@@ -16,9 +16,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medae.errors import ScanReadError
+from medae.errors import MedaeError, ScanReadError
 from medae.io.atomic import atomic_write_bytes
-from medae.io.scan import Grid, Scan
+from medae.io.files import open_regular
+from medae.io.scan import Grid, Scan, check_affine
 
 try:  # ISA-L: same format as zlib, several times faster inflate
     from isal import igzip as _gzip
@@ -49,8 +50,10 @@ def _header_class(head: bytes) -> type[nib.Nifti1Header] | None:
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read()
+    except MedaeError:
+        raise
     except IsADirectoryError as exc:
         raise ScanReadError(path, "is a folder, not a NIfTI file") from exc
     except FileNotFoundError as exc:
@@ -81,7 +84,7 @@ def read_nifti_header(path: str | os.PathLike, raw: bytes | None = None) -> nib.
     if cls is None:
         raise ScanReadError(path, "not a NIfTI file (no NIfTI-1/2 header)")
     try:
-        header = cls.from_fileobj(io.BytesIO(head), check=True)
+        header = cls.from_fileobj(io.BytesIO(head), check=False)  # checked below, never "fixed"
     except Exception as exc:  # nibabel raises several types for bad headers
         raise ScanReadError(path, f"invalid NIfTI header ({exc})") from exc
     if header.get_data_offset() == 0 and head[344:347] != b"n+1" and head[4:7] != b"n+2":
@@ -102,15 +105,25 @@ def read_nifti_header(path: str | os.PathLike, raw: bytes | None = None) -> nib.
     return header
 
 
-def _inflate(path: Path, raw: bytes) -> bytes:
+def _inflate(path: Path, raw: bytes, needed: int) -> bytes:
+    """Inflate at most ``needed`` bytes (what the header declares): a stream that would inflate
+    further is never expanded beyond that, so memory is bounded by the header."""
     try:
-        inflater = _zlib.decompressobj(31)
-        out = inflater.decompress(raw)
-        if not inflater.eof:
-            raise ScanReadError(path, "truncated gzip stream")
-        if inflater.unused_data.strip(b"\0"):  # several gzip members: rare, take the slow path
-            out = _gzip.decompress(raw)
-        return out
+        parts, have, data = [], 0, raw
+        while have < needed:
+            inflater = _zlib.decompressobj(31)
+            chunk = inflater.decompress(data, needed - have)
+            parts.append(chunk)
+            have += len(chunk)
+            if have >= needed or not inflater.eof:
+                break
+            data = inflater.unused_data  # several gzip members: go on with the next one
+            if not data.strip(b"\0"):
+                break
+        if have < needed:
+            raise ScanReadError(path, f"truncated gzip stream: header needs {needed} bytes, "
+                                      f"the stream inflates to {have}")
+        return b"".join(parts)
     except EOFError as exc:
         raise ScanReadError(path, "truncated gzip stream") from exc
     except ScanReadError:
@@ -124,35 +137,60 @@ def read_nifti(path: str | os.PathLike) -> Scan:
     path = Path(path)
     raw = _read_bytes(path)
     header = read_nifti_header(path, raw)
-    if raw[:2] == b"\x1f\x8b":
-        raw = _inflate(path, raw)
     shape = tuple(int(d) for d in header.get_data_shape())
     spatial = _spatial_shape(path, shape)
     dtype = header.get_data_dtype()
     offset = int(header.get_data_offset())
     needed = offset + int(np.prod(shape)) * dtype.itemsize
+    slope, inter = _scaling(path, header)
+    affine = _affine(path, header)
+    if raw[:2] == b"\x1f\x8b":
+        raw = _inflate(path, raw, needed)
     if len(raw) < needed:
         raise ScanReadError(path, f"truncated: header needs {needed} bytes, file holds {len(raw)}")
     data = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=offset)
     data = data.reshape(spatial, order="F")  # read-only view of the inflated bytes
-    affine = header.get_best_affine()
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ScanReadError(path, "the header's affine is singular or not finite")
     grid = Grid(shape=spatial, affine=affine, header=header)
     meta = {"format": "NIfTI-2" if isinstance(header, nib.Nifti2Header) else "NIfTI-1",
             "stored_dtype": str(dtype.newbyteorder("=")),
             "sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])}
     scan = Scan.from_grid(data, grid, source=str(path), kind="nifti", meta=meta)  # one copy
     array = scan.array
-    slope, inter = header.get_slope_inter()
-    if slope is not None and slope != 1:
-        array *= np.float32(slope)
-    if inter is not None and inter != 0:
-        array += np.float32(inter)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if slope != 1:
+            array *= np.float32(slope)
+        if inter != 0:
+            array += np.float32(inter)
     if not np.isfinite(array).all():
         n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         raise ScanReadError(path, f"{n_bad} voxels are NaN or infinite")
     return scan
+
+
+def _scaling(path: Path, header: nib.Nifti1Header) -> tuple[float, float]:
+    """(slope, intercept) to apply; 0 or NaN scl_slope means unscaled, as the standard says."""
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if np.isnan(slope) or slope == 0:
+        return 1.0, 0.0
+    if not np.isfinite(slope) or abs(slope) > np.finfo(np.float32).max:
+        raise ScanReadError(path, f"scl_slope is {slope:g}: not a usable scale factor")
+    if np.isnan(inter):
+        inter = 0.0
+    if not np.isfinite(inter) or abs(inter) > np.finfo(np.float32).max:
+        raise ScanReadError(path, f"scl_inter is {inter:g}: not a usable offset")
+    return slope, inter
+
+
+def _affine(path: Path, header: nib.Nifti1Header) -> np.ndarray:
+    """The header's best affine, checked: finite, not singular, voxel sizes and positions in a
+    physical range (so that resampling stays bounded)."""
+    with np.errstate(all="ignore"):
+        try:
+            affine = header.get_best_affine()
+        except Exception as exc:  # nibabel raises several types for bad quaternions
+            raise ScanReadError(path, f"unusable orientation in the header "
+                                      f"({type(exc).__name__})") from None
+    return check_affine(path, affine)
 
 
 def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -198,6 +236,11 @@ def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,
     header["cal_min"], header["cal_max"] = 0.0, 0.0
     header["intent_code"] = 0
     header["descrip"] = b"medae"
+    for text_field in ("aux_file", "intent_name", "db_name"):  # free text from the source
+        if text_field in header:
+            header[text_field] = b""
+    if getattr(header, "extensions", None) is not None:
+        header.extensions.clear()
     header["dim_info"] = header["dim_info"]
     img = cls(data, None, header=header)
     payload = img.to_bytes()

@@ -3,6 +3,7 @@ that remembers the grid it came from so every output can be written back on that
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +11,31 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
+from medae.errors import ScanReadError
+
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+#: voxel sizes and positions outside these bounds (mm) cannot be a scan
+MIN_VOXEL_MM, MAX_VOXEL_MM, MAX_POSITION_MM = 1e-3, 1e3, 1e7
+
+
+def check_affine(path: str | os.PathLike, affine: np.ndarray) -> np.ndarray:
+    """Refuse an affine that cannot describe a scan: not finite, singular, voxels smaller than
+    1 µm or larger than 1 m, or an origin further than 10 km (one line naming ``path``)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise ScanReadError(path, "the header's affine is not finite")
+    with np.errstate(all="ignore"):
+        zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        det = abs(float(np.linalg.det(affine[:3, :3])))
+    if not (zooms >= MIN_VOXEL_MM).all() or not (zooms <= MAX_VOXEL_MM).all():
+        raise ScanReadError(path, "voxel size " + "x".join(f"{z:.3g}" for z in zooms)
+                            + f" mm is outside {MIN_VOXEL_MM:g} to {MAX_VOXEL_MM:g} mm")
+    if det < 1e-6 * float(np.prod(zooms)):
+        raise ScanReadError(path, "the header's affine is singular (voxel axes are parallel)")
+    if np.abs(affine[:3, 3]).max() > MAX_POSITION_MM:
+        raise ScanReadError(path, f"the image origin is more than {MAX_POSITION_MM:g} mm from "
+                                  "the scanner's centre")
+    return affine
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +79,7 @@ class Scan:
         """Build a scan from voxel data laid out on ``grid`` (reoriented here to canonical)."""
         if data.shape != grid.shape:
             raise ValueError(f"data shape {data.shape} does not match grid shape {grid.shape}")
+        check_affine(source, grid.affine)
         ornt = grid.ornt
         # flips and transposes are views: at most one sequential copy, in memory order
         array = np.asarray(apply_orientation(data, ornt))

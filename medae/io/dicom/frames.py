@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medae.errors import ScanReadError
 from medae.io.dicom.headers import _PixelInfo, _raw_pixels
-from medae.io.dicom.values import _clean, _floats, _get, _int, _item, _num
+from medae.io.dicom.values import (
+    _clean,
+    _floats,
+    _get,
+    _int,
+    _item,
+    _modality,
+    _num,
+    _uid_name,
+)
+from medae.io.nifti import MAX_VOXELS
 
 
 @dataclass(frozen=True)
@@ -65,14 +75,42 @@ def _fg(per: Any, shared: Any, seq: str) -> Any:
     return item if item is not None else (_item(shared, seq) if shared is not None else None)
 
 
+def _check_size(path: Path, ds: Any, pixel: _PixelInfo, n_frames: int, rows: int,
+                cols: int) -> None:
+    """Refuse, before anything is allocated, frame counts and sizes that the file cannot hold:
+    uncompressed pixel data must hold every declared frame; an encapsulated frame takes at
+    least one 8-byte item, so a file holds at most size/8 of them."""
+    if not (1 <= rows <= 65535 and 1 <= cols <= 65535):
+        raise ScanReadError(path, f"Rows/Columns {rows}x{cols} outside 1..65535")
+    n_vox = n_frames * rows * cols
+    if n_vox > MAX_VOXELS:
+        raise ScanReadError(path, f"header declares {n_frames} frames of {rows}x{cols} "
+                                  f"({n_vox:.3g} voxels), more than the limit of {MAX_VOXELS:.3g}")
+    if pixel is None or pixel[1] < 0:
+        return
+    bits = _int(_get(ds, "BitsAllocated")) or 8
+    samples = _int(_get(ds, "SamplesPerPixel")) or 1
+    if pixel[2] != 0xFFFFFFFF:
+        needed = -(-n_vox * samples * bits // 8)
+        if pixel[2] < needed:
+            raise ScanReadError(path, f"pixel data holds {pixel[2]} bytes; {n_frames} frame(s) "
+                                      f"of {rows}x{cols} at {bits} bits need {needed}")
+    elif n_frames * 8 > max(path.stat().st_size - pixel[1], 0):
+        raise ScanReadError(path, f"header declares {n_frames} compressed frames; the file is "
+                                  f"too small to hold them")
+
+
 def _frames_of(path: Path, ds: Any, pixel: _PixelInfo) -> list[_Frame]:
     rows, cols = _int(_get(ds, "Rows")), _int(_get(ds, "Columns"))
     n_frames = max(1, _int(_get(ds, "NumberOfFrames")) or 1)
+    _check_size(path, ds, pixel, n_frames, rows, cols)
     pixels = _raw_pixels(ds, pixel, n_frames, rows, cols)
     acquisition = str(_int(_get(ds, "AcquisitionNumber")))
     instance = _int(_get(ds, "InstanceNumber"))
     slope = _num(_get(ds, "RescaleSlope"))
+    slope = 1.0 if slope is None else slope
     intercept = _num(_get(ds, "RescaleIntercept"))
+    intercept = 0.0 if intercept is None else intercept
     per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
     if not per_frame:
         position = _floats(_get(ds, "ImagePositionPatient"), 3)
@@ -80,8 +118,7 @@ def _frames_of(path: Path, ds: Any, pixel: _PixelInfo) -> list[_Frame]:
             file=path, index=0, n_file_frames=n_frames, position=position,
             orientation=_floats(_get(ds, "ImageOrientationPatient"), 6),
             spacing=_floats(_get(ds, "PixelSpacing"), 2), rows=rows, cols=cols,
-            slope=1.0 if slope is None else slope,
-            intercept=0.0 if intercept is None else intercept,
+            slope=slope, intercept=intercept,
             strong=_strong_classic(ds), acquisition=acquisition, instance=instance,
             pixels=pixels)
         if n_frames == 1:
@@ -127,20 +164,13 @@ def _frames_of(path: Path, ds: Any, pixel: _PixelInfo) -> list[_Frame]:
             orientation=(_floats(_get(ori, "ImageOrientationPatient"), 6)
                          if ori is not None else None),
             spacing=_floats(_get(mea, "PixelSpacing"), 2) if mea is not None else None,
-            rows=rows, cols=cols, slope=1.0 if f_slope is None else f_slope,
-            intercept=0.0 if f_inter is None else f_inter, strong=tuple(strong),
+            rows=rows, cols=cols, slope=f_slope, intercept=f_inter, strong=tuple(strong),
             acquisition=acquisition, instance=instance, pixels=pixels))
     return frames
 
 
 def _safe_meta(ds: Any) -> dict[str, Any]:
-    meta: dict[str, Any] = {}
-    modality = _clean(_get(ds, "Modality"), 16)
-    if modality:
-        meta["Modality"] = modality
-    manufacturer = re.sub(r"[^A-Za-z0-9 ._-]", "", str(_get(ds, "Manufacturer") or "")).strip()
-    if manufacturer:
-        meta["Manufacturer"] = manufacturer[:40]
+    meta: dict[str, Any] = {"Modality": _modality(ds)}
     for name in ("MagneticFieldStrength", "EchoTime", "RepetitionTime", "InversionTime",
                  "FlipAngle", "SliceThickness", "KVP"):
         value = _num(_get(ds, name))
@@ -150,5 +180,5 @@ def _safe_meta(ds: Any) -> dict[str, Any]:
     if number is not None:
         meta["SeriesNumber"] = number
     with contextlib.suppress(Exception):
-        meta["TransferSyntax"] = _clean(ds.file_meta.TransferSyntaxUID.name, 80) or "unknown"
+        meta["TransferSyntax"] = _uid_name(ds.file_meta.TransferSyntaxUID, "unknown")
     return meta

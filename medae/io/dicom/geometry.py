@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from medae.io.dicom.frames import _Frame
+from medae.io.scan import MAX_POSITION_MM, MAX_VOXEL_MM, MIN_VOXEL_MM
 
 # geometry tolerances
 _ORIENT_TOL = 1e-3        # direction cosines
@@ -26,11 +27,20 @@ def _geometry(frames: list[_Frame]) -> tuple[list[_Frame], np.ndarray | None, st
             multi = attr == "position" and frames[0].n_file_frames > 1
             return frames, None, f"missing {name}" + (" per frame" if multi else "")
     orients = np.array([f.orientation for f in frames])
+    norms = np.linalg.norm(orients.reshape(-1, 2, 3), axis=2)
+    if not (np.abs(norms - 1) < 0.1).all():
+        return frames, None, "ImageOrientationPatient is not two unit vectors"
     if np.abs(orients - orients[0]).max() > _ORIENT_TOL:
         return frames, None, "mixed orientations in one series"
     spacings = np.array([f.spacing for f in frames])
     if np.abs(spacings - spacings[0]).max() > 1e-3:
         return frames, None, "inconsistent PixelSpacing"
+    if not ((spacings >= MIN_VOXEL_MM) & (spacings <= MAX_VOXEL_MM)).all():
+        return frames, None, (f"PixelSpacing {spacings[0][0]:.3g}x{spacings[0][1]:.3g} mm is "
+                              f"outside {MIN_VOXEL_MM:g} to {MAX_VOXEL_MM:g} mm")
+    if np.abs(np.array([f.position for f in frames])).max() > MAX_POSITION_MM:
+        return frames, None, (f"ImagePositionPatient more than {MAX_POSITION_MM:g} mm from the "
+                              "scanner's centre")
     if len({(f.rows, f.cols) for f in frames}) > 1:
         return frames, None, "inconsistent rows/cols"
     if n < _MIN_SLICES:
@@ -49,6 +59,8 @@ def _geometry(frames: list[_Frame]) -> tuple[list[_Frame], np.ndarray | None, st
     step = float(np.median(gaps))
     if step <= 1e-4 or gaps.min() <= 1e-4:
         return frames, None, "duplicate slice positions that cannot be split into volumes"
+    if step > MAX_VOXEL_MM:
+        return frames, None, f"slices {step:.3g} mm apart (more than {MAX_VOXEL_MM:g} mm)"
     ratio = gaps / step
     tol = max(_SPACING_REL_TOL * step, _SPACING_ABS_TOL)
     bad = np.abs(gaps - step) > tol

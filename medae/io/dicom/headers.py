@@ -10,7 +10,9 @@ from typing import Any
 
 import pydicom
 
-from medae.io.dicom.values import _clean, _get, _int
+from medae.errors import MedaeError
+from medae.io.dicom.values import _get, _int, _uid_name
+from medae.io.files import open_regular
 
 #: suffixes that are never DICOM (no preamble-less parse is attempted for them)
 _NOT_DICOM_SUFFIXES = (
@@ -42,9 +44,9 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     preamble-less stream that starts like a DICOM data set (group 0002/0008 element)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(132)
-    except OSError:
+    except (OSError, MedaeError):
         return False
     if len(head) >= 132 and head[128:132] == b"DICM":
         return True
@@ -85,7 +87,7 @@ _PixelInfo = tuple[int, int, int] | None
 def _read_header(path: Path) -> tuple[Any, _PixelInfo]:
     """Header elements the loader uses (stopping before the pixel data), and where the pixel
     data element lies, peeked from the bytes pydicom stopped at."""
-    with open(path, "rb") as fp:
+    with open_regular(path) as fp:
         has_preamble = fp.read(132)[128:132] == b"DICM"
         fp.seek(0)
         with warnings.catch_warnings():
@@ -118,9 +120,9 @@ def _read_header(path: Path) -> tuple[Any, _PixelInfo]:
 
 def _read_header_deferred(path: Path, has_preamble: bool) -> tuple[Any, _PixelInfo]:
     """Deflated files: parse everything, large values deferred (pixel data never read)."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), open_regular(path) as fp:
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(path, defer_size=2048, force=not has_preamble)
+        ds = pydicom.dcmread(fp, defer_size=2048, force=not has_preamble)
     for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
         if tag in ds:
             return ds, (tag, -1, -1)   # offsets inside a deflated stream are of no use
@@ -135,11 +137,7 @@ def _skip_reason(path: Path, ds: Any, pixel: _PixelInfo) -> str | None:
     if sop == _DICOMDIR_SOP or "DirectoryRecordSequence" in ds or path.name.upper() == "DICOMDIR":
         return "DICOMDIR (directory index), not an image"
     if sop.startswith(_NON_IMAGE_SOP_PREFIXES):
-        try:
-            name = _clean(pydicom.uid.UID(sop).name, 64) or "non-image object"
-        except Exception:
-            name = "non-image object"
-        return f"not an image ({name})"
+        return f"not an image ({_uid_name(sop, 'non-image object')})"
     if pixel is None:
         return "no pixel data"
     if _int(_get(ds, "Rows")) is None or _int(_get(ds, "Columns")) is None:

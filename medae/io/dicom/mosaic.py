@@ -88,7 +88,9 @@ def _read_mosaic(series: DicomSeries) -> tuple[np.ndarray, np.ndarray, dict[str,
     series_meta["RescaleIntercept"] = 0.0 if intercept is None else intercept
     data = _unmosaic(pixels, n_images).astype(np.float32)   # (row, col, slice)
     if slope not in (None, 1.0) or intercept not in (None, 0.0):
-        data = data * np.float32(1.0 if slope is None else slope) + np.float32(intercept or 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = (data * np.float64(1.0 if slope is None else slope)
+                    + np.float64(intercept or 0.0)).astype(np.float32)
     data = data.transpose(1, 0, 2)                          # (col, row, slice)
     affine = lps[:, [1, 0, 2, 3]]
     affine[:2] *= -1

@@ -11,16 +11,20 @@ import pydicom
 
 from medae.errors import ScanReadError
 from medae.io.dicom.frames import _Frame
-from medae.io.dicom.values import _clean, _short
+from medae.io.dicom.values import _short, _uid_name
+from medae.io.files import open_regular
 
 
 def _read_full(path: Path) -> Any:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             has_preamble = f.read(132)[128:132] == b"DICM"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pydicom.dcmread(path, force=not has_preamble)
+            f.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return pydicom.dcmread(f, force=not has_preamble)
+    except ScanReadError:
+        raise
     except Exception as exc:
         raise ScanReadError(path, f"cannot read DICOM file ({_short(exc)})") from exc
 
@@ -30,9 +34,11 @@ def _decode(path: Path, ds: Any) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return np.asarray(ds.pixel_array)
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
         try:
-            syntax = _clean(ds.file_meta.TransferSyntaxUID.name, 60)
+            syntax = _uid_name(ds.file_meta.TransferSyntaxUID, "unknown transfer syntax")
         except Exception:
             syntax = "unknown transfer syntax"
         raise ScanReadError(path, f"cannot decode pixel data, {syntax} ({_short(exc)})") from exc
@@ -43,7 +49,7 @@ def _file_pixels(path: Path, first: _Frame) -> np.ndarray:
     if first.pixels is not None:
         offset, nbytes, dtype = first.pixels
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 f.seek(offset)
                 raw = f.read(nbytes)
         except OSError as exc:

@@ -15,6 +15,7 @@ from medae.io.dicom.mosaic import _read_mosaic
 from medae.io.dicom.pixels import _file_pixels
 from medae.io.dicom.series import DicomSeries
 from medae.io.dicom.values import _clean
+from medae.io.nifti import MAX_VOXELS
 from medae.io.scan import Grid, Scan
 
 
@@ -23,12 +24,18 @@ def read_dicom_series(series: DicomSeries) -> Scan:
     meta = {k: v for k, v in series._meta if not k.startswith("_")}
     if series._mosaic:
         data, affine, mosaic_meta = _read_mosaic(series)
+        _check_finite(series.where, data)
         meta = {k: v for k, v in mosaic_meta.items() if not k.startswith("_")}
         meta["NumberOfSlices"] = data.shape[2]
     else:
         if series._problem or series._affine is None:
             raise ScanReadError(series.where, series._problem or "unusable geometry")
         frames = series._frames
+        n_vox = len(frames) * series.rows * series.cols
+        if n_vox > MAX_VOXELS:  # checked before allocating
+            raise ScanReadError(series.where, f"{len(frames)} frames of {series.rows}x"
+                                              f"{series.cols} ({n_vox:.3g} voxels), more than "
+                                              f"the limit of {MAX_VOXELS:.3g}")
         stack = np.empty((len(frames), series.rows, series.cols), dtype=np.float32)
         by_file: dict[Path, list[tuple[int, _Frame]]] = defaultdict(list)
         for k, f in enumerate(frames):
@@ -39,12 +46,22 @@ def read_dicom_series(series: DicomSeries) -> Scan:
                 plane = stack[k]
                 plane[...] = pixels[f.index]
                 if f.slope != 1.0 or f.intercept != 0.0:
-                    plane *= np.float32(f.slope)
-                    plane += np.float32(f.intercept)
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        plane *= np.float32(f.slope)
+                        plane += np.float32(f.intercept)
+        _check_finite(series.where, stack)
         data = stack.transpose(2, 1, 0)   # (frame, row, col) -> (col, row, frame)
         affine = series._affine
     grid = Grid(shape=tuple(int(s) for s in data.shape), affine=affine.copy())
     return Scan.from_grid(data, grid, source=series.source, kind="dicom", meta=meta)
+
+
+def _check_finite(where: Path, data: np.ndarray) -> None:
+    """Infinite voxels (a rescale overflowing 32-bit floats) are refused, as for NIfTI."""
+    if not np.isfinite(data).all():
+        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        raise ScanReadError(where, f"{n_bad} voxels are NaN or infinite after RescaleSlope/"
+                                   "RescaleIntercept")
 
 
 # ------------------------------------------------------------------------------------------------

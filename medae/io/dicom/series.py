@@ -103,9 +103,14 @@ def _volume_labels(strong_keys: list[tuple]) -> list[str]:
     width = max(len(v) for v in types)
     differing = [j for j in range(width) if len({v[j] if j < len(v) else "" for v in types}) > 1]
     echoes = sorted({d.get("echo", "") for d in dicts}, key=_sort_value)
+    def word(j: int, value: str) -> str:  # a known frame type, else its rank: never free text
+        if value.upper() in _FRAME_TYPE_LABELS:
+            return _FRAME_TYPE_LABELS[value.upper()]
+        ranks = sorted({v[j] if j < len(v) else "" for v in types})
+        return f"type{ranks.index(value) + 1}"
+
     components = [
-        ["_".join(_FRAME_TYPE_LABELS.get(v[j].upper(), _label(v[j]))
-                  for j in differing if j < len(v)) for v in types],
+        ["_".join(word(j, v[j]) for j in differing if j < len(v)) for v in types],
         [f"echo{echoes.index(d.get('echo', '')) + 1}" for d in dicts],
         [f"b{_label(d.get('bval', 'none'))}" for d in dicts],
     ]

@@ -46,8 +46,40 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
 
 
 def _short(exc: BaseException, limit: int = 120) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """What went wrong, without the exception's message: pydicom's messages quote element
+    values (free text a file may fill with identifiers).  System errors keep their reason."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:limit]
+    return type(exc).__name__[:limit]
+
+
+#: DICOM modality codes (PS3.3 C.7.3.1.1.1); anything else is shown as OT
+_MODALITIES = frozenset((
+    "AR", "ASMT", "AU", "BDUS", "BI", "BMD", "CR", "CT", "CTPROTOCOL", "DG", "DOC", "DX",
+    "ECG", "EPS", "ES", "FID", "GM", "HC", "HD", "IO", "IOL", "IVOCT", "IVUS", "KER", "KO",
+    "LEN", "LS", "MG", "MR", "M3D", "NM", "OAM", "OCT", "OP", "OPM", "OPT", "OPTBSV", "OPTENF",
+    "OPV", "OSS", "OT", "PLAN", "PR", "PT", "PX", "REG", "RESP", "RF", "RG", "RTDOSE",
+    "RTIMAGE", "RTINTENT", "RTPLAN", "RTRAD", "RTRECORD", "RTSEGANN", "RTSTRUCT", "RWV", "SEG",
+    "SM", "SMR", "SR", "SRF", "STAIN", "TEXTUREMAP", "TG", "US", "VA", "XA", "XC",
+))
+
+
+def _modality(ds: Any) -> str:
+    """The Modality code when it is a standard one, else ``OT``: never free text."""
+    value = str(_get(ds, "Modality") or "").strip().upper()
+    return value if value in _MODALITIES else "OT"
+
+
+def _uid_name(uid: Any, default: str) -> str:
+    """The registered name of a UID (transfer syntax, SOP class), else ``default``: an unknown
+    UID is never echoed."""
+    try:
+        uid = pydicom.uid.UID(str(uid))
+        if uid in pydicom.uid.UID_dictionary:
+            return _clean(uid.name, 80) or default
+    except Exception:
+        pass
+    return default
 
 
 def _hash(*parts: Any) -> str:

@@ -1,0 +1,55 @@
+"""Opening input files safely: only regular files are read, and reads are bounded.
+
+A named pipe blocks a reader forever and a device (``/dev/zero``, ``/dev/urandom``) never ends,
+so every input file is opened without blocking, checked with ``fstat`` to be a regular file (a
+symlink to one is fine), and only then read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import BinaryIO
+
+from medae.errors import ScanReadError
+
+NOT_REGULAR = "not a regular file (a named pipe, device or socket): not read"
+
+
+def is_regular(path: str | os.PathLike) -> bool:
+    """The path (after symlinks) is a regular file; False for pipes, devices, folders, dangling
+    links."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open ``path`` for binary reading, refusing anything but a regular file (never blocks).
+
+    Raises:
+        ScanReadError: not a regular file.
+        OSError: it cannot be opened (missing, permissions, ...).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ScanReadError(path, NOT_REGULAR)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
+    """The bytes of a regular file; with ``limit``, a file larger than that is refused."""
+    with open_regular(path) as f:
+        if limit is None:
+            return f.read()
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ScanReadError(path, f"larger than {limit} bytes: not read")
+    return data
