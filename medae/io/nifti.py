@@ -175,7 +175,8 @@ def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,
 
     The output has exactly the source grid's affine: a NIfTI source keeps its sform/qform
     matrices and codes; a DICOM source gets both set to the scanner affine (code 1).  The data
-    type is set to ``dtype`` (float32 by default) with no scaling.  Written atomically.
+    type is set to ``dtype`` (float32 by default) with no scaling.  The source header's free-text
+    fields and extensions are not copied (they can hold identifiers).  Written atomically.
     """
     path = Path(path)
     if not is_nifti_path(path):
@@ -198,6 +199,11 @@ def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,
     header["cal_min"], header["cal_max"] = 0.0, 0.0
     header["intent_code"] = 0
     header["descrip"] = b"medae"
+    # free text a source may carry (dcm2niix puts names, IDs, dates in extensions): dropped
+    header["aux_file"] = header["intent_name"] = b""
+    if "db_name" in header:
+        header["db_name"] = b""
+    header.extensions.clear()
     header["dim_info"] = header["dim_info"]
     img = cls(data, None, header=header)
     payload = img.to_bytes()
