@@ -8,18 +8,14 @@ import sys
 
 import pytest
 
-from medae.demo import DemoSize, run_demo
-
 
 @pytest.mark.slow
-def test_demo_finds_the_synthetic_lesions(tmp_path):
-    summary = run_demo(tmp_path / "demo", size=DemoSize(n_healthy=9, n_patients=3, steps=400),
-                       device="cpu", progress=False)
+def test_demo_finds_the_synthetic_lesions(demo_run):
+    out, summary = demo_run
     assert summary["voxel_ap"] > 0.5
     assert summary["lesions_over_500mm3"] > 0
     assert summary["lesions_over_500mm3_found"] == summary["lesions_over_500mm3"]
     assert summary["healthy_candidates"] <= 3
-    out = tmp_path / "demo"
     assert json.loads((out / "summary.json").read_text()) == summary
     page = (out / "index.html").read_text()
     # the batch report of results/: 3 patients + the held-out healthy subject

@@ -91,7 +91,7 @@ async function main() {
   const nv = new Niivue({
     backColor: [0, 0, 0, 1], show3Dcrosshair: true, isColorbar: true,
     multiplanarShowRender: SHOW_RENDER.ALWAYS, isOrientationTextVisible: true,
-    crosshairColor: [0.2, 0.8, 1, 1], dragAndDropEnabled: false, loadingText: "loading…",
+    crosshairColor: [0.2, 0.8, 1, 1], dragAndDropEnabled: false, loadingText: "loading...",
   });
   state.nv = nv;
   await nv.attachTo("gl");
@@ -106,6 +106,8 @@ async function main() {
   heat.cal_min = threshold;
   cand.cal_min = 0.5;
   cand.cal_max = 0.5001;
+  img.colorbarVisible = false;
+  cand.colorbarVisible = false;
   outlineOnly(cand);
   nv.setSliceType(nv.sliceTypeMultiplanar);
   nv.updateGLVolume();
