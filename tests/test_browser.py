@@ -153,27 +153,62 @@ def _axial_tile(page, rgb: np.ndarray) -> np.ndarray:
     return rgb[y:y + h, x:x + w]
 
 
+def _high_and_low_points(folder):
+    """World mm of the heat map's peak in the brain, and of a brain point in the same axial
+    plane where the map (and its neighbourhood) stays under half the threshold."""
+    import json
+
+    import nibabel as nib
+    from scipy import ndimage
+
+    heat_img = nib.load(folder / "anomaly_map.nii.gz")
+    heat = np.asanyarray(heat_img.dataobj).astype(float)
+    brain = np.asanyarray(nib.load(folder / "brain_mask.nii.gz").dataobj) > 0
+    thr = json.loads((folder / "result.json").read_text())["threshold"]
+    aff = heat_img.affine
+    peak = np.unravel_index(np.argmax(np.where(brain, heat, -np.inf)), heat.shape)
+    peak_mm = (aff @ np.r_[peak, 1.0])[:3]
+    assert heat[peak] > thr
+    ijk = np.indices(heat.shape).reshape(3, -1)
+    world = aff[:3, :3] @ ijk + aff[:3, 3:]
+    half_voxel = 0.5 * np.abs(aff[2, :3]).max()
+    quiet = (ndimage.maximum_filter(heat, size=7) < thr / 2) \
+        & ndimage.binary_erosion(brain, iterations=3)
+    ok = quiet.reshape(-1) & (np.abs(world[2] - peak_mm[2]) <= half_voxel + 1e-3)
+    assert ok.any()
+    dist = np.linalg.norm(world[:, ok] - peak_mm[:, None], axis=0)
+    low_mm = world[:, ok][:, np.argmin(np.abs(dist - 30))]  # about 3 cm away
+    return [float(v) for v in peak_mm], [float(v) for v in low_mm]
+
+
+def _patch(rgb, xy, r=2):
+    x, y = xy
+    return rgb[y - r:y + r + 1, x - r:x + r + 1]
+
+
 def test_case_page_shows_heat_map_where_it_is_high_and_slider_changes_it(page, served):
-    _open_case(page, served)
-    cands = page.evaluate("() => window.medae.candidates")
-    assert cands, "the flagged demo case has candidates"
-    page.click("#candidates tbody tr:nth-child(1)")  # axial slice through the strongest one
-    page.evaluate("() => { window.medae.nv.setCrosshairWidth(0); }")
+    out, _ = served
+    case = _open_case(page, served)
+    high_mm, low_mm = _high_and_low_points(out / "results" / case)
+    page.evaluate("""(mm) => { const nv = window.medae.nv;
+        nv.setCrosshairWidth(0); nv.scene.crosshairPos = nv.mm2frac(mm); nv.drawScene(); }""",
+                  high_mm)
     page.wait_for_timeout(300)
     rgb = _canvas(page)
     assert rgb.std() > 20 and (rgb.sum(-1) > 60).mean() > 0.1  # anatomy drawn, not blank
-    x, y = _axial_pixel(page, cands[0]["centroid"])
-    patch = _warm(rgb[y - 2:y + 3, x - 2:x + 3])
-    assert patch.mean() >= 0.6, rgb[y - 2:y + 3, x - 2:x + 3].tolist()
+    high_xy, low_xy = _axial_pixel(page, high_mm), _axial_pixel(page, low_mm)
+    assert _warm(_patch(rgb, high_xy)).mean() >= 0.6, _patch(rgb, high_xy).tolist()
+    low = _patch(rgb, low_xy)
+    assert not _warm(low).any() and np.abs(low[..., 0] - low[..., 2]).max() < 30  # grey
+    assert low.mean() > 20  # anatomy there, not background
     warm_at_calibrated = _warm(_axial_tile(page, rgb)).sum()
     above = page.evaluate("() => window.medae.voxelsAbove")
-    # threshold up to the maximum: no heat colour left at the centroid
-    high = page.get_attribute("#threshold", "max")
-    page.locator("#threshold").fill(high)
+    # threshold up to the maximum: the heat colour is gone, even at the peak
+    page.locator("#threshold").fill(page.get_attribute("#threshold", "max"))
     page.wait_for_timeout(300)
     rgb_high = _canvas(page)
     assert page.evaluate("() => window.medae.voxelsAbove") < above
-    assert _warm(rgb_high[y - 2:y + 3, x - 2:x + 3]).mean() <= 0.2
+    assert _warm(_patch(rgb_high, high_xy)).mean() <= 0.2
     assert _warm(_axial_tile(page, rgb_high)).sum() < warm_at_calibrated / 4
     # and down to the minimum: more of the brain coloured than at the calibrated threshold
     page.locator("#threshold").fill(page.get_attribute("#threshold", "min"))
