@@ -9,6 +9,7 @@ makes must go to that server.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import threading
@@ -155,9 +156,8 @@ def _axial_tile(page, rgb: np.ndarray) -> np.ndarray:
 
 def _high_and_low_points(folder):
     """World mm of the heat map's peak in the brain, and of a brain point in the same axial
-    plane where the map (and its neighbourhood) stays under half the threshold."""
-    import json
-
+    plane where the map (and its neighbourhood) stays under half the threshold; the number of
+    voxels at or above the threshold."""
     import nibabel as nib
     from scipy import ndimage
 
@@ -178,7 +178,8 @@ def _high_and_low_points(folder):
     assert ok.any()
     dist = np.linalg.norm(world[:, ok] - peak_mm[:, None], axis=0)
     low_mm = world[:, ok][:, np.argmin(np.abs(dist - 30))]  # about 3 cm away
-    return [float(v) for v in peak_mm], [float(v) for v in low_mm]
+    n_above = int((heat >= thr).sum())  # in float64, as the page compares
+    return [float(v) for v in peak_mm], [float(v) for v in low_mm], n_above
 
 
 def _patch(rgb, xy, r=2):
@@ -189,7 +190,7 @@ def _patch(rgb, xy, r=2):
 def test_case_page_shows_heat_map_where_it_is_high_and_slider_changes_it(page, served):
     out, _ = served
     case = _open_case(page, served)
-    high_mm, low_mm = _high_and_low_points(out / "results" / case)
+    high_mm, low_mm, n_above = _high_and_low_points(out / "results" / case)
     page.evaluate("""(mm) => { const nv = window.medae.nv;
         nv.setCrosshairWidth(0); nv.scene.crosshairPos = nv.mm2frac(mm); nv.drawScene(); }""",
                   high_mm)
@@ -203,6 +204,8 @@ def test_case_page_shows_heat_map_where_it_is_high_and_slider_changes_it(page, s
     assert low.mean() > 20  # anatomy there, not background
     warm_at_calibrated = _warm(_axial_tile(page, rgb)).sum()
     above = page.evaluate("() => window.medae.voxelsAbove")
+    assert above == n_above and page.evaluate("() => window.medae.threshold") == pytest.approx(
+        json.loads((out / "results" / case / "result.json").read_text())["threshold"])
     # threshold up to the maximum: the heat colour is gone, even at the peak
     page.locator("#threshold").fill(page.get_attribute("#threshold", "max"))
     page.wait_for_timeout(300)

@@ -102,7 +102,16 @@ async function main() {
     { url: base + "candidates.nii.gz", colormap: "green", opacity: 1 },
   ]);
   const [img, heat, cand] = nv.volumes;
-  heat.cal_max = Math.max(heat.global_max, threshold * 1.0001);
+  // the whole map's range (NiiVue's global_min/max look at the central part of the grid only)
+  const slope = heat.hdr.scl_slope || 1, inter = heat.hdr.scl_inter || 0;
+  const values = slope === 1 && inter === 0 ? heat.img  // medae writes no scaling: no copy
+    : Float32Array.from(heat.img, (v) => v * slope + inter);
+  let heatMin = Infinity, heatMax = -Infinity;
+  for (const v of values) {
+    if (v < heatMin) heatMin = v;
+    if (v > heatMax) heatMax = v;
+  }
+  heat.cal_max = Math.max(heatMax, threshold * 1.0001);
   heat.cal_min = threshold;
   cand.cal_min = 0.5;
   cand.cal_max = 0.5001;
@@ -122,29 +131,29 @@ async function main() {
 
   // the threshold slider: what part of the heat map is coloured
   const slider = $("threshold");
-  const lo = Math.min(0, heat.global_min), hi = Math.max(heat.global_max, threshold);
+  // from 0 to one step above the map's maximum (where nothing is coloured)
+  const lo = Math.min(0, heatMin), top = Math.max(heatMax, threshold);
+  const step = (top - lo) / 1000 || 1e-6;
   slider.min = lo;
-  slider.max = hi;
-  slider.step = (hi - lo) / 1000 || 1e-6;
+  slider.max = top + step;
+  slider.step = step;
   slider.value = threshold;
   slider.disabled = false;
   const voxelMm3 = Math.abs(img.hdr.pixDims[1] * img.hdr.pixDims[2] * img.hdr.pixDims[3]);
-  const showThreshold = () => {
-    const v = Number(slider.value);
+  const showThreshold = (v) => {  // the calibrated value exactly, then the slider's steps
     heat.cal_min = v;
-    heat.cal_max = Math.max(heat.global_max, v * 1.0001 + 1e-9);
+    heat.cal_max = Math.max(heatMax, v * 1.0001 + 1e-9);
     nv.updateGLVolume();
     let n = 0;
-    const values = heat.img;
-    for (let i = 0; i < values.length; i++) if (values[i] > v) n++;
+    for (let i = 0; i < values.length; i++) if (values[i] >= v) n++;
     state.threshold = v;
     state.voxelsAbove = n;
     $("thresholdValue").textContent = v.toPrecision(4);
-    $("thresholdNote").textContent = `${n} voxels above (${(n * voxelMm3).toFixed(0)} mm³)` +
+    $("thresholdNote").textContent = `${n} voxels at or above (${(n * voxelMm3).toFixed(0)} mm³)` +
       (Math.abs(v - threshold) < Number(slider.step) ? ", the calibrated threshold" : "");
   };
-  slider.addEventListener("input", showThreshold);
-  showThreshold();
+  slider.addEventListener("input", () => showThreshold(Number(slider.value)));
+  showThreshold(threshold);
   $("outlines").addEventListener("change", (ev) => {
     nv.setOpacity(2, ev.target.checked ? 1 : 0);
   });
