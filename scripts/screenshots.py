@@ -3,7 +3,7 @@
     python scripts/screenshots.py DEMO_OUTPUT [CASE]
 
 Drives the system Chromium (Playwright, no browser download) against `medae view`'s server,
-opens the report and one case page (default: the case with the most candidates) with its
+opens the report of results/ and one case page (default: the case with the most candidates) with its
 strongest candidate selected, and saves both as palette PNGs.
 """
 
@@ -43,8 +43,10 @@ def main(out: Path, case: str | None) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 760})
-        page.goto(url + "index.html")
-        page.wait_for_function("() => [...document.images].every(i => i.complete)")
+        page.goto(url + "results/index.html")  # the report `medae score` writes
+        page.wait_for_function("() => [...document.images].slice(0, 4)"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_timeout(500)
         save(page.screenshot(), ROOT / "docs" / "report.png")
         page.goto(f"{url}results/view.html?case={case}")
         page.wait_for_function("() => window.medae && window.medae.ready", timeout=120_000)

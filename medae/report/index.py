@@ -92,7 +92,7 @@ def _row_html(c: dict, prefix: str) -> str:
     link = e(f"{prefix}view.html?case={quote(c['case_id'], safe='')}")
     folder = e(prefix + quote(c["case_id"], safe="") + "/")
     thumb = (f'<a href="{folder}overlay_ortho.png"><img loading="lazy" decoding="async" '
-             f'src="{folder}overlay_ortho.png" alt="" width="240" height="88"></a>'
+             f'src="{folder}overlay_ortho.png" alt="" width="300" height="110"></a>'
              if c["ortho"] else "")
     flagged = {None: "–", True: "yes", False: "no"}[c["flagged"]]
     cells = [

@@ -179,7 +179,12 @@ async function main() {
       for (const other of body.rows) other.classList.toggle("current", other === tr);
     });
   }
-  nv.onLocationChange = (data) => { $("location").textContent = data.string; };
+  nv.onLocationChange = (data) => {
+    const mm = Array.from(data.mm).slice(0, 3).map((v) => v.toFixed(1)).join(", ");
+    const value = (k) => (data.values && data.values[k] ? Number(data.values[k].value) : NaN);
+    $("location").textContent = `crosshair ${mm} mm: scan ${value(0).toPrecision(4)}, ` +
+      `heat ${value(1).toPrecision(3)}`;
+  };
   $("status").textContent = "";
   state.ready = true;
 }
