@@ -171,7 +171,7 @@ def test_server_serves_the_folder_and_the_viewer_only(server):
     assert _get(url + "%C3%BC%20%3F%23%25/result.json")[0] == 200  # ids are percent-encoded
     for bad in ("../secret.txt", "%2e%2e/secret.txt", "case0005/../../secret.txt",
                 "link.txt", "_medae/../../report/index.py", "_medae/%2e%2e/server.py",
-                "case0005/", "nothing.html"):
+                "case0005/", "nothing.html", "%ff%fe.txt"):
         status, _, body = _get(url + bad)
         assert status == 404 and b"outside" not in body, bad
     # another site's page naming this port (DNS rebinding) is refused

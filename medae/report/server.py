@@ -56,7 +56,10 @@ class Handler(SimpleHTTPRequestHandler):
     quiet = True
 
     def translate_path(self, path: str) -> str:
-        path = unquote(urlsplit(path).path, errors="strict")
+        try:
+            path = unquote(urlsplit(path).path, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            return ""
         root, rel = Path(self.directory), path
         if path.startswith(ASSETS):
             root, rel = self.assets, path[len(ASSETS):]
@@ -123,7 +126,6 @@ def make_server(folder: str | os.PathLike, host: str = "127.0.0.1", port: int = 
     server_cls = ThreadingHTTPServer
     if ":" in host:
         server_cls = type("V6Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
-    server_cls.daemon_threads = True
     try:
         return server_cls((host.strip("[]"), port), partial(handler, directory=str(folder)))
     except OSError as exc:
