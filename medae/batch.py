@@ -6,10 +6,13 @@ Layout of ``OUT`` (scripts rely on it)::
     OUT/<case_id>/candidates.nii.gz    candidate labels (1 = strongest), same grid
     OUT/<case_id>/candidates.csv       one row per candidate
     OUT/<case_id>/brain_mask.nii.gz    the brain mask scoring used, same grid
+    OUT/<case_id>/image.nii.gz         the scan itself, same grid (the viewer's background;
+                                       not with --no-image)
     OUT/<case_id>/overlay_*.png        pictures
     OUT/<case_id>/reconstruction.nii.gz  (--save-reconstruction)
     OUT/<case_id>/result.json          the case's score row (marks the case as finished)
     OUT/scores.csv   OUT/failures.csv   OUT/run.json   OUT/latents.npz (--save-latent)
+    OUT/index.html   OUT/view.html      the report and the case page (``medae view OUT``)
 
 A case is written into a hidden temporary folder and renamed into place when complete, so a
 killed job never leaves a partial case; ``--continue`` skips finished cases.  Tables are rebuilt
@@ -49,7 +52,7 @@ CANDIDATE_COLUMNS = ["id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_
 FAILED_DIR = ".failed"
 TABLE_REFRESH_S = 30.0
 #: names medae writes at the top of OUT (a case id never takes one of them, see discover)
-TOP_LEVEL = ("scores.csv", "failures.csv", "run.json", "latents.npz")
+TOP_LEVEL = ("scores.csv", "failures.csv", "run.json", "latents.npz", "index.html", "view.html")
 #: temporary names medae leaves when killed: ``.<name>.<8 random characters>.tmp|.old``
 _LEFTOVER = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")
 
@@ -87,7 +90,8 @@ def _source_text(src: ScanSource) -> str:
 
 
 def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict, *,
-                save_reconstruction: bool, overlays: bool, t0: float) -> None:
+                save_reconstruction: bool, overlays: bool, t0: float,
+                save_image: bool = True) -> None:
     """Write every output of a case into a temporary folder, then rename it into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{src.case_id}.", suffix=".tmp", dir=out))
     try:
@@ -99,6 +103,8 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
         write_on_grid(result.brain_mask, scan, tmp / "brain_mask.nii.gz", dtype=np.uint8)
         _write_csv(tmp / "candidates.csv", CANDIDATE_COLUMNS,
                    [c.row() for c in result.candidates])
+        if save_image:  # the viewer's background: written by medae, so no source header text
+            write_on_grid(scan.array, scan, tmp / "image.nii.gz", dtype=_image_dtype(scan.array))
         if save_reconstruction and result.reconstruction is not None:
             write_on_grid(result.reconstruction, scan, tmp / "reconstruction.nii.gz")
         if overlays:
@@ -173,6 +179,17 @@ def _is_output_folder(out: Path) -> bool:
     return isinstance(run, dict) and "medae_version" in run and "shard" in run
 
 
+def _image_dtype(array: np.ndarray) -> type:
+    """int16 for whole numbers that fit (most CT and MR scans: half the size), else float32."""
+    flat = array.reshape(-1)
+    step = 1 << 20  # in chunks: no full-size temporary on CT-size scans
+    for i in range(0, flat.size, step):
+        part = flat[i:i + step]
+        if part.min() < -32768 or part.max() > 32767 or not np.array_equal(part, np.round(part)):
+            return np.float32
+    return np.int16
+
+
 def _load(model: AnomalyModel, src: ScanSource):
     scan = src.load()
     mask = src.load_companion("mask", scan)
@@ -221,7 +238,18 @@ def rebuild_tables(out: Path, save_latent: bool = False) -> tuple[list[dict], li
         buf = io.BytesIO()
         np.savez(buf, case_id=np.array([c for c, _ in latents]), latent=matrix)
         atomic_write_bytes(out / "latents.npz", buf.getvalue())
+    _write_report(out, rows, failures)
     return rows, failures
+
+
+def _write_report(out: Path, rows: list[dict], failures: list[dict]) -> None:
+    """OUT/index.html and OUT/view.html; a report that cannot be written never stops a batch."""
+    from medae.report import write_index
+
+    try:
+        write_index(out, rows, failures)
+    except Exception as exc:  # the tables are written; the report is a convenience
+        print(f"warning: {out / 'index.html'} not written: {exc}", file=sys.stderr)
 
 
 def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str | os.PathLike,
@@ -229,7 +257,7 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
                   shard: tuple[int, int] = (0, 1), resume: bool = False,
                   save_reconstruction: bool = False, save_latent: bool = False,
                   overlays: bool = True, workers: int = 2, progress: bool = True,
-                  arguments: dict | None = None) -> BatchSummary:
+                  arguments: dict | None = None, save_image: bool = True) -> BatchSummary:
     """Score ``sources`` into ``out`` (see the module docstring for the layout)."""
     out = Path(out)
     prepare_output(out)
@@ -260,7 +288,7 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
                    "flagged": "" if result.flagged is None else int(result.flagged),
                    "n_candidates": len(result.candidates), "status": "ok"}
             _write_case(out, src, scan, result, row, save_reconstruction=save_reconstruction,
-                        overlays=overlays, t0=t0)
+                        overlays=overlays, t0=t0, save_image=save_image)
             with contextlib.suppress(FileNotFoundError):
                 fail_path.unlink()
             summary.scored += 1

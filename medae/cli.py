@@ -102,7 +102,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         model, sources, args.output, fpr=args.fpr, threshold=args.threshold, shard=shard,
         resume=args.resume, save_reconstruction=args.save_reconstruction,
         save_latent=args.save_latent, overlays=not args.no_overlays, workers=args.workers,
-        progress=not args.quiet, arguments=arguments)
+        progress=not args.quiet, arguments=arguments, save_image=not args.no_image)
     print(f"scored {summary.scored}, skipped {summary.skipped} (already done), "
           f"failed {summary.failed}; results in {args.output}")
     return 1 if summary.failed else 0
@@ -150,6 +150,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from medae.report.server import serve
+
+    return serve(args.folder, args.host, args.port, allow_remote=args.allow_remote,
+                 open_browser=not args.no_browser, quiet=not args.verbose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medae",
@@ -189,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         "score", help="heat maps, lesion candidates and overlays for a folder of scans",
         description="Score every scan in --input (NIfTI file, DICOM series folder, folder tree, "
                     "or CSV manifest) with a trained model.  Writes OUT/<case_id>/"
-                    "{anomaly_map.nii.gz, candidates.nii.gz, candidates.csv, overlay_*.png}, "
-                    "OUT/scores.csv, OUT/failures.csv and OUT/run.json.  A scan that fails is "
+                    "{anomaly_map.nii.gz, candidates.nii.gz, candidates.csv, image.nii.gz, "
+                    "overlay_*.png}, OUT/scores.csv, OUT/failures.csv, OUT/run.json and the "
+                    "report OUT/index.html (see medae view).  A scan that fails is "
                     "recorded and the others go on; exit status 1 when any failed.")
     sc.add_argument("--model", required=True, help="run folder with model.json")
     sc.add_argument("--input", required=True, help="scan file, folder, or CSV manifest")
@@ -210,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--save-latent", action="store_true",
                     help="also write OUT/latents.npz: one latent code per scan")
     sc.add_argument("--no-overlays", action="store_true", help="skip the PNG pictures")
+    sc.add_argument("--no-image", action="store_true",
+                    help="do not write image.nii.gz (the scan on its grid, the background of "
+                         "the medae view case page)")
     sc.add_argument("--batch-size", type=int, default=32, help="slices/windows per forward pass")
     sc.add_argument("--precision", choices=["32", "bf16", "fp16"], default="32",
                     help="inference precision (default 32)")
@@ -244,6 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--trust-pickle-code-execution", action="store_true",
                     help="I trust this file's origin: unpickling it may run arbitrary code")
     cv.set_defaults(func=_cmd_convert)
+
+    vi = sub.add_parser(
+        "view", help="look at a scored folder in the browser: report and 3D case pages",
+        description="Serve OUT (an output folder of medae score, or a demo folder) to a browser "
+                    "on this machine and open its index.html: the table of cases, and for each "
+                    "case the scan with its heat map and candidates in 3D.  Listens on "
+                    "127.0.0.1 only, unless --host names another address and --allow-remote "
+                    "is given.  Ctrl-C stops it.")
+    vi.add_argument("folder", metavar="OUT", help="output folder holding index.html")
+    vi.add_argument("--port", type=int, default=8765,
+                    help="port (default 8765; 0 picks a free one)")
+    vi.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; others need --allow-remote)")
+    vi.add_argument("--allow-remote", action="store_true",
+                    help="allow a non-loopback --host: anyone reaching it sees the scans")
+    vi.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    vi.set_defaults(func=_cmd_view)
 
     de = sub.add_parser(
         "demo", help="the whole pipeline in minutes on synthetic data made from a shipped "

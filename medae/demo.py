@@ -7,7 +7,6 @@ and an ``index.html`` that shows them all.
 from __future__ import annotations
 
 import csv
-import html
 import json
 import os
 import time
@@ -24,6 +23,7 @@ from medae.evaluation.evaluate import evaluate
 from medae.evaluation.report import write_report
 from medae.io.atomic import atomic_write_bytes
 from medae.io.discover import read_manifest
+from medae.report import write_index
 from medae.scoring import load_model
 from medae.synthetic import write_dataset
 from medae.train import train
@@ -82,7 +82,7 @@ def run_demo(output: str | os.PathLike, *, size: DemoSize = DemoSize(), seed: in
     write_report(metrics, out / "report", str(out / "results"), str(test_csv))
     summary = _summary(metrics, held_out.case_id, time.perf_counter() - t0)
     say("5/5 writing index.html ...")
-    _index(out, metrics, summary)
+    _index(out, summary)
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
@@ -131,27 +131,16 @@ def _large_lesions(metrics: dict) -> tuple[int, int]:
     return total, found
 
 
-def _index(out: Path, metrics: dict, summary: dict) -> None:
-    rows = []
-    for p in metrics["per_scan"]:
-        case = p["case_id"]
-        imgs = "".join(f'<img src="results/{case}/{name}" width="{w}">'
-                       for name, w in (("overlay_ortho.png", 900), ("overlay_mosaic.png", 420)))
-        ap = "n/a" if p["ap"] is None else f"{p['ap']:.3f}"
-        rows.append(f"<h2>{html.escape(case)}</h2><p>lesions found {p['detected']}/"
-                    f"{p['lesions']}, false-positive candidates {p['fp_candidates']}, voxel AP "
-                    f"{ap}, scan score {p['score']:.3g}</p>{imgs}")
+def _index(out: Path, summary: dict) -> None:
+    """The demo's index.html: the batch report of ``results/`` under the demo's own numbers."""
     s = summary
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medae demo</title>
-<style>body{{background:#111;color:#ddd;font-family:sans-serif;margin:2em}}img{{margin:4px}}
-a{{color:#6cf}}</style></head><body><h1>medae demo</h1>
-<p>Voxel AP {s['voxel_ap']:.3f}; Dice at the calibrated threshold {s['dice_calibrated']:.3f}
-([Dice] upper bound {s['best_dice_upper_bound']:.3f}); lesions found {s['lesions_found']}/
-{s['lesions']} (over 500 mm³: {s['lesions_over_500mm3_found']}/{s['lesions_over_500mm3']});
-{s['seconds']:.0f} s. <a href="report/report.md">report.md</a></p>
-<img src="report/pr_curve.png" width="400"><img src="report/dice_threshold.png" width="400">
-{''.join(rows)}</body></html>"""
-    atomic_write_bytes(out / "index.html", page.encode())
+    intro = f"""<p>Voxel AP {s['voxel_ap']:.3f}; Dice at the calibrated threshold
+{s['dice_calibrated']:.3f} ([Dice] upper bound {s['best_dice_upper_bound']:.3f}); lesions found
+{s['lesions_found']}/{s['lesions']} (over 500 mm³: {s['lesions_over_500mm3_found']}/
+{s['lesions_over_500mm3']}); {s['seconds']:.0f} s. <a href="report/report.md">report.md</a></p>
+<p><img src="report/pr_curve.png" width="400" alt="precision-recall curve">
+<img src="report/dice_threshold.png" width="400" alt="Dice against threshold"></p>"""
+    write_index(out / "results", dest=out / "index.html", title="medae demo", intro_html=intro)
 
 
 def print_summary(summary: dict, out: Path) -> None:
@@ -163,5 +152,5 @@ def print_summary(summary: dict, out: Path) -> None:
           f"{s['dice_calibrated']:.3f} ([Dice] upper bound {s['best_dice_upper_bound']:.3f})")
     print(f"  held-out healthy subject {s['healthy_case']}: {s['healthy_candidates']} "
           "candidate(s)")
-    print(f"  look at: {out / 'index.html'} (overlays), {out / 'report' / 'report.md'}, "
-          f"{out / 'results'}/<case>/anomaly_map.nii.gz")
+    print(f"  look at: medae view {out} (the cases in 3D), {out / 'index.html'}, "
+          f"{out / 'report' / 'report.md'}")

@@ -139,3 +139,23 @@ def lesion_phantom(seed: int = 11, radius: float = 2.5, value: float = 200.0):
     lesion = np.sqrt(((grid - c[:, None, None, None]) ** 2).sum(0)) <= radius
     img[lesion] = value
     return img, lesion, np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+#: the demo on a smaller, faster configuration (tests/test_demo.py, the browser tests)
+DEMO_TEST_SIZE = {"n_healthy": 9, "n_patients": 3, "steps": 400}
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One `medae demo` run per session: (output folder, summary).  MEDAE_TEST_DEMO names an
+    existing demo output to use instead (quicker while working on the pages)."""
+    import json
+
+    from medae.demo import DemoSize, run_demo
+
+    if os.environ.get("MEDAE_TEST_DEMO"):
+        out = Path(os.environ["MEDAE_TEST_DEMO"])
+        return out, json.loads((out / "summary.json").read_text())
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    summary = run_demo(out, size=DemoSize(**DEMO_TEST_SIZE), device="cpu", progress=False)
+    return out, summary

@@ -8,21 +8,20 @@ import sys
 
 import pytest
 
-from medae.demo import DemoSize, run_demo
-
 
 @pytest.mark.slow
-def test_demo_finds_the_synthetic_lesions(tmp_path):
-    summary = run_demo(tmp_path / "demo", size=DemoSize(n_healthy=9, n_patients=3, steps=400),
-                       device="cpu", progress=False)
+def test_demo_finds_the_synthetic_lesions(demo_run):
+    out, summary = demo_run
     assert summary["voxel_ap"] > 0.5
     assert summary["lesions_over_500mm3"] > 0
     assert summary["lesions_over_500mm3_found"] == summary["lesions_over_500mm3"]
     assert summary["healthy_candidates"] <= 3
-    out = tmp_path / "demo"
     assert json.loads((out / "summary.json").read_text()) == summary
     page = (out / "index.html").read_text()
-    assert page.count("overlay_ortho.png") == 4  # 3 patients + the held-out healthy subject
+    # the batch report of results/: 3 patients + the held-out healthy subject
+    assert page.count('loading="lazy"') == 4 and "Voxel AP" in page
+    assert 'href="results/view.html?case=pat-00"' in page
+    assert (out / "results" / "view.html").is_file()
     assert (out / "results" / "pat-00" / "anomaly_map.nii.gz").is_file()  # the DICOM patient
     assert (out / "report" / "report.md").is_file()
     again = subprocess.run([sys.executable, "-m", "medae", "demo", "--output", str(out)],

@@ -98,6 +98,19 @@ def test_uncompressed_and_uint8_label_write(tmp_path):
     np.testing.assert_array_equal(np.asanyarray(back.dataobj), (data > 0).astype(np.uint8))
 
 
+def test_written_files_carry_no_source_free_text(tmp_path):
+    """Names and IDs a converter left in the source header never reach medae's outputs."""
+    img = nib.Nifti1Image(np.ones((6, 7, 8), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.header["aux_file"], img.header["intent_name"] = b"Doe^Jane", b"PID-12345"
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b'{"PatientName": "Doe^Jane"}'))
+    nib.save(img, tmp_path / "src.nii.gz")
+    scan = read_nifti(tmp_path / "src.nii.gz")
+    write_on_grid(scan.array, scan, tmp_path / "out.nii")
+    raw = (tmp_path / "out.nii").read_bytes()
+    assert b"Doe^Jane" not in raw and b"PID-12345" not in raw
+    assert len(nib.load(tmp_path / "out.nii").header.extensions) == 0
+
+
 def test_four_d_singleton_squeezed_and_nifti2(tmp_path):
     data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6, 1)
     nib.save(nib.Nifti2Image(data, np.eye(4)), tmp_path / "n2.nii")

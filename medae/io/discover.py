@@ -32,7 +32,8 @@ _SEQUENCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
 #: names medae's commands write beside case folders: no case id may take one (any letter case)
 RESERVED_IDS = frozenset(n.casefold() for n in (
     "scores.csv", "failures.csv", "run.json", "latents.npz", "index.html", "report.md",
-    "metrics.json", "skipped.csv", "model.json", "config.yaml", "log.csv", "summary.json"))
+    "metrics.json", "skipped.csv", "model.json", "config.yaml", "log.csv", "summary.json",
+    "view.html"))
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,8 @@ def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,
 
     The output has exactly the source grid's affine: a NIfTI source keeps its sform/qform
     matrices and codes; a DICOM source gets both set to the scanner affine (code 1).  The data
-    type is set to ``dtype`` (float32 by default) with no scaling.  Written atomically.
+    type is set to ``dtype`` (float32 by default) with no scaling.  The source header's free-text
+    fields and extensions are not copied (they can hold identifiers).  Written atomically.
     """
     path = Path(path)
     if not is_nifti_path(path):
@@ -237,7 +238,7 @@ def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,
     header["intent_code"] = 0
     header["descrip"] = b"medae"
     for text_field in ("aux_file", "intent_name", "db_name"):  # free text from the source
-        if text_field in header:
+        if text_field in header:  # (dcm2niix puts names, IDs, dates in extensions: dropped)
             header[text_field] = b""
     if getattr(header, "extensions", None) is not None:
         header.extensions.clear()
