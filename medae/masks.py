@@ -101,12 +101,16 @@ def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def outer_erosion(mask: np.ndarray, depth_mm: float, spacing) -> np.ndarray:
+def outer_erosion(mask: np.ndarray, depth_mm: float, spacing, slab: int = 48) -> np.ndarray:
     """``mask`` minus the voxels within ``depth_mm`` of the outside of its filled outline.
 
     A voxel goes when the Euclidean distance (mm) from its centre to the nearest outside voxel's
     centre is at most ``depth_mm`` (2 mm at 1 mm voxels: two layers).  Holes inside the mask are
     filled before measuring, so erosion eats only from the outer surface.
+
+    The distance transform runs on slabs of ``slab`` axial slices with a margin deeper than
+    ``depth_mm``: exact for this test (an outside voxel within ``depth_mm`` lies within the
+    margin), with memory bounded by the slab rather than the volume.
     """
     mask = np.asarray(mask, bool)
     if depth_mm <= 0:
@@ -114,8 +118,19 @@ def outer_erosion(mask: np.ndarray, depth_mm: float, spacing) -> np.ndarray:
     box = bounding_box(mask)
     if box is None:
         return mask.copy()
-    sub = np.pad(_fill(mask[box], _CROSS3, (0, 1, 2)), 1)  # the box's edge is outside
-    depth = ndimage.distance_transform_edt(sub, sampling=spacing)[1:-1, 1:-1, 1:-1]
+    filled = _fill(mask[box], _CROSS3, (0, 1, 2))
+    inside = np.zeros(filled.shape, bool)
+    nz = filled.shape[2]
+    margin = int(np.ceil(depth_mm / float(spacing[2]))) + 1
+    for z0 in range(0, nz, slab):
+        z1 = min(nz, z0 + slab)
+        a, b = max(0, z0 - margin), min(nz, z1 + margin)
+        sub = filled[:, :, a:b]
+        # the box's own edge is outside; a slab's cut faces are not (their neighbours are real)
+        pad = ((1, 1), (1, 1), (1 if a == 0 else 0, 1 if b == nz else 0))
+        depth = ndimage.distance_transform_edt(np.pad(sub, pad), sampling=spacing)
+        depth = depth[1:-1, 1:-1, pad[2][0]:depth.shape[2] - pad[2][1]]
+        inside[:, :, z0:z1] = depth[:, :, z0 - a:z1 - a] > depth_mm
     out = np.zeros_like(mask)
-    out[box] = mask[box] & (depth > depth_mm)
+    out[box] = mask[box] & inside
     return out

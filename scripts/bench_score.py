@@ -35,13 +35,15 @@ def _build_bundle(recipe: str, run: Path) -> None:
     from medae.bundle import save_bundle
     from medae.config import load_config
     from medae.models import create_model
-    from medae.scoring.threshold import calibrate
+    from medae.scoring.threshold import HealthyMap, calibrate
     from medae.train import model_kwargs
 
     torch.manual_seed(0)
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml")
     model = create_model(**model_kwargs(cfg))
-    cal = calibrate([np.random.default_rng(0).random(10_000) * 0.5], [0.3], "benchmark")
+    noise = np.random.default_rng(0).random((20, 25, 20)).astype(np.float32) * 0.5
+    cal = calibrate([HealthyMap.crop(noise, np.ones(noise.shape, bool), 1.0)], [0.3],
+                    "benchmark")
     save_bundle(run, model, cfg, training={"note": "random weights (benchmark)"}, intensity=[],
                 val_cases=[], calibration=cal)
 

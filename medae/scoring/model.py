@@ -78,8 +78,17 @@ class ScoreResult:
 
 
 def field_of_view(prep: Prepared) -> np.ndarray:
-    """The scan voxels that the model's crop covers (bool, scan grid)."""
-    return to_scan_space(np.ones(prep.image.shape, np.float32), prep, nearest=True) > 0.5
+    """The scan voxels that the model's crop covers (bool, scan grid), built axis by axis with
+    the same nearest-neighbour rule as :func:`to_scan_space` (no full-size float array)."""
+    axes = []
+    for off, size, rs, ss in zip(prep.offset, prep.image.shape, prep.resampled_shape,
+                                 prep.scan_shape, strict=True):
+        seen = np.zeros(rs, np.float32)
+        seen[max(0, off):max(0, min(rs, off + size))] = 1.0
+        line = torch.nn.functional.interpolate(torch.from_numpy(seen)[None, None], size=ss,
+                                               mode="nearest-exact")[0, 0].numpy() > 0.5
+        axes.append(line)
+    return axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
 
 
 class AnomalyModel:
