@@ -24,6 +24,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "val_fraction": 0.2,  # fraction of subjects held out for validation / calibration
         "min_foreground": 0.05,  # skip slices / patches with less foreground than this
+        # with a lesion label: "drop" the slices / patches that touch it, or keep them and
+        # "mask" the lesion (dilated by lesion_margin_mm) out of the noise and the loss
+        "lesion_samples": "drop",
+        "lesion_margin_mm": 4.0,
         "patch_size": None,  # 3D: patch size in voxels; null = the whole preprocessed volume
         "augment": {},  # Augment fields: flip_lr, intensity_scale, intensity_shift
         "cache_workers": 0,
@@ -129,6 +133,8 @@ _RULES: dict[str, tuple[Any, str]] = {
                                   "null or an integer >= 1"),
     "data.val_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number from 0 to below 1"),
     "data.min_foreground": (lambda v: _num(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "data.lesion_samples": (lambda v: v in ("drop", "mask"), "drop or mask"),
+    "data.lesion_margin_mm": (lambda v: _num(v) and 0 <= v <= 100, "a number from 0 to 100"),
     "data.patch_size": (lambda v: v is None or (isinstance(v, list) and len(v) in (2, 3)
                                                 and all(_int(s) and s >= 1 for s in v)),
                         "null or a list of 2 or 3 integers >= 1"),
@@ -145,7 +151,7 @@ _RULES: dict[str, tuple[Any, str]] = {
 
 
 _FLOAT_KEYS = {"train.lr", "train.weight_decay", "train.grad_clip", "data.val_fraction",
-               "data.min_foreground", "loss.beta", "loss.sparsity"}
+               "data.min_foreground", "data.lesion_margin_mm", "loss.beta", "loss.sparsity"}
 
 
 def _model_names() -> list[str]:

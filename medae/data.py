@@ -111,6 +111,16 @@ class Augment:
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
 
 
+def _lesion_free(prep: Prepared, margin_mm: float, spacing) -> np.ndarray:
+    """The brain mask minus the lesion label grown by ``margin_mm`` (model space)."""
+    from scipy import ndimage
+
+    if margin_mm <= 0:
+        return prep.mask & ~prep.label
+    near = ndimage.distance_transform_edt(~prep.label, sampling=spacing) <= margin_mm
+    return prep.mask & ~near
+
+
 class SampleDataset(Dataset):
     """2D slices (axial, along the RAS z axis) or 3D patches of cached volumes.
 
@@ -118,7 +128,9 @@ class SampleDataset(Dataset):
     """
 
     def __init__(self, items: Sequence[dict], spatial_dims: int, *, patch_size=None,
-                 min_foreground: float = 0.05, augment: Augment | None = None, seed: int = 0):
+                 min_foreground: float = 0.05, augment: Augment | None = None, seed: int = 0,
+                 lesion_samples: str = "drop", lesion_margin_mm: float = 4.0,
+                 spacing=(1.0, 1.0, 1.0)):
         self.volumes = [it["prepared"] for it in items]
         self.case_ids = [it["case_id"] for it in items]
         self.spatial_dims = spatial_dims
@@ -126,14 +138,22 @@ class SampleDataset(Dataset):
         self.seed, self.epoch = seed, 0
         self.index: list[tuple[int, tuple[slice, ...]]] = []
         self.dropped_label = 0
+        self.masked_label = 0
+        # "mask": samples touching a lesion stay, with the lesion (grown by the margin) left
+        # out of the mask that places the noise and weights the loss
+        self.masks = [_lesion_free(prep, lesion_margin_mm, spacing)
+                      if lesion_samples == "mask" and prep.label is not None else prep.mask
+                      for prep in self.volumes]
         for v, prep in enumerate(self.volumes):
             for window in self._windows(prep.image.shape, patch_size):
                 fg = prep.mask[window]
                 if fg.mean() < min_foreground:
                     continue
                 if prep.label is not None and prep.label[window].any():
-                    self.dropped_label += 1
-                    continue
+                    if lesion_samples != "mask":
+                        self.dropped_label += 1
+                        continue
+                    self.masked_label += 1
                 self.index.append((v, window))
 
     def _windows(self, shape, patch_size):
@@ -156,7 +176,7 @@ class SampleDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         v, window = self.index[i]
         prep = self.volumes[v]
-        image, mask = prep.image[window], prep.mask[window]
+        image, mask = prep.image[window], self.masks[v][window]
         params = self.augment.draw(sample_seed(self.seed, self.epoch, i))
         image, mask = Augment.apply(image, mask, params)
         return {"image": torch.from_numpy(image)[None],

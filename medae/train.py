@@ -224,7 +224,10 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         raise MedaeError("no training scan could be read (see the skipped scans above)")
 
     dims = int(kwargs["spatial_dims"])
-    common = {"patch_size": dc["patch_size"], "min_foreground": dc["min_foreground"]}
+    common = {"patch_size": dc["patch_size"], "min_foreground": dc["min_foreground"],
+              "lesion_samples": dc["lesion_samples"],
+              "lesion_margin_mm": float(dc["lesion_margin_mm"]),
+              "spacing": pre.spacing or (1.0, 1.0, 1.0)}
     train_ds = SampleDataset(train_items, dims, augment=Augment.from_dict(dc["augment"]),
                              seed=seed, **common)
     val_ds = SampleDataset(val_items, dims, seed=seed, **common) if val_items else None
@@ -349,6 +352,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
             "train_subjects": len(train_items), "val_subjects": len(val_items),
             "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
             "dropped_lesion_samples": train_ds.dropped_label,
+            "lesion_masked_samples": train_ds.masked_label,
             "skipped_scans": len(skipped),
             "epochs_run": len(hist.rows), "best_epoch": hist.best_epoch,
             "best_loss": hist.best_val if math.isfinite(hist.best_val) else None,

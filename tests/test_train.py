@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, write_phantoms
 from safetensors.torch import load_file
+from scipy import ndimage
 
 import medae.train as train_mod
 from medae import MedaeError, discover
@@ -161,3 +162,39 @@ def test_bad_training_scans_are_skipped_with_reasons(healthy, tmp_path):
     skipped = (run / "skipped.csv").read_text()
     assert "zero.nii.gz: empty file (0 bytes)" in skipped and "text.nii: not a NIfTI" in skipped
     assert meta["training"]["train_subjects"] + meta["training"]["val_subjects"] == 5
+
+
+def test_lesion_samples_masked_instead_of_dropped(tmp_path):
+    """data.lesion_samples=mask keeps the slices that touch a lesion and leaves the lesion,
+    grown by the margin, out of the mask that places the noise and weights the loss."""
+    import medae
+    from medae.data import SampleDataset
+    from medae.preprocess import PreprocessConfig, preprocess
+
+    paths = write_phantoms(tmp_path / "pat", 2, shape=(14, 16, 12), lesion=True)
+    items = []
+    for p in paths:
+        scan = medae.load_scan(p)
+        label = medae.load_scan(p.with_name(p.name.replace(".nii.gz", "_label.nii.gz"))).array
+        prep = preprocess(scan, PreprocessConfig(spacing=None), label=label > 0)
+        items.append({"case_id": p.name, "prepared": prep})
+    drop = SampleDataset(items, 2, min_foreground=0.0)
+    masked = SampleDataset(items, 2, min_foreground=0.0, lesion_samples="mask",
+                           lesion_margin_mm=2.0, spacing=(2.0, 2.0, 2.0))
+    assert drop.dropped_label >= 6 and drop.masked_label == 0
+    assert masked.dropped_label == 0 and masked.masked_label == drop.dropped_label
+    assert len(masked) == len(drop) + drop.dropped_label
+    prep = items[0]["prepared"]
+    m = masked.masks[0]
+    assert not (m & prep.label).any()  # the lesion is out of the loss ...
+    assert (prep.mask & ~m & ~prep.label).any()  # ... and so is a 2 mm (one voxel) rim
+    assert (m == (prep.mask & ~ndimage.binary_dilation(prep.label))).all()
+    cfg = _config("train.epochs=1", "data.val_fraction=0", "data.lesion_samples=mask")
+    man = tmp_path / "m.csv"
+    man.write_text("case_id,image,label\n" + "".join(
+        f"p{i},{p},{p.with_name(p.name.replace('.nii.gz', '_label.nii.gz'))}\n"
+        for i, p in enumerate(paths)))
+    run = train(cfg, discover(man), tmp_path / "run", device="cpu", progress=False)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["training"]["dropped_lesion_samples"] == 0
+    assert meta["training"]["lesion_masked_samples"] == masked.masked_label
