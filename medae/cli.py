@@ -84,14 +84,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from medae.batch import check_output, parse_shard, score_sources
     from medae.io.discover import discover_with_notes
     from medae.scoring import load_model
-    from medae.scoring.threshold import pick_threshold
 
     shard = parse_shard(args.shard)
     _check_flags(args)
     check_output(Path(args.output))
     model = load_model(args.model, device=args.device, batch_size=args.batch_size,
                        precision=args.precision)
-    pick_threshold(model.calibration, args.fpr, args.threshold)  # once, not once per scan
+    model.resolve_threshold(args.fpr, args.threshold)  # checked once, not once per scan
     sources, notes = discover_with_notes(args.input)
     for note in notes:
         print(f"note: skipped {note}", file=sys.stderr)

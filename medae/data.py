@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from monai.data import CacheDataset
 from monai.transforms import Transform
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from medae.errors import MedaeError, failure_reason
@@ -113,8 +114,6 @@ class Augment:
 
 def _lesion_free(prep: Prepared, margin_mm: float, spacing) -> np.ndarray:
     """The brain mask minus the lesion label grown by ``margin_mm`` (model space)."""
-    from scipy import ndimage
-
     if margin_mm <= 0:
         return prep.mask & ~prep.label
     near = ndimage.distance_transform_edt(~prep.label, sampling=spacing) <= margin_mm

@@ -144,15 +144,6 @@ def denormalise(image: np.ndarray, stats: dict) -> np.ndarray:
     return image
 
 
-def normalise(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig
-              ) -> tuple[np.ndarray, dict]:
-    """Intensity normalisation inside ``mask``; zero outside.  Returns the image and statistics."""
-    stats = intensity_stats(image, mask, config)
-    out = apply_normalisation(image, stats, config.clip)
-    out[~mask] = 0.0
-    return out, stats
-
-
 def _crop_pad(array: np.ndarray, offset, size, fill=0) -> np.ndarray:
     out = np.full(size, fill, dtype=array.dtype)
     src, dst = [], []

@@ -28,13 +28,16 @@ def healthy_map(model: AnomalyModel, source: ScanSource) -> tuple[HealthyMap, fl
     if label is not None:
         healthy[:, :, (np.asarray(label) > 0).any(axis=(0, 1))] = False
     voxel_mm3 = float(abs(np.linalg.det(scan.affine[:3, :3])))
-    score = scan_score(np.where(healthy, m.heatmap, 0), healthy,
-                       model.map_config.scan_percentile)
+    score = scan_score(m.heatmap, healthy, model.map_config.scan_percentile)
     return HealthyMap.crop(m.heatmap, healthy, voxel_mm3), score
 
 
 def calibrate_model(model: AnomalyModel, sources: Sequence[ScanSource], source: str) -> dict:
-    """Thresholds for ``model`` from the healthy scans ``sources`` (see :func:`calibrate`)."""
+    """Thresholds for ``model`` from the healthy scans ``sources`` (see :func:`calibrate`).
+
+    Each scan is read again here (training caches only model-space arrays, to keep memory
+    per training scan small); only the cropped healthy maps are kept.
+    """
     maps, scores = [], []
     for src in sources:
         hm, score = healthy_map(model, src)

@@ -16,11 +16,11 @@ import torch
 from medae.bundle import Bundle, load_bundle
 from medae.device import check_precision, resolve_device
 from medae.io.scan import Scan
+from medae.models.registry import model_config
 from medae.preprocess import (
     Prepared,
     PreprocessConfig,
     apply_normalisation,
-    brain_mask,
     denormalise,
     preprocess,
     to_scan_space,
@@ -121,8 +121,7 @@ class AnomalyModel:
 
     @property
     def name(self) -> str:
-        return str(self.network.config.get("name", type(self.network).__name__)) \
-            if hasattr(self.network, "config") else type(self.network).__name__
+        return model_config(self.network)["name"]
 
     def prepare(self, scan: Scan, mask: np.ndarray | None = None) -> Prepared:
         return preprocess(scan, self.preprocess_config, mask=mask)
@@ -133,8 +132,9 @@ class AnomalyModel:
         recon, code = reconstruct(self.network, prep.image, prep.mask,
                                   batch_size=self.batch_size, device=self.device,
                                   precision=self.precision)
-        native, rule = (prep.native_mask, prep.mask_rule) if prep.native_mask is not None \
-            else brain_mask(scan, self.preprocess_config)
+        if prep.native_mask is None:
+            raise ValueError("scan_map needs a scan prepared with keep_native=True")
+        native, rule = prep.native_mask, prep.mask_rule
         recon_scan = to_scan_space(recon, prep)
         image = apply_normalisation(scan.array, prep.stats, self.preprocess_config.clip)
         cfg = self.map_config
