@@ -10,6 +10,8 @@ Layout of ``OUT`` (scripts rely on it)::
                                        not with --no-image)
     OUT/<case_id>/overlay_*.png        pictures
     OUT/<case_id>/reconstruction.nii.gz  (--save-reconstruction)
+    OUT/<case_id>/anomaly_map_<sequence>.nii.gz  per input sequence (multi-sequence models,
+                                       --save-channel-maps)
     OUT/<case_id>/result.json          the case's score row (marks the case as finished)
     OUT/scores.csv   OUT/failures.csv   OUT/run.json   OUT/latents.npz (--save-latent)
     OUT/index.html   OUT/view.html      the report and the case page (``medae view OUT``)
@@ -42,7 +44,7 @@ import numpy as np
 from medae import __version__
 from medae.errors import MedaeError, failure_reason
 from medae.io.atomic import DIR_MODE, atomic_write_bytes
-from medae.io.discover import ScanSource, is_case_folder
+from medae.io.discover import ScanSource, is_case_folder, safe_id
 from medae.io.nifti import write_on_grid
 from medae.scoring.model import AnomalyModel, ScoreResult
 
@@ -91,7 +93,7 @@ def _source_text(src: ScanSource) -> str:
 
 def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict, *,
                 save_reconstruction: bool, overlays: bool, t0: float,
-                save_image: bool = True) -> None:
+                save_image: bool = True, inputs: tuple[str, ...] = ()) -> None:
     """Write every output of a case into a temporary folder, then rename it into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{src.case_id}.", suffix=".tmp", dir=out))
     try:
@@ -107,6 +109,8 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
             write_on_grid(scan.array, scan, tmp / "image.nii.gz", dtype=_image_dtype(scan.array))
         if save_reconstruction and result.reconstruction is not None:
             write_on_grid(result.reconstruction, scan, tmp / "reconstruction.nii.gz")
+        for name, channel_map in (result.channel_maps or {}).items():
+            write_on_grid(channel_map, scan, tmp / f"anomaly_map_{safe_id(name)}.nii.gz")
         if overlays:
             from medae.overlay import write_overlays
 
@@ -116,7 +120,7 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
         row["seconds"] = round(time.perf_counter() - t0, 3)  # loading to outputs written
         record = {"row": row, "threshold": result.threshold,
                   "threshold_rule": result.threshold_rule, "mask_rule": result.mask_rule,
-                  "min_volume_mm3": result.min_volume_mm3,
+                  "min_volume_mm3": result.min_volume_mm3, "inputs": list(inputs),
                   "latent": [float(v) for v in np.ravel(result.latent)]}
         atomic_write_bytes(tmp / "result.json", json.dumps(record, allow_nan=False).encode())
         final = out / src.case_id
@@ -190,12 +194,6 @@ def _image_dtype(array: np.ndarray) -> type:
     return np.int16
 
 
-def _load(model: AnomalyModel, src: ScanSource):
-    scan = src.load()
-    mask = src.load_companion("mask", scan)
-    return scan, model.prepare(scan, mask)
-
-
 def _prefetch(model: AnomalyModel, sources: Sequence[ScanSource], workers: int
               ) -> Iterator[tuple[ScanSource, Future]]:
     """Load and preprocess ahead of the model in worker threads (bounded look-ahead)."""
@@ -203,14 +201,14 @@ def _prefetch(model: AnomalyModel, sources: Sequence[ScanSource], workers: int
         pending: list[tuple[ScanSource, Future]] = []
         it = iter(sources)
         for src in it:
-            pending.append((src, pool.submit(_load, model, src)))
+            pending.append((src, pool.submit(model.load, src)))
             if len(pending) > workers:
                 break
         while pending:
             yield pending.pop(0)
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_load, model, nxt)))
+                pending.append((nxt, pool.submit(model.load, nxt)))
 
 
 def rebuild_tables(out: Path, save_latent: bool = False) -> tuple[list[dict], list[dict]]:
@@ -257,7 +255,8 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
                   shard: tuple[int, int] = (0, 1), resume: bool = False,
                   save_reconstruction: bool = False, save_latent: bool = False,
                   overlays: bool = True, workers: int = 2, progress: bool = True,
-                  arguments: dict | None = None, save_image: bool = True) -> BatchSummary:
+                  arguments: dict | None = None, save_image: bool = True,
+                  save_channel_maps: bool = False) -> BatchSummary:
     """Score ``sources`` into ``out`` (see the module docstring for the layout)."""
     out = Path(out)
     prepare_output(out)
@@ -282,13 +281,14 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
         try:
             scan, prep = future.result()
             result = model.score(scan, prepared=prep, fpr=fpr, threshold=threshold,
-                                 with_reconstruction=save_reconstruction)
+                                 with_reconstruction=save_reconstruction,
+                                 channel_maps=save_channel_maps)
             row = {"case_id": src.case_id, "source": _source_text(src),
                    "score": float(f"{result.score:.6g}"),
                    "flagged": "" if result.flagged is None else int(result.flagged),
                    "n_candidates": len(result.candidates), "status": "ok"}
             _write_case(out, src, scan, result, row, save_reconstruction=save_reconstruction,
-                        overlays=overlays, t0=t0, save_image=save_image)
+                        overlays=overlays, t0=t0, save_image=save_image, inputs=prep.inputs)
             with contextlib.suppress(FileNotFoundError):
                 fail_path.unlink()
             summary.scored += 1

@@ -101,7 +101,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         model, sources, args.output, fpr=args.fpr, threshold=args.threshold, shard=shard,
         resume=args.resume, save_reconstruction=args.save_reconstruction,
         save_latent=args.save_latent, overlays=not args.no_overlays, workers=args.workers,
-        progress=not args.quiet, arguments=arguments, save_image=not args.no_image)
+        progress=not args.quiet, arguments=arguments, save_image=not args.no_image,
+        save_channel_maps=args.save_channel_maps)
     print(f"scored {summary.scored}, skipped {summary.skipped} (already done), "
           f"failed {summary.failed}; results in {args.output}")
     return 1 if summary.failed else 0
@@ -216,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write the reconstruction (the 'denoised' scan) per case")
     sc.add_argument("--save-latent", action="store_true",
                     help="also write OUT/latents.npz: one latent code per scan")
+    sc.add_argument("--save-channel-maps", action="store_true",
+                    help="multi-sequence models: also write each input sequence's own map "
+                         "(anomaly_map_<sequence>.nii.gz; anomaly_map.nii.gz is their maximum)")
     sc.add_argument("--no-overlays", action="store_true", help="skip the PNG pictures")
     sc.add_argument("--no-image", action="store_true",
                     help="do not write image.nii.gz (the scan on its grid, the background of "

@@ -2,7 +2,9 @@
 
 Each scan is read and preprocessed once (MONAI ``CacheDataset``); slices and patches are views of
 the cached volumes, and random augmentation happens after the cache.  Splits are by subject,
-never by slice.  When a lesion label is given, every slice or patch that touches it is dropped.
+never by slice.  When a lesion label is given, every slice or patch that touches it is dropped
+(``data.lesion_samples: drop``) or kept with the lesion left out of the noise and the loss
+(``mask``).
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ from torch.utils.data import Dataset
 
 from medae.errors import MedaeError, failure_reason
 from medae.io.discover import ScanSource
-from medae.preprocess import Prepared, PreprocessConfig, preprocess
+from medae.preprocess import Prepared, PreprocessConfig, prepare_source
 
 
 def load_prepared(source: ScanSource, config: PreprocessConfig) -> Prepared:
-    """Read a source (and its mask/label files) and preprocess it."""
-    scan = source.load()
-    return preprocess(scan, config, mask=source.load_companion("mask", scan),
-                      label=source.load_companion("label", scan), keep_native=False)
+    """Read a source (the sequences the model reads, its mask and label files) and preprocess
+    it; only model-space arrays are kept."""
+    return prepare_source(source, config, keep_native=False, with_label=True)[1]
 
 
 class _Prepare(Transform):
@@ -106,8 +107,9 @@ class Augment:
 
     @staticmethod
     def apply(image: np.ndarray, mask: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
-        if params["flip_lr"]:  # axis 0 is left-right in the RAS array
-            image, mask = image[::-1], mask[::-1]
+        """``image`` (C, x, ...) and ``mask`` (x, ...): the same draw for every channel."""
+        if params["flip_lr"]:  # spatial axis 0 is left-right in the RAS array
+            image, mask = image[:, ::-1], mask[::-1]
         image = image * params["scale"] + params["shift"] * mask
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
 
@@ -123,7 +125,7 @@ def _lesion_free(prep: Prepared, margin_mm: float, spacing) -> np.ndarray:
 class SampleDataset(Dataset):
     """2D slices (axial, along the RAS z axis) or 3D patches of cached volumes.
 
-    Items are ``{"image": (1, *size), "mask": (1, *size)}`` float32 tensors.
+    Items are ``{"image": (C, *size), "mask": (1, *size)}`` float32 tensors.
     """
 
     def __init__(self, items: Sequence[dict], spatial_dims: int, *, patch_size=None,
@@ -144,7 +146,7 @@ class SampleDataset(Dataset):
                       if lesion_samples == "mask" and prep.label is not None else prep.mask
                       for prep in self.volumes]
         for v, prep in enumerate(self.volumes):
-            for window in self._windows(prep.image.shape, patch_size):
+            for window in self._windows(prep.image.shape[1:], patch_size):
                 fg = prep.mask[window]
                 if fg.mean() < min_foreground:
                     continue
@@ -175,8 +177,8 @@ class SampleDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         v, window = self.index[i]
         prep = self.volumes[v]
-        image, mask = prep.image[window], self.masks[v][window]
+        image, mask = prep.image[(slice(None), *window)], self.masks[v][window]
         params = self.augment.draw(sample_seed(self.seed, self.epoch, i))
         image, mask = Augment.apply(image, mask, params)
-        return {"image": torch.from_numpy(image)[None],
+        return {"image": torch.from_numpy(image),
                 "mask": torch.from_numpy(mask.astype(np.float32))[None]}

@@ -1,9 +1,11 @@
 """Preprocessing shared by training and scoring, stored with the model, invertible to the scan.
 
-Steps, on a :class:`~medae.io.Scan` (already oriented closest to RAS+): resample to a target
-spacing, find the foreground (brain) mask (given, or computed), normalise intensities inside the
-mask (percentile scaling by default), crop/pad to the model's size around the mask's centre.
-:func:`to_scan_space` undoes the geometric steps so maps land on the scan's voxels.
+Steps, on a :class:`~medae.io.Scan` (already oriented closest to RAS+) and, for multi-sequence
+models, its other co-registered sequences on the same grid: resample to a target spacing, find
+the foreground (brain) mask (given, or computed from the first input), normalise each input's
+intensities inside the mask (percentile scaling by default), crop/pad to the model's size around
+the mask's centre.  :func:`to_scan_space` undoes the geometric steps so maps land on the scan's
+voxels.  :func:`prepare_source` is the one path from a case on disk to model input.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medae.errors import MedaeError
+from medae.errors import MedaeError, ScanReadError
+from medae.io.discover import ScanSource
 from medae.io.nifti import MAX_VOXELS as _MAX_RESAMPLED
 from medae.io.scan import Scan
+from medae.io.sequences import nnunet_parts
 from medae.masks import compute_mask
 
 Size3 = tuple[int | None, int | None, int | None]
@@ -36,6 +40,10 @@ class PreprocessConfig:
         percentiles: low and high percentiles for ``"percentile"``.
         clip: clip normalised values to [0, 1] (needed for BCE); off by default so bright
             lesions keep their contrast.
+        inputs: the sequences the model reads, in channel order (e.g. ``[flair, t1]``), matched
+            by name against a case's sequences (manifest columns), or by position when the
+            case names them by nnU-Net index (``CASE_0000``, ``CASE_0001``, ...); ``None``: one
+            channel, the case's first sequence.  The first input sets the brain mask.
     """
 
     spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
@@ -44,8 +52,15 @@ class PreprocessConfig:
     normalise: str = "percentile"
     percentiles: tuple[float, float] = (0.5, 99.5)
     clip: bool = False
+    inputs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.inputs is not None and (
+                not isinstance(self.inputs, tuple) or not 1 <= len(self.inputs) <= 16
+                or not all(isinstance(n, str) and n.strip() for n in self.inputs)
+                or len({n.lower() for n in self.inputs}) != len(self.inputs)):
+            raise MedaeError("preprocess.inputs: null or a list of 1 to 16 distinct sequence "
+                             f"names, got {self.inputs!r}")
         if self.mask not in ("auto", "given", "computed", "none"):
             raise MedaeError(f"preprocess.mask: unknown value {self.mask!r}")
         if self.normalise not in ("percentile", "zscore", "none"):
@@ -67,29 +82,41 @@ class PreprocessConfig:
             raise MedaeError(f"preprocess: unknown key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
         v = dict(values)
-        for key in ("spacing", "size", "percentiles"):
-            if v.get(key) is not None:
+        for key in ("spacing", "size", "percentiles", "inputs"):
+            if isinstance(v.get(key), list):
                 v[key] = tuple(v[key])
         return cls(**v)
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if d["inputs"] is None:  # bundles of one-sequence models stay as they were
+            del d["inputs"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @property
+    def channels(self) -> int:
+        """How many input channels the model takes."""
+        return 1 if self.inputs is None else len(self.inputs)
 
 
 @dataclass
 class Prepared:
-    """A preprocessed scan: model-space ``image`` and ``mask`` (x, y, z) and how to go back."""
+    """A preprocessed scan: model-space ``image`` (C, x, y, z) and ``mask`` (x, y, z), and how
+    to go back to the scan's grid."""
 
-    image: np.ndarray  # float32 (X, Y, Z)
+    image: np.ndarray  # float32 (C, X, Y, Z)
     mask: np.ndarray  # bool (X, Y, Z)
     scan_shape: tuple[int, int, int]  # the Scan's array shape
     resampled_shape: tuple[int, int, int]
     offset: tuple[int, int, int]  # model-space origin inside the resampled volume (may be < 0)
-    stats: dict = field(default_factory=dict)  # intensity statistics used for normalisation
+    stats: list[dict] = field(default_factory=list)  # per channel: the normalisation's statistics
     label: np.ndarray | None = None  # bool (X, Y, Z), when a lesion label was given
     native_mask: np.ndarray | None = None  # bool, the brain mask on the scan's own grid
     mask_rule: str = ""  # how the brain mask was made (recorded in bundles and results)
+    # per channel, the input on the scan's own grid in its own units (scoring compares the
+    # reconstruction with these); dropped with keep_native=False
+    native_inputs: list[np.ndarray] | None = None
+    inputs: tuple[str, ...] = ()  # the case's sequence read into each channel
 
 
 def _resize(array: np.ndarray, shape: tuple[int, int, int], nearest: bool) -> np.ndarray:
@@ -155,24 +182,72 @@ def _crop_pad(array: np.ndarray, offset, size, fill=0) -> np.ndarray:
     return out
 
 
-def brain_mask(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = None
+def brain_mask(image: np.ndarray, config: PreprocessConfig, mask: np.ndarray | None = None
                ) -> tuple[np.ndarray, str]:
-    """The foreground mask on the scan's own grid and the rule that made it."""
+    """The foreground mask of ``image`` (a scan's array: the first input) on its own grid, and
+    the rule that made it."""
     if config.mask == "none":
-        return np.ones(scan.shape, bool), "none: every voxel"
+        return np.ones(image.shape, bool), "none: every voxel"
     if mask is not None and config.mask != "computed":
         return np.asarray(mask) > 0, "given (the mask supplied with the scan)"
-    return compute_mask(scan.array)
+    return compute_mask(image)
+
+
+def input_names(source: ScanSource, config: PreprocessConfig) -> list[str]:
+    """The case's sequence read into each of the model's channels (see
+    ``PreprocessConfig.inputs``); a one-line error naming the case when one is missing."""
+    have = source.sequence_names
+    if config.inputs is None:
+        return [have[0]]
+    by_name = {n.lower(): n for n in have}
+    positional = all(n == "image" or nnunet_parts(f"x_{n}") for n in have)
+    out = []
+    for i, want in enumerate(config.inputs):
+        if want.lower() in by_name:
+            out.append(by_name[want.lower()])
+        elif positional and i < len(have):
+            out.append(have[i])  # CASE_000i is the model's i-th input
+        else:
+            raise ScanReadError(source.path, f"case {source.case_id} has no sequence {want!r} "
+                                             f"(it has {', '.join(have)}); the model reads "
+                                             f"{', '.join(config.inputs)}")
+    return out
+
+
+def prepare_source(source: ScanSource, config: PreprocessConfig, *, keep_native: bool = True,
+                   with_label: bool = False) -> tuple[Scan, Prepared]:
+    """Read a case (the sequences the model reads, the mask, and with ``with_label`` the
+    label) and preprocess it: the one path from disk to model input, for training, calibration
+    and scoring alike.  Returns the case's first sequence (its grid) and the prepared input."""
+    names = input_names(source, config)
+    scan = source.load()
+    arrays = source.load_sequences(scan, names)
+    label = source.load_companion("label", scan) if with_label else None
+    prep = preprocess(scan, config, mask=source.load_companion("mask", scan), label=label,
+                      keep_native=keep_native, channels=[arrays[n] for n in names])
+    prep.inputs = tuple(names)
+    return scan, prep
 
 
 def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = None,
-               label: np.ndarray | None = None, keep_native: bool = True) -> Prepared:
-    """Turn a scan into model input.  ``mask``/``label`` are arrays on the scan's array grid.
+               label: np.ndarray | None = None, keep_native: bool = True,
+               channels: list[np.ndarray] | None = None) -> Prepared:
+    """Turn a scan into model input.  ``mask``/``label`` are arrays on the scan's array grid;
+    ``channels`` the model's inputs on that grid (default: the scan's own array, one channel).
 
-    The brain mask and the intensity statistics come from the scan at its own resolution, so
-    scoring can compare the reconstruction with the scan's own normalised voxels
-    (``keep_native=False`` drops the scan-grid mask from the result, e.g. for training caches).
+    The brain mask (from the first channel) and each channel's intensity statistics come from
+    the scan at its own resolution, so scoring can compare the reconstruction with the scan's own
+    normalised voxels (``keep_native=False`` drops the scan-grid arrays from the result, e.g.
+    for training caches).
     """
+    channels = [scan.array] if channels is None else list(channels)
+    if len(channels) != config.channels:
+        raise MedaeError(f"{scan.source}: {len(channels)} input(s) for a model that reads "
+                         f"{config.channels}")
+    for arr in channels:
+        if arr.shape != scan.shape:
+            raise MedaeError(f"{scan.source}: an input of shape {arr.shape} is not on the "
+                             f"scan's grid {scan.shape}")
     if mask is not None and mask.shape != scan.shape:
         raise MedaeError(f"{scan.source}: mask shape {mask.shape} differs from scan {scan.shape}")
     if label is not None and label.shape != scan.shape:
@@ -188,19 +263,24 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
         raise MedaeError(f"{scan.source}: resampling {scan.describe()} to {config.spacing} mm "
                          f"gives {'x'.join(map(str, shape))} voxels, more than "
                          f"{_MAX_RESAMPLED:.3g}")
-    native, rule = brain_mask(scan, config, mask)
+    native, rule = brain_mask(channels[0], config, mask)
     if not native.any():
         raise MedaeError(f"{scan.source}: the foreground mask is empty")
-    try:
-        stats = intensity_stats(scan.array, native, config)
-    except MedaeError as exc:
-        raise MedaeError(f"{scan.source}: {exc}") from None
+    stats = []
+    for c, arr in enumerate(channels):
+        try:
+            stats.append(intensity_stats(arr, native, config))
+        except MedaeError as exc:
+            what = f" (input {c + 1})" if len(channels) > 1 else ""
+            raise MedaeError(f"{scan.source}: {exc}{what}") from None
     fg = _resize(native.astype(np.float32), shape, nearest=True) > 0.5
     if not fg.any():
         raise MedaeError(f"{scan.source}: the foreground mask vanishes at "
                          f"{config.spacing} mm")
-    image = apply_normalisation(_resize(scan.array, shape, nearest=False), stats, config.clip)
-    image[~fg] = 0.0
+    image = np.empty((len(channels), *shape), np.float32)
+    for c, arr in enumerate(channels):
+        image[c] = apply_normalisation(_resize(arr, shape, nearest=False), stats[c], config.clip)
+    image[:, ~fg] = 0.0
     lab = None
     if label is not None:
         lab = _resize(np.asarray(label, np.float32) > 0, shape, nearest=True) > 0.5
@@ -209,10 +289,12 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
     centre = (lo_hi.min(0) + lo_hi.max(0) + 1) / 2.0
     offset = tuple(round(c - s / 2.0) if s != n else 0
                    for c, s, n in zip(centre, size, shape, strict=True))
-    return Prepared(image=_crop_pad(image, offset, size), mask=_crop_pad(fg, offset, size, False),
+    return Prepared(image=_crop_pad(image, (0, *offset), (len(channels), *size)),
+                    mask=_crop_pad(fg, offset, size, False),
                     scan_shape=scan.shape, resampled_shape=shape, offset=offset, stats=stats,
                     label=None if lab is None else _crop_pad(lab, offset, size, False),
-                    native_mask=native if keep_native else None, mask_rule=rule)
+                    native_mask=native if keep_native else None, mask_rule=rule,
+                    native_inputs=channels if keep_native else None)
 
 
 def to_scan_space(array: np.ndarray, prepared: Prepared, nearest: bool = False,

@@ -69,8 +69,14 @@ class History:
 
 
 def model_kwargs(config: dict) -> dict:
+    """The model's construction arguments: the recipe's ``model`` section, with the input size
+    and the number of input channels (``preprocess.inputs``) filled in."""
     m = dict(config["model"])
-    size = PreprocessConfig.from_dict(config["preprocess"]).size
+    pre = PreprocessConfig.from_dict(config["preprocess"])
+    size = pre.size
+    if m.setdefault("in_channels", pre.channels) != pre.channels:
+        raise MedaeError(f"config: model.in_channels is {m['in_channels']!r} but "
+                         f"preprocess.inputs lists {pre.channels} sequence(s)")
     dims = int(m.get("spatial_dims", 2))
     if "in_shape" not in m:
         shape = config["data"]["patch_size"] or size
@@ -359,13 +365,24 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
             "precision": precision, "seed": seed, "world_size": d.world,
             "device": dev.type, "medae_version": __version__,
         }
-        intensity = [{"case_id": it["case_id"], **it["prepared"].stats,
-                      "mask_rule": it["prepared"].mask_rule} for it in train_items]
+        intensity = [_intensity_entry(it) for it in train_items]
         save_bundle(run, model, config, training=summary, intensity=intensity,
                     val_cases=[it["case_id"] for it in val_items], calibration=calibration)
     if d.world > 1:
         dist.barrier()
     return run
+
+
+def _intensity_entry(item: dict) -> dict:
+    """A training scan's normalisation statistics for the bundle (one-sequence models: flat, as
+    before; multi-sequence: one entry per input)."""
+    prep = item["prepared"]
+    entry = {"case_id": item["case_id"], "mask_rule": prep.mask_rule}
+    if len(prep.stats) == 1:
+        return {"case_id": item["case_id"], **prep.stats[0], "mask_rule": prep.mask_rule}
+    entry["inputs"] = [{"sequence": name, **st}
+                       for name, st in zip(prep.inputs, prep.stats, strict=True)]
+    return entry
 
 
 @torch.no_grad()

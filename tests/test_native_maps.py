@@ -95,7 +95,8 @@ def test_small_lesion_survives_the_median_filter(median_mm):
                                              median_mm=median_mm, min_volume_mm3=5))
     result = model.score(scan, threshold=3.0)  # normal tissue: about 0.5 +- 0.25
     prep = model.prepare(scan)
-    lesion_value = (180.0 - prep.stats["low"]) / (prep.stats["high"] - prep.stats["low"])
+    st = prep.stats[0]
+    lesion_value = (180.0 - st["low"]) / (st["high"] - st["low"])
     assert result.heatmap[lesion].max() == pytest.approx(lesion_value, rel=1e-5)
     assert len(result.candidates) == 1
     cand = result.candidates[0]

@@ -33,17 +33,17 @@ def test_resample_normalise_and_back():
     cfg = PreprocessConfig(spacing=(2.0, 2.0, 2.0), size=(24, 24, 24))
     prep = preprocess(scan, cfg)
     assert prep.resampled_shape == (20, 20, 20)
-    assert prep.image.shape == prep.mask.shape == (24, 24, 24)
+    assert prep.image.shape == (1, 24, 24, 24) and prep.mask.shape == (24, 24, 24)
     # intensity statistics from the scan's own voxels inside its own-grid mask
     np.testing.assert_array_equal(prep.native_mask, ball)
     lo, hi = np.percentile(img[ball], [0.5, 99.5])
-    assert (prep.stats["low"], prep.stats["high"]) == pytest.approx((lo, hi))
+    assert (prep.stats[0]["low"], prep.stats[0]["high"]) == pytest.approx((lo, hi))
     from scipy import ndimage
 
     core = ndimage.binary_erosion(prep.mask)  # inside the ball: 100 -> (100 - lo) / (hi - lo)
     assert core.sum() > 50
-    assert np.median(prep.image[core]) == pytest.approx((100 - lo) / (hi - lo), abs=0.03)
-    assert (prep.image[~prep.mask] == 0).all()
+    assert np.median(prep.image[0][core]) == pytest.approx((100 - lo) / (hi - lo), abs=0.03)
+    assert (prep.image[0][~prep.mask] == 0).all()
     # padding is centred on the mask
     idx = np.argwhere(prep.mask)
     np.testing.assert_allclose((idx.min(0) + idx.max(0)) / 2, [11.5, 11.5, 11.5], atol=1.0)
@@ -59,14 +59,14 @@ def test_crop_smaller_than_volume_and_given_mask():
     scan = _scan(img)  # no constant background: the given mask is used
     cfg = PreprocessConfig(spacing=None, size=(16, 16, None), normalise="zscore")
     prep = preprocess(scan, cfg, mask=ball)
-    assert prep.image.shape == (16, 16, 30)
+    assert prep.image.shape == (1, 16, 16, 30)
     assert prep.offset[:2] == (12, 4) and prep.offset[2] == 0
     assert prep.mask.sum() == ball.sum()  # the whole ball fits in the crop
-    back = to_scan_space(prep.image, prep)
-    np.testing.assert_allclose(back[ball], prep.image[prep.mask], atol=1e-6)
-    assert prep.stats["mean"] == pytest.approx(110.0, abs=0.2)
-    assert prep.stats["sd"] == pytest.approx(1.0, abs=0.1)
-    np.testing.assert_allclose(prep.image[prep.mask].mean(), 0.0, atol=1e-4)
+    back = to_scan_space(prep.image[0], prep)
+    np.testing.assert_allclose(back[ball], prep.image[0][prep.mask], atol=1e-6)
+    assert prep.stats[0]["mean"] == pytest.approx(110.0, abs=0.2)
+    assert prep.stats[0]["sd"] == pytest.approx(1.0, abs=0.1)
+    np.testing.assert_allclose(prep.image[0][prep.mask].mean(), 0.0, atol=1e-4)
 
 
 def test_computed_mask_otsu_on_noisy_background():
@@ -97,7 +97,7 @@ def test_real_brats_with_brain_mask():
     label = load_scan(folder / "OTMultiClass.nii.gz").array > 0
     cfg = PreprocessConfig(spacing=(2.0, 2.0, 2.0), size=(96, 112, 80))
     prep = preprocess(scan, cfg, mask=brain, label=label)
-    assert prep.image.shape == (96, 112, 80)
+    assert prep.image.shape == (1, 96, 112, 80)
     assert prep.label is not None and prep.label.sum() > 0
     assert (prep.label & ~prep.mask).sum() < 50  # lesion labels lie inside the brain mask
     back = to_scan_space(prep.mask.astype(np.float32), prep, nearest=True) > 0.5

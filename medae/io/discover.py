@@ -62,10 +62,13 @@ class ScanSource:
             return dicom.read_dicom_series(self.series)
         return load_scan(self.path)
 
-    def load_sequences(self, scan: Scan) -> dict[str, np.ndarray]:
-        """Every sequence on ``scan``'s (the first sequence's) array grid, by name."""
+    def load_sequences(self, scan: Scan, names=None) -> dict[str, np.ndarray]:
+        """The sequences ``names`` (default: every one) on ``scan``'s (the first sequence's)
+        array grid, by name; only those are read."""
         out = {self.name: scan.array}
         for seq in self.sequences:
+            if names is not None and seq.name not in names:
+                continue
             other = (dicom.read_dicom_series(seq.series) if seq.series is not None
                      else load_scan(seq.path))
             out[seq.name] = on_grid(scan, other, f"sequence {seq.name} of case {self.case_id}")

@@ -20,8 +20,7 @@ from medae.scoring.threshold import HealthyMap, calibrate
 
 def healthy_map(model: AnomalyModel, source: ScanSource) -> tuple[HealthyMap, float]:
     """Score one healthy calibration scan; returns its map and its healthy-tissue scan score."""
-    scan = source.load()
-    prep = model.prepare(scan, source.load_companion("mask", scan))
+    scan, prep = model.load(source)
     label = source.load_companion("label", scan)
     m = model.scan_map(scan, prep)
     healthy = m.analysed.copy()

@@ -113,17 +113,28 @@ def residual(image: np.ndarray, recon: np.ndarray, kind: str) -> np.ndarray:
     return np.maximum(diff, 0, out=diff)
 
 
-def anomaly_map(image: np.ndarray, recon: np.ndarray, mask: np.ndarray, config: MapConfig,
-                spacing=(1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+def anomaly_map(image, recon, mask: np.ndarray, config: MapConfig, spacing=(1.0, 1.0, 1.0)
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Residual inside the outer-eroded ``mask``, median-filtered (``spacing``: mm per axis of
-    these arrays).  Returns (map float32, analysed region bool); the map is 0 outside it."""
+    these arrays).  Returns (map float32, analysed region bool); the map is 0 outside it.
+
+    ``image`` and ``recon`` are one array each, or one per channel (lists of the same length):
+    a multi-channel map is the voxel-wise maximum of the channels' residuals (for ``positive``:
+    the largest brighter-than-expected deviation in any sequence), then filtered.
+    """
+    images = [image] if isinstance(image, np.ndarray) else list(image)
+    recons = [recon] if isinstance(recon, np.ndarray) else list(recon)
+    if len(images) != len(recons) or not images:
+        raise ValueError("anomaly_map: one reconstruction per image channel")
     inside = outer_erosion(mask, config.erode_mm, spacing)
-    heat = np.zeros(image.shape, np.float32)
+    heat = np.zeros(images[0].shape, np.float32)
     size = config.median_size(spacing)
     box = bounding_box(inside, margin=[s // 2 for s in size])
     if box is None:
         return heat, inside
-    res = residual(image[box], recon[box], config.residual)
+    res = residual(images[0][box], recons[0][box], config.residual)
+    for im, rc in zip(images[1:], recons[1:], strict=True):
+        np.maximum(res, residual(im[box], rc[box], config.residual), out=res)
     res[~inside[box]] = 0
     if max(size) > 1:
         res = ndimage.median_filter(res, size=size)

@@ -15,6 +15,7 @@ import torch
 
 from medae.bundle import Bundle, load_bundle
 from medae.device import check_precision, resolve_device
+from medae.io.discover import ScanSource
 from medae.io.scan import Scan
 from medae.models.registry import model_config
 from medae.preprocess import (
@@ -22,6 +23,7 @@ from medae.preprocess import (
     PreprocessConfig,
     apply_normalisation,
     denormalise,
+    prepare_source,
     preprocess,
     to_scan_space,
 )
@@ -39,9 +41,11 @@ class ScanMap:
     analysed: np.ndarray  # bool: the brain mask, outer rim eroded, within the model's view
     brain_mask: np.ndarray  # bool: the whole brain mask
     mask_rule: str
-    recon: np.ndarray  # float32, the reconstruction (normalised units) on the scan's grid
+    recon: np.ndarray  # float32, the first input's reconstruction (normalised) on the scan's grid
     latent: np.ndarray
     score: float
+    # per input channel (multi-sequence models, when asked for): that channel's own map
+    channel_maps: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -59,7 +63,8 @@ class ScoreResult:
         analysed: the region the map covers (brain mask, outer rim eroded); brain_mask: the
             whole brain mask, and ``mask_rule`` the rule that made it.
         min_volume_mm3: the smallest candidate kept.
-        reconstruction: the reconstruction in the scan's units (only when asked for).
+        reconstruction: the first input's reconstruction in its units (only when asked for).
+        channel_maps: per input sequence, its own map (multi-sequence models, when asked for).
     """
 
     heatmap: np.ndarray
@@ -75,13 +80,14 @@ class ScoreResult:
     mask_rule: str = ""
     min_volume_mm3: float = 0.0
     reconstruction: np.ndarray | None = None
+    channel_maps: dict[str, np.ndarray] | None = None
 
 
 def field_of_view(prep: Prepared) -> np.ndarray:
     """The scan voxels that the model's crop covers (bool, scan grid), built axis by axis with
     the same nearest-neighbour rule as :func:`to_scan_space` (no full-size float array)."""
     axes = []
-    for off, size, rs, ss in zip(prep.offset, prep.image.shape, prep.resampled_shape,
+    for off, size, rs, ss in zip(prep.offset, prep.image.shape[1:], prep.resampled_shape,
                                  prep.scan_shape, strict=True):
         seen = np.zeros(rs, np.float32)
         seen[max(0, off):max(0, min(rs, off + size))] = 1.0
@@ -123,26 +129,45 @@ class AnomalyModel:
     def name(self) -> str:
         return model_config(self.network)["name"]
 
-    def prepare(self, scan: Scan, mask: np.ndarray | None = None) -> Prepared:
-        return preprocess(scan, self.preprocess_config, mask=mask)
+    @property
+    def channels(self) -> int:
+        return self.preprocess_config.channels
 
-    def scan_map(self, scan: Scan, prepared: Prepared) -> ScanMap:
-        """The heat map of ``scan`` (already prepared) on its own grid."""
+    def prepare(self, scan: Scan, mask: np.ndarray | None = None,
+                channels: list[np.ndarray] | None = None) -> Prepared:
+        """Preprocess a scan (``channels``: a multi-sequence model's inputs on its grid)."""
+        return preprocess(scan, self.preprocess_config, mask=mask, channels=channels)
+
+    def load(self, source: ScanSource) -> tuple[Scan, Prepared]:
+        """Read a case (the sequences this model reads, its mask) and prepare it."""
+        return prepare_source(source, self.preprocess_config)
+
+    def scan_map(self, scan: Scan, prepared: Prepared, channel_maps: bool = False) -> ScanMap:
+        """The heat map of ``scan`` (already prepared) on its own grid (``channel_maps``: also
+        each input channel's own map, for multi-sequence models)."""
         prep = prepared
+        if prep.native_mask is None or prep.native_inputs is None:
+            raise ValueError("scan_map needs a scan prepared with keep_native=True")
         recon, code = reconstruct(self.network, prep.image, prep.mask,
                                   batch_size=self.batch_size, device=self.device,
                                   precision=self.precision)
-        if prep.native_mask is None:
-            raise ValueError("scan_map needs a scan prepared with keep_native=True")
         native, rule = prep.native_mask, prep.mask_rule
-        recon_scan = to_scan_space(recon, prep)
-        image = apply_normalisation(scan.array, prep.stats, self.preprocess_config.clip)
+        clip = self.preprocess_config.clip
+        recons = [to_scan_space(r, prep) for r in recon]
+        images = [apply_normalisation(a, st, clip)
+                  for a, st in zip(prep.native_inputs, prep.stats, strict=True)]
         cfg = self.map_config
-        heat, analysed = anomaly_map(image, recon_scan, native & field_of_view(prep), cfg,
-                                     scan.spacing)
+        region = native & field_of_view(prep)
+        heat, analysed = anomaly_map(images, recons, region, cfg, scan.spacing)
+        per_channel = None
+        if channel_maps and len(images) > 1:
+            names = prep.inputs or tuple(str(c) for c in range(len(images)))
+            per_channel = {name: anomaly_map(im, rc, region, cfg, scan.spacing)[0]
+                           for name, im, rc in zip(names, images, recons, strict=True)}
         return ScanMap(heatmap=heat, analysed=analysed, brain_mask=native, mask_rule=rule,
-                       recon=recon_scan, latent=code,
-                       score=scan_score(heat, analysed, cfg.scan_percentile))
+                       recon=recons[0], latent=code,
+                       score=scan_score(heat, analysed, cfg.scan_percentile),
+                       channel_maps=per_channel)
 
     def resolve_threshold(self, fpr: float | None = None, threshold: float | None = None
                           ) -> tuple[float, str]:
@@ -150,24 +175,28 @@ class AnomalyModel:
 
     def score(self, scan: Scan, *, mask: np.ndarray | None = None, fpr: float | None = None,
               threshold: float | None = None, prepared: Prepared | None = None,
-              with_reconstruction: bool = False) -> ScoreResult:
-        """Score one scan (``mask``: optional brain mask on the scan's array grid)."""
+              with_reconstruction: bool = False, channel_maps: bool = False) -> ScoreResult:
+        """Score one scan (``mask``: optional brain mask on the scan's array grid; a
+        multi-sequence model needs ``prepared``, e.g. from :meth:`load`)."""
         thr, rule = self.resolve_threshold(fpr, threshold)
+        if prepared is None and self.channels > 1:
+            raise ValueError(f"this model reads {self.channels} sequences: prepare the scan with "
+                             "AnomalyModel.load(source) or prepare(scan, channels=...)")
         prep = prepared if prepared is not None else self.prepare(scan, mask)
-        m = self.scan_map(scan, prep)
+        m = self.scan_map(scan, prep, channel_maps=channel_maps)
         labels, cands = find_candidates(m.heatmap, scan.affine, thr,
                                         self.map_config.min_volume_mm3)
         scan_thr = (self.calibration or {}).get("scan_threshold")
         recon_scan = None
         if with_reconstruction:
-            recon_scan = denormalise(m.recon, prep.stats).astype(np.float32)
-            recon_scan = np.where(m.brain_mask, recon_scan, scan.array)
+            recon_scan = denormalise(m.recon, prep.stats[0]).astype(np.float32)
+            recon_scan = np.where(m.brain_mask, recon_scan, prep.native_inputs[0])
         return ScoreResult(heatmap=m.heatmap, labels=labels, candidates=cands, score=m.score,
                            flagged=None if scan_thr is None else bool(m.score > scan_thr),
                            threshold=thr, threshold_rule=rule, latent=m.latent,
                            analysed=m.analysed, brain_mask=m.brain_mask, mask_rule=m.mask_rule,
                            min_volume_mm3=self.map_config.min_volume_mm3,
-                           reconstruction=recon_scan)
+                           reconstruction=recon_scan, channel_maps=m.channel_maps)
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
