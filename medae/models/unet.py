@@ -44,16 +44,10 @@ class DenoisingUNet(nn.Module):
                         norm=_NORMS[norm], dropout=dropout)
         self.multiple = 2 ** (len(channels) - 1)
         self._z: Tensor | None = None
-        bottom = self.net.model
-        while not isinstance(bottom, SkipConnection):
-            bottom = next(m for m in bottom.children()
-                          if isinstance(m, (SkipConnection, nn.Sequential)))
-        while True:  # descend to the innermost skip connection's submodule
-            inner = bottom.submodule
-            nxt = next((m for m in inner.modules() if isinstance(m, SkipConnection)), None)
-            if nxt is None:
-                break
-            bottom = nxt
+        # the code is the output of the innermost skip connection's submodule (the bottleneck);
+        # skips nest, so it is the last one in depth-first order (with num_res_units=0 MONAI's
+        # blocks are plain Sequentials too, so the tree is searched, not walked by type)
+        bottom = [m for m in self.net.modules() if isinstance(m, SkipConnection)][-1]
         bottom.submodule.register_forward_hook(self._keep_code)
 
     def _keep_code(self, module, args, output) -> None:
