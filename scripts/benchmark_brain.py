@@ -4,11 +4,13 @@
     python scripts/benchmark_brain.py            # full: every fold, 3 seeds (hours on a CPU)
     python scripts/benchmark_brain.py --quick    # one fold per dataset, 3 seeds, shorter training
 
-Data (MEDAE_DATA, default ../shared/data): BraTS 2013 pat0001-pat0004 FLAIR and the Lesjak MS
-patients 07 and 19 FLAIR.  There is no healthy FLAIR, so (Kascenas et al.) each fold trains on
-the lesion-free axial slices of its training patients (the labels are used only to drop lesion
-slices), calibrates thresholds on the lesion-free slices of a held-out training patient (MS: of
-the single training patient, marked "train-calibrated"), scores the test patient, and evaluates
+Data (MEDAE_DATA, default ../shared/data): BraTS 2013 pat0001-pat0004 (FLAIR, T1c) and the
+Lesjak MS patients 07 and 19 (FLAIR, T1, T2).  One-sequence recipes read FLAIR; brain_multi reads
+FLAIR + T1-weighted (BraTS: T1c), and T2 on MS.  There is no healthy FLAIR, so (Kascenas et
+al.) each fold trains on the axial slices of its training patients with the lesions left out
+(the labels are used only for that: the recipe's data.lesion_samples drops or masks them),
+calibrates thresholds on the lesion-free slices of a held-out training patient (MS: of the
+single training patient, marked "train-calibrated"), scores the test patient, and evaluates
 against its expert mask.  Folds are over patients; the test patient never influences training,
 calibration or any setting.  Every recipe gets the preprocessing and post-processing of
 configs/brain_flair.yaml, so only the model differs; the intensity baseline is scored on the same
@@ -33,7 +35,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ["raw", "intensity", "ae2d", "vae2d", "sae2d", "dae2d", "brain_flair"]
+RECIPES = ["raw", "intensity", "ae2d", "vae2d", "sae2d", "dae2d", "brain_flair", "brain_multi"]
 #: rows that are a recipe with different settings: raw thresholding is the intensity recipe with
 #: no post-processing (the FLAIR value itself inside the brain mask, at the scan's resolution)
 VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"])}
@@ -44,27 +46,37 @@ METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("lesion_recall", "lesion recall"), ("fp_per_scan", "FP candidates / scan")]
 
 
+#: per dataset, the sequences the multi-sequence recipe reads (FLAIR + T1-weighted, and T2
+#: where present); one-sequence recipes read the first column (FLAIR)
+MULTI_INPUTS = {"BraTS 2013 FLAIR": ["flair", "t1"], "MS Lesjak FLAIR": ["flair", "t1", "t2"]}
+
+
 def _datasets(data: Path) -> dict[str, dict]:
+    """Per dataset and patient: sequences (FLAIR first), brain mask (or None) and label."""
     brats = data / "brain" / "brats2013"
     ms = data / "brain" / "ms_lesjak"
     out = {}
     pats = sorted(p for p in brats.glob("pat*") if p.is_dir())
-    if pats:
+    if pats:  # BraTS 2013 here has FLAIR and T1c (the T1-weighted input)
         out["BraTS 2013 FLAIR"] = {p.name: {
-            "image": p / "Flair_subtrMeanDivStd.nii.gz", "mask": p / "brainmask.nii.gz",
-            "label": p / "OTMultiClass.nii.gz"} for p in pats}
+            "flair": p / "Flair_subtrMeanDivStd.nii.gz", "t1": p / "T1c_subtrMeanDivStd.nii.gz",
+            "mask": p / "brainmask.nii.gz", "label": p / "OTMultiClass.nii.gz"} for p in pats}
     pats = sorted(p for p in ms.glob("patient*") if p.is_dir())
     if pats:
         out["MS Lesjak FLAIR"] = {p.name: {
-            "image": next(p.glob("FLAIR*.nii.gz")), "mask": None,
+            "flair": next(p.glob("FLAIR*.nii.gz")), "t1": next(p.glob("T1_*.nii.gz")),
+            "t2": next(p.glob("T2_*.nii.gz")), "mask": None,
             "label": next(p.glob("GOLD_STANDARD*.nii.gz"))} for p in pats}
     return out
 
 
 def _manifest(path: Path, cases: dict[str, dict]) -> Path:
-    lines = ["case_id,image,mask,label"]
+    """``case_id,flair,t1[,t2],mask,label``: one column per sequence, FLAIR first."""
+    seqs = [k for k in next(iter(cases.values())) if k not in ("mask", "label")]
+    lines = [",".join(["case_id", *seqs, "mask", "label"])]
     for case, f in cases.items():
-        lines.append(f"{case},{f['image']},{f['mask'] or ''},{f['label']}")
+        lines.append(",".join([case, *(str(f[k]) for k in seqs), str(f["mask"] or ""),
+                               str(f["label"])]))
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -85,8 +97,9 @@ def _protocol_overrides() -> list[str]:
     for section in ("preprocess", "scoring"):
         for key, value in cfg[section].items():
             sets.append(f"{section}.{key}={json.dumps(value)}")
-    sets += [f"data.min_foreground={cfg['data']['min_foreground']}",
-             f"data.val_fraction={cfg['data']['val_fraction']}"]
+    sets += [f"data.{key}={json.dumps(cfg['data'][key])}"
+             for key in ("min_foreground", "val_fraction", "lesion_samples", "lesion_margin_mm")
+             if key in cfg["data"]]
     return sets
 
 
@@ -126,6 +139,9 @@ def main() -> None:
                     log = run.with_suffix(".log")
                     if not (run / "report" / "metrics.json").exists():
                         extra = ["--set", f"train.steps={steps}"] if steps else []
+                        if base == "brain_multi":
+                            inputs = json.dumps(MULTI_INPUTS[dname])
+                            extra += ["--set", f"preprocess.inputs={inputs}"]
                         if not (run / "model.json").exists():
                             _run([*medae, "train", "--config", str(ROOT / "configs" /
                                                                     f"{base}.yaml"),

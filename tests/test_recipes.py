@@ -1,5 +1,6 @@
-"""Every recipe in configs/ trains one (short) epoch on real scans: the healthy IXI subject, and
-the lesion-free slices/patches of BraTS FLAIR (labels used only to drop lesion samples)."""
+"""Every recipe in configs/ trains one (short) epoch on real scans: the healthy IXI subject (T2,
+and T1 for the multi-sequence recipe), and BraTS FLAIR (and T1c) with the lesion samples dropped
+or masked (labels used only for that)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,20 @@ QUICK = ["train.max_steps_per_epoch=2", "train.epochs=1", "train.steps=null",
 
 
 def _manifest(tmp_path, name):
-    if name == "ixi":
+    if name == "ixi":  # T1 (another grid) is resampled onto T2's through world coordinates
         d = shared("brain", "healthy", "ixi002")
+        header = "case_id,t2,t1,mask,label"
         rows = [f"ixi002,{d / 'hd_bet_IXI002-Guys-0828-T2.nii.gz'},"
+                f"{d / 'hd_bet_IXI002-Guys-0828-T1.nii.gz'},"
                 f"{d / 'hd_bet_mask_IXI002-Guys-0828-T2.nii.gz'},"]
     else:
         d = shared("brain", "brats2013")
-        rows = [f"{p.name},{p / 'Flair_subtrMeanDivStd.nii.gz'},{p / 'brainmask.nii.gz'},"
-                f"{p / 'OTMultiClass.nii.gz'}" for p in sorted(d.glob("pat*"))[:3]]
+        header = "case_id,flair,t1,mask,label"
+        rows = [f"{p.name},{p / 'Flair_subtrMeanDivStd.nii.gz'},{p / 'T1c_subtrMeanDivStd.nii.gz'},"
+                f"{p / 'brainmask.nii.gz'},{p / 'OTMultiClass.nii.gz'}"
+                for p in sorted(d.glob("pat*"))[:3]]
     man = tmp_path / f"{name}.csv"
-    man.write_text("case_id,image,mask,label\n" + "\n".join(rows) + "\n")
+    man.write_text(header + "\n" + "\n".join(rows) + "\n")
     return read_manifest(man)
 
 
@@ -39,13 +44,18 @@ def test_recipes_exist():
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_trains_on_real_scans(recipe, dataset, tmp_path):
     sources = _manifest(tmp_path, dataset)
-    cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", QUICK)
+    extra = ["preprocess.inputs=[t2, t1]"] if recipe == "brain_multi" and dataset == "ixi" else []
+    cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", [*QUICK, *extra])
     run = train(cfg, sources, tmp_path / "run", device="cpu", progress=False)
     meta = json.loads((run / "model.json").read_text())
     t = meta["training"]
     assert t["epochs_run"] == (0 if recipe == "intensity" else 1) and t["train_samples"] > 0
     assert meta["calibration"]["voxel_thresholds"]["0.01"] > 0
     if dataset == "brats":
-        assert t["dropped_lesion_samples"] > 0
+        key = {"mask": "lesion_masked_samples", "drop": "dropped_lesion_samples"}
+        assert t[key[cfg["data"]["lesion_samples"]]] > 0
         assert t["val_subjects"] == 1
     assert meta["model"]["name"] == cfg["model"]["name"]
+    channels = len(cfg["preprocess"].get("inputs") or [None])
+    assert meta["model"]["in_channels"] == channels
+    assert len(meta["intensity"][0].get("inputs", [None])) == channels
