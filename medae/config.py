@@ -23,6 +23,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "preprocess": {},  # PreprocessConfig fields
     "data": {
         "val_fraction": 0.2,  # fraction of subjects held out for validation / calibration
+        # thresholds calibrated on the held-out subjects ("holdout"), or on every subject scored
+        # by fold models that did not see it ("crossfit": few subjects; the final model then
+        # trains on every subject, without a validation set)
+        "calibration": "holdout",
+        "crossfit_folds": 5,  # at most this many folds (one subject, 2D: two slab folds)
         "min_foreground": 0.05,  # skip slices / patches with less foreground than this
         # with a lesion label: "drop" the slices / patches that touch it, or keep them and
         # "mask" the lesion (dilated by lesion_margin_mm) out of the noise and the loss
@@ -134,6 +139,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "data.val_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number from 0 to below 1"),
     "data.min_foreground": (lambda v: _num(v) and 0 <= v <= 1, "a number from 0 to 1"),
     "data.lesion_samples": (lambda v: v in ("drop", "mask"), "drop or mask"),
+    "data.calibration": (lambda v: v in ("holdout", "crossfit"), "holdout or crossfit"),
+    "data.crossfit_folds": (lambda v: _int(v) and 2 <= v <= 20, "an integer from 2 to 20"),
     "data.lesion_margin_mm": (lambda v: _num(v) and 0 <= v <= 100, "a number from 0 to 100"),
     "data.patch_size": (lambda v: v is None or (isinstance(v, list) and len(v) in (2, 3)
                                                 and all(_int(s) and s >= 1 for s in v)),

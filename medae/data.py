@@ -75,6 +75,53 @@ def split_subjects(case_ids: Sequence[str], val_fraction: float, seed: int
     return [i for i in ids if i not in val], val
 
 
+#: with one subject, cross-fitting holds out interleaved axial slabs this thick
+SLAB_MM = 20.0
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One cross-fitting fold: the subjects it holds out, or (one subject) the axial slabs
+    ``slab = (k, n)``: those whose index along z (``SLAB_MM`` thick, from the volume's first
+    slice) is ``k`` modulo ``n``."""
+
+    held_cases: frozenset
+    slab: tuple[int, int] | None = None
+
+    def _held(self, n: int, spacing_mm: float, first: float) -> np.ndarray:
+        centres = (np.arange(n) + first + 0.5) * spacing_mm
+        k, count = self.slab
+        return (np.floor(centres / SLAB_MM).astype(int) % count) == k
+
+    def scan_slices(self, scan_shape, scan_spacing) -> np.ndarray | None:
+        """Bool per axial slice of the scan: held out by this fold (None: every slice)."""
+        if self.slab is None:
+            return None
+        return self._held(int(scan_shape[2]), float(scan_spacing[2]), 0.0)
+
+    def model_slices(self, prep: Prepared, held: bool = True) -> np.ndarray:
+        """Bool per model-space axial slice: held out (``held``) or trained on."""
+        out = self._held(prep.image.shape[3], prep.spacing[2], float(prep.offset[2]))
+        return out if held else ~out
+
+
+def crossfit_folds(case_ids: Sequence[str], spatial_dims: int, seed: int, max_folds: int = 5
+                   ) -> list[Fold] | None:
+    """Cross-fitting folds over subjects (``min(n, max_folds)`` folds), or, with a single
+    subject and a 2D model, two folds of interleaved ``SLAB_MM`` axial slabs (a 2D model sees
+    one slice at a time, so a slab it did not train on is new to it).  None when neither
+    applies (one subject, 3D model)."""
+    ids = sorted(set(case_ids))
+    if len(ids) >= 2:
+        order = np.random.default_rng(seed).permutation(len(ids))
+        n = min(len(ids), max_folds)
+        return [Fold(frozenset(ids[i] for j, i in enumerate(order) if j % n == k))
+                for k in range(n)]
+    if spatial_dims == 2:
+        return [Fold(frozenset(ids), (k, 2)) for k in range(2)]
+    return None
+
+
 def sample_seed(*parts: int | str) -> int:
     """A stable 63-bit seed from parts (seed, epoch, index), independent of worker layout."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
@@ -125,13 +172,14 @@ def _lesion_free(prep: Prepared, margin_mm: float, spacing) -> np.ndarray:
 class SampleDataset(Dataset):
     """2D slices (axial, along the RAS z axis) or 3D patches of cached volumes.
 
-    Items are ``{"image": (C, *size), "mask": (1, *size)}`` float32 tensors.
+    Items are ``{"image": (C, *size), "mask": (1, *size)}`` float32 tensors.  ``keep_z``: per
+    volume, a bool per model-space axial slice that samples may use (cross-fitting folds).
     """
 
     def __init__(self, items: Sequence[dict], spatial_dims: int, *, patch_size=None,
                  min_foreground: float = 0.05, augment: Augment | None = None, seed: int = 0,
                  lesion_samples: str = "drop", lesion_margin_mm: float = 4.0,
-                 spacing=(1.0, 1.0, 1.0)):
+                 spacing=(1.0, 1.0, 1.0), keep_z: Sequence[np.ndarray | None] | None = None):
         self.volumes = [it["prepared"] for it in items]
         self.case_ids = [it["case_id"] for it in items]
         self.spatial_dims = spatial_dims
@@ -146,7 +194,10 @@ class SampleDataset(Dataset):
                       if lesion_samples == "mask" and prep.label is not None else prep.mask
                       for prep in self.volumes]
         for v, prep in enumerate(self.volumes):
+            allowed = None if keep_z is None else keep_z[v]
             for window in self._windows(prep.image.shape[1:], patch_size):
+                if allowed is not None and not allowed[window[2]].all():
+                    continue
                 fg = prep.mask[window]
                 if fg.mean() < min_foreground:
                     continue

@@ -117,6 +117,7 @@ class Prepared:
     # reconstruction with these); dropped with keep_native=False
     native_inputs: list[np.ndarray] | None = None
     inputs: tuple[str, ...] = ()  # the case's sequence read into each channel
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mm per model-space voxel
 
 
 def _resize(array: np.ndarray, shape: tuple[int, int, int], nearest: bool) -> np.ndarray:
@@ -294,7 +295,8 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
                     scan_shape=scan.shape, resampled_shape=shape, offset=offset, stats=stats,
                     label=None if lab is None else _crop_pad(lab, offset, size, False),
                     native_mask=native if keep_native else None, mask_rule=rule,
-                    native_inputs=channels if keep_native else None)
+                    native_inputs=channels if keep_native else None,
+                    spacing=tuple(float(v) for v in (config.spacing or scan.spacing)))
 
 
 def to_scan_space(array: np.ndarray, prepared: Prepared, nearest: bool = False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -23,7 +24,15 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from medae import __version__
 from medae.bundle import save_bundle
 from medae.config import dump_config, validate_config
-from medae.data import Augment, SampleDataset, cache_cases, sample_seed, split_subjects
+from medae.data import (
+    SLAB_MM,
+    Augment,
+    SampleDataset,
+    cache_cases,
+    crossfit_folds,
+    sample_seed,
+    split_subjects,
+)
 from medae.device import resolve_device
 from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes
@@ -31,13 +40,14 @@ from medae.io.discover import ScanSource
 from medae.models import apply_coarse_noise, autoencoder_loss, create_model
 from medae.models.noise import draw_coarse_noise_params
 from medae.preprocess import PreprocessConfig
-from medae.scoring.calibration import calibrate_model
+from medae.scoring.calibration import calibrate_crossfit, calibrate_model
 from medae.scoring.heatmap import MapConfig
 from medae.scoring.model import AnomalyModel
 from medae.scoring.reconstruct import autocast_context
 
 log = logging.getLogger("medae")
 CHECKPOINT = "checkpoint.pt"
+CROSSFIT = "crossfit.json"  # the cross-fitted calibration, kept for --resume
 
 
 @dataclass
@@ -134,8 +144,8 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 class _Progress:
-    def __init__(self, total: int, epoch: int, enabled: bool):
-        self.total, self.epoch, self.enabled = total, epoch, enabled
+    def __init__(self, total: int, epoch: int, enabled: bool, prefix: str = ""):
+        self.total, self.epoch, self.enabled, self.prefix = total, epoch, enabled, prefix
         self.tty = sys.stderr.isatty()
         self.t0 = time.perf_counter()
 
@@ -144,8 +154,9 @@ class _Progress:
             return
         rate = samples / max(time.perf_counter() - self.t0, 1e-9)
         n = int(30 * step / max(self.total, 1))
-        print(f"\repoch {self.epoch:3d} [{'#' * n}{'.' * (30 - n)}] {step}/{self.total} "
-              f"loss {loss:.4g} {rate:.1f} samples/s", end="", file=sys.stderr, flush=True)
+        print(f"\r{self.prefix}epoch {self.epoch:3d} [{'#' * n}{'.' * (30 - n)}] "
+              f"{step}/{self.total} loss {loss:.4g} {rate:.1f} samples/s", end="",
+              file=sys.stderr, flush=True)
 
     def close(self, line: str) -> None:
         if self.enabled:
@@ -175,17 +186,53 @@ def train_step(net, model, batch: dict, *, opt, scaler, sched, device: torch.dev
     return parts
 
 
+@dataclass
+class _Run:
+    """What every model trained for one recipe shares (the final model and cross-fit folds)."""
+
+    config: dict
+    dev: torch.device
+    d: Dist
+    seed: int
+    precision: str
+    pre: PreprocessConfig
+    kwargs: dict
+    progress: bool
+
+    @property
+    def dims(self) -> int:
+        return int(self.kwargs["spatial_dims"])
+
+    def datasets(self, items: list[dict], val_items: list[dict], keep_z=None
+                 ) -> tuple[SampleDataset, SampleDataset | None]:
+        dc = self.config["data"]
+        common = {"patch_size": dc["patch_size"], "min_foreground": dc["min_foreground"],
+                  "lesion_samples": dc["lesion_samples"],
+                  "lesion_margin_mm": float(dc["lesion_margin_mm"]),
+                  "spacing": self.pre.spacing or (1.0, 1.0, 1.0)}
+        train_ds = SampleDataset(items, self.dims, augment=Augment.from_dict(dc["augment"]),
+                                 seed=self.seed, keep_z=keep_z, **common)
+        val_ds = SampleDataset(val_items, self.dims, seed=self.seed, **common) \
+            if val_items else None
+        if len(train_ds) == 0:
+            raise MedaeError("no training samples left after dropping empty and lesion slices")
+        return train_ds, val_ds
+
+
 def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
           resume: bool = False, device: str = "auto", progress: bool = True) -> Path:
     """Train the recipe ``config`` on healthy ``sources``; write the bundle into ``output``.
 
     Returns the run folder.  ``config`` is the resolved recipe (:func:`medae.config.load_config`).
+    Thresholds are calibrated on held-out subjects (``data.calibration: holdout``), or, with
+    ``crossfit``, on every subject scored by fold models that did not see it (see
+    :func:`medae.data.crossfit_folds`) while the final model trains on all of them.
     """
     run = Path(output)
     validate_config(config)
     dev = resolve_device(device)
     d = _init_distributed(dev)
-    tc, dc, lc = config["train"], config["data"], config["loss"]
+    tc, dc = config["train"], config["data"]
     precision = str(tc["precision"])
     if precision == "fp16" and dev.type == "cpu":
         log.warning("fp16 on a CPU is very slow (no fp16 kernels): prefer bf16 or 32 there")
@@ -213,7 +260,9 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
 
     if not sources:
         raise MedaeError("no training scans found")
-    train_ids, val_ids = split_subjects([s.case_id for s in sources], dc["val_fraction"], seed)
+    crossfit = dc["calibration"] == "crossfit"
+    train_ids, val_ids = split_subjects([s.case_id for s in sources],
+                                        0.0 if crossfit else dc["val_fraction"], seed)
     by_id = {s.case_id: s for s in sources}
     workers = int(dc["cache_workers"])
     train_items, bad = cache_cases([by_id[i] for i in train_ids], pre, workers)
@@ -227,17 +276,100 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     if not train_items:
         raise MedaeError("no training scan could be read (see the skipped scans above)")
 
-    dims = int(kwargs["spatial_dims"])
-    common = {"patch_size": dc["patch_size"], "min_foreground": dc["min_foreground"],
-              "lesion_samples": dc["lesion_samples"],
-              "lesion_margin_mm": float(dc["lesion_margin_mm"]),
-              "spacing": pre.spacing or (1.0, 1.0, 1.0)}
-    train_ds = SampleDataset(train_items, dims, augment=Augment.from_dict(dc["augment"]),
-                             seed=seed, **common)
-    val_ds = SampleDataset(val_items, dims, seed=seed, **common) if val_items else None
-    if len(train_ds) == 0:
-        raise MedaeError("no training samples left after dropping empty and lesion slices")
+    r = _Run(config, dev, d, seed, precision, pre, kwargs, progress)
+    train_ds, val_ds = r.datasets(train_items, val_items)
+    trainable = any(p.requires_grad for p in model.parameters())
+    calibration = None
+    if crossfit and trainable:
+        calibration = _crossfit_calibration(r, train_items, by_id, map_cfg, run)
+    hist, best_state = _fit(r, model, train_ds, val_ds, run=run, resume=resume)
 
+    if d.main:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        if calibration is None:
+            scorer = AnomalyModel(model, pre, map_cfg, device=dev,
+                                  batch_size=int(tc["batch_size"]), precision=precision)
+            calib_items = val_items or train_items
+            calibration = calibrate_model(
+                scorer, [by_id[it["case_id"]] for it in calib_items],
+                "validation" if val_items else "training (no validation set)")
+        summary = {
+            "train_subjects": len(train_items), "val_subjects": len(val_items),
+            "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
+            "dropped_lesion_samples": train_ds.dropped_label,
+            "lesion_masked_samples": train_ds.masked_label,
+            "skipped_scans": len(skipped),
+            "epochs_run": len(hist.rows), "best_epoch": hist.best_epoch,
+            "best_loss": hist.best_val if math.isfinite(hist.best_val) else None,
+            "selected_on": ("not trained (no parameters)" if not trainable
+                            else "validation" if val_ds else "training"),
+            "precision": precision, "seed": seed, "world_size": d.world,
+            "device": dev.type, "medae_version": __version__,
+        }
+        intensity = [_intensity_entry(it) for it in train_items]
+        save_bundle(run, model, config, training=summary, intensity=intensity,
+                    val_cases=[it["case_id"] for it in val_items], calibration=calibration)
+    if d.world > 1:
+        dist.barrier()
+    return run
+
+
+def _crossfit_calibration(r: _Run, items: list[dict], by_id: dict, map_cfg: MapConfig,
+                          run: Path) -> dict | None:
+    """Train one model per fold on the other folds, score each calibration scan with the
+    model(s) that did not see it, and calibrate on the pooled maps.  The result is kept in
+    ``RUN/crossfit.json`` so that ``--resume`` does not train the folds again."""
+    done = run / CROSSFIT
+    if done.exists():
+        return json.loads(done.read_text())
+    folds = crossfit_folds([it["case_id"] for it in items], r.dims, r.seed,
+                           int(r.config["data"]["crossfit_folds"]))
+    if folds is None:
+        log.warning("data.calibration=crossfit: one subject and a 3D model: no fold can be "
+                    "held out, calibrating on the training scan instead")
+        return None
+    parts: dict[str, list] = {}
+    for k, fold in enumerate(folds):
+        fit_items = [it for it in items if it["case_id"] not in fold.held_cases]
+        keep_z = None
+        if fold.slab is not None:  # one subject: train on the other slabs
+            fit_items = items
+            keep_z = [fold.model_slices(it["prepared"], held=False) for it in items]
+        try:
+            ds, _ = r.datasets(fit_items, [], keep_z=keep_z)
+        except MedaeError as exc:
+            raise MedaeError(f"cross-fitting fold {k + 1}/{len(folds)}: {exc.reason or exc}; "
+                             "use data.calibration=holdout") from None
+        with torch.random.fork_rng(devices=[]):  # the final model's draws stay as without folds
+            torch.manual_seed(sample_seed(r.seed, "fold", k))
+            fold_model = create_model(**r.kwargs).to(r.dev)
+            _, best = _fit(r, fold_model, ds, None, run=None, resume=False,
+                           label=f"fold {k + 1}/{len(folds)}")
+        if best is not None:
+            fold_model.load_state_dict(best)
+        scorer = AnomalyModel(fold_model, r.pre, map_cfg, device=r.dev,
+                              batch_size=int(r.config["train"]["batch_size"]),
+                              precision=r.precision)
+        for case in sorted(fold.held_cases):
+            parts.setdefault(case, []).append((scorer, fold))
+    if not r.d.main:
+        return None
+    how = (f"{len(folds)} folds over subjects" if folds[0].slab is None else
+           f"{len(folds)} folds over interleaved {SLAB_MM:g} mm axial slabs of one subject")
+    calibration = calibrate_crossfit([(by_id[c], parts[c]) for c in sorted(parts)],
+                                     f"cross-fitted ({how})")
+    atomic_write_bytes(done, json.dumps(calibration, allow_nan=False).encode())
+    return calibration
+
+
+def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, *,
+         run: Path | None, resume: bool, label: str = "") -> tuple[History, dict | None]:
+    """Optimise ``model``: the epoch loop with mixed precision, early stopping on the
+    validation loss and (with ``run``) a log, TensorBoard and an atomic checkpoint per epoch.
+    Returns the history and the best state (None for a model without parameters)."""
+    tc, dc, lc = r.config["train"], r.config["data"], r.config["loss"]
+    dev, d, seed, precision = r.dev, r.d, r.seed, r.precision
     ddp = d.world > 1 and any(p.requires_grad for p in model.parameters())
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -265,7 +397,8 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     hist, start, best_state = History(), 0, None
-    if resume:
+    ckpt_path = run / CHECKPOINT if run is not None else None
+    if resume and ckpt_path is not None:
         ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -275,19 +408,20 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         best_state, start = ck["best_model"], ck["epoch"] + 1
         _set_rng_state(ck["rng"], dev)
 
-    log_path = run / "log.csv"
-    board = _tensorboard(run) if d.main else None
+    main = d.main and run is not None
+    board = _tensorboard(run) if main else None
     pin = dev.type == "cuda"
     loss_args = {"kind": lc["kind"], "beta": float(lc["beta"]), "sparsity": float(lc["sparsity"])}
     noise = getattr(model, "noise", None)  # denoising models carry their noise settings
     noise_cfg = noise.to_dict() if noise is not None else None
+    prefix = f"{label} " if label else ""
     for epoch in range(start, epochs):
         if hist.bad_epochs >= int(tc["patience"]) and val_ds is not None:
             break
         train_ds.set_epoch(epoch)
         loader = make_loader(train_ds, bs, True, epoch, seed, d, int(dc["num_workers"]), pin)
         net.train()
-        bar = _Progress(steps_per_epoch, epoch, progress and d.main)
+        bar = _Progress(steps_per_epoch, epoch, r.progress and d.main, prefix)
         t0, seen, sums = time.perf_counter(), 0, {}
         for step, batch in enumerate(loader):
             if step >= steps_per_epoch:
@@ -298,7 +432,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
                                loss_args=loss_args, masked=bool(lc["masked"]),
                                grad_clip=float(tc["grad_clip"] or 0))
             if not math.isfinite(parts["total"]):
-                raise MedaeError(f"epoch {epoch} step {step}: the loss is not finite "
+                raise MedaeError(f"{prefix}epoch {epoch} step {step}: the loss is not finite "
                                  f"({parts}); lower train.lr or use --precision 32")
             x = batch["image"]
             seen += x.shape[0]
@@ -326,10 +460,10 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
                                       if k != "total"}}
         hist.rows.append(row)
         val_txt = f"val {val_loss:.4g}" if val_loss is not None else "no validation set"
-        bar.close(f"epoch {epoch:3d} train {train_parts['total']:.4g} {val_txt} "
+        bar.close(f"{prefix}epoch {epoch:3d} train {train_parts['total']:.4g} {val_txt} "
                   f"{row['samples_per_s']:.1f} samples/s")
-        if d.main:
-            _write_rows(log_path, hist.rows)
+        if main:
+            _write_rows(run / "log.csv", hist.rows)
             if board is not None:
                 for key, value in row.items():
                     if key != "epoch" and value is not None:
@@ -343,34 +477,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
                 "rng": _rng_state(dev)})
     if board is not None:
         board.close()
-    if d.main:
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        scorer = AnomalyModel(model, pre, map_cfg, device=dev, batch_size=bs,
-                              precision=precision)
-        calib_items = val_items or train_items
-        calibration = calibrate_model(
-            scorer, [by_id[it["case_id"]] for it in calib_items],
-            "validation" if val_items else "training (no validation set)")
-        summary = {
-            "train_subjects": len(train_items), "val_subjects": len(val_items),
-            "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
-            "dropped_lesion_samples": train_ds.dropped_label,
-            "lesion_masked_samples": train_ds.masked_label,
-            "skipped_scans": len(skipped),
-            "epochs_run": len(hist.rows), "best_epoch": hist.best_epoch,
-            "best_loss": hist.best_val if math.isfinite(hist.best_val) else None,
-            "selected_on": ("not trained (no parameters)" if not trainable
-                            else "validation" if val_ds else "training"),
-            "precision": precision, "seed": seed, "world_size": d.world,
-            "device": dev.type, "medae_version": __version__,
-        }
-        intensity = [_intensity_entry(it) for it in train_items]
-        save_bundle(run, model, config, training=summary, intensity=intensity,
-                    val_cases=[it["case_id"] for it in val_items], calibration=calibration)
-    if d.world > 1:
-        dist.barrier()
-    return run
+    return hist, best_state
 
 
 def _intensity_entry(item: dict) -> dict:

@@ -18,17 +18,33 @@ from medae.scoring.model import AnomalyModel
 from medae.scoring.threshold import HealthyMap, calibrate
 
 
-def healthy_map(model: AnomalyModel, source: ScanSource) -> tuple[HealthyMap, float]:
-    """Score one healthy calibration scan; returns its map and its healthy-tissue scan score."""
-    scan, prep = model.load(source)
+def healthy_map(model: AnomalyModel, source: ScanSource, parts: Sequence | None = None
+                ) -> tuple[HealthyMap, float]:
+    """Score one healthy calibration scan; returns its map and its healthy-tissue scan score.
+
+    ``parts`` (cross-fitting): ``(model, fold)`` pairs whose models each did not see this scan,
+    or the fold's slabs of it (``fold.scan_slices``); each slice's map comes from the model that
+    did not see it.  Without ``parts`` the whole map comes from ``model``.
+    """
+    parts = list(parts) if parts else [(model, None)]
+    scan, prep = parts[0][0].load(source)  # every fold model shares the preprocessing
     label = source.load_companion("label", scan)
-    m = model.scan_map(scan, prep)
-    healthy = m.analysed.copy()
+    heat, analysed, covered = None, None, np.zeros(scan.shape[2], bool)
+    for scorer, fold in parts:
+        m = scorer.scan_map(scan, prep)
+        zs = fold.scan_slices(scan.shape, scan.spacing) if fold is not None else None
+        zs = np.ones(scan.shape[2], bool) if zs is None else zs
+        if heat is None:
+            heat, analysed = np.zeros_like(m.heatmap), m.analysed
+        heat[:, :, zs] = m.heatmap[:, :, zs]
+        covered |= zs
+    healthy = analysed.copy()
+    healthy[:, :, ~covered] = False
     if label is not None:
         healthy[:, :, (np.asarray(label) > 0).any(axis=(0, 1))] = False
     voxel_mm3 = float(abs(np.linalg.det(scan.affine[:3, :3])))
-    score = scan_score(m.heatmap, healthy, model.map_config.scan_percentile)
-    return HealthyMap.crop(m.heatmap, healthy, voxel_mm3), score
+    score = scan_score(heat, healthy, parts[0][0].map_config.scan_percentile)
+    return HealthyMap.crop(heat, healthy, voxel_mm3), score
 
 
 def calibrate_model(model: AnomalyModel, sources: Sequence[ScanSource], source: str) -> dict:
@@ -44,3 +60,15 @@ def calibrate_model(model: AnomalyModel, sources: Sequence[ScanSource], source: 
             maps.append(hm)
             scores.append(score)
     return calibrate(maps, scores, source, model.map_config.min_volume_mm3)
+
+
+def calibrate_crossfit(scans: Sequence[tuple[ScanSource, list]], source: str) -> dict:
+    """Thresholds from cross-fitted maps: per scan, the ``(model, fold)`` pairs that did not
+    see it (see :func:`healthy_map`)."""
+    maps, scores = [], []
+    for src, parts in scans:
+        hm, score = healthy_map(parts[0][0], src, parts)
+        if hm.healthy.any():
+            maps.append(hm)
+            scores.append(score)
+    return calibrate(maps, scores, source, scans[0][1][0][0].map_config.min_volume_mm3)
