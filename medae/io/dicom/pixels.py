@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,13 @@ def _read_raw(path: Path, first: _Frame) -> np.ndarray:
     """Uncompressed pixel data read from its offset straight into the array it becomes,
     (frames, rows, cols), unused high bits cleared (or sign-extended) as pydicom does."""
     offset, nbytes, dtype, unused = first.pixels
-    out = np.empty((first.n_file_frames, first.rows, first.cols), dtype=dtype)
     try:
         with open_regular(path) as f:
+            held = os.fstat(f.fileno()).st_size - offset
+            if held < nbytes:   # checked before allocating
+                raise ScanReadError(path, f"truncated pixel data ({max(held, 0)} of {nbytes} "
+                                          "bytes)")
+            out = np.empty((first.n_file_frames, first.rows, first.cols), dtype=dtype)
             f.seek(offset)
             got = f.readinto(out.reshape(-1).view(np.uint8))
     except OSError as exc:
