@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from medae.io.dicom.values import (
 from medae.io.nifti import MAX_VOXELS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Frame:
     """One 2D frame: where it lies and how to scale it, plus what groups it."""
 
@@ -39,7 +40,8 @@ class _Frame:
     strong: tuple[tuple[str, str], ...]   # (name, value) grouping keys that split volumes
     acquisition: str
     instance: int | None
-    pixels: tuple[int, int, str] | None   # (offset, nbytes, dtype) for raw uncompressed data
+    pixels: tuple[int, int, str, int] | None   # raw uncompressed data: (offset, nbytes, dtype,
+                                               # unused high bits)
 
 
 def _strong_classic(ds: Any) -> tuple[tuple[str, str], ...]:
@@ -124,8 +126,7 @@ def _frames_of(path: Path, ds: Any, pixel: _PixelInfo) -> list[_Frame]:
         if n_frames == 1:
             return [frame]
         # multi-frame without per-frame geometry: frames have no known positions
-        return [_Frame(**{**frame.__dict__, "index": i, "position": None})
-                for i in range(n_frames)]
+        return [dataclasses.replace(frame, index=i, position=None) for i in range(n_frames)]
     shared = _item(ds, "SharedFunctionalGroupsSequence")
     frames = []
     for i in range(n_frames):

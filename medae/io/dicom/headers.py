@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -9,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.filereader import read_partial
+from pydicom.tag import Tag
 
 from medae.errors import MedaeError
-from medae.io.dicom.values import _get, _int, _uid_name
+from medae.io.dicom.prune import pruned_header
+from medae.io.dicom.values import HeaderView, _get, _int, _uid_name
 from medae.io.files import open_regular
 
 #: suffixes that are never DICOM (no preamble-less parse is attempted for them)
@@ -48,9 +52,14 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
             head = f.read(132)
     except (OSError, MedaeError):
         return False
+    return _looks_like_dicom(path.name, head)
+
+
+def _looks_like_dicom(name: str, head: bytes) -> bool:
+    """:func:`is_dicom_file` on the first 132 bytes of a file named ``name``."""
     if len(head) >= 132 and head[128:132] == b"DICM":
         return True
-    if path.name.lower().endswith(_NOT_DICOM_SUFFIXES) or len(head) < 8:
+    if name.lower().endswith(_NOT_DICOM_SUFFIXES) or len(head) < 8:
         return False
     for order in "<>":
         group, elem = struct.unpack(order + "HH", head[:4])
@@ -75,7 +84,18 @@ _HEADER_TAGS = [
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
     (0x0019, 0x0010), (0x0019, 0x100A), (0x0029, 0x0010), (0x0029, 0x1010),
 ]
+_HEADER_TAG_INTS = [int(Tag(t)) for t in _HEADER_TAGS]
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
+_PIXEL_TAG_INTS = frozenset((g << 16) | e for g, e in _PIXEL_TAGS)
+_FRAMES_OR_PIXEL_TAG_INTS = _PIXEL_TAG_INTS | {0x52009230}   # PerFrameFunctionalGroupsSequence
+_KEEP_TAGS = frozenset([*_HEADER_TAG_INTS, 0x00080005])   # and the character set
+_PER_FRAME_BYTES = (b"\x00\x52\x30\x92", b"\x52\x00\x92\x30")   # (5200,9230) LE, BE
+_PIXEL_TAG_BYTES = frozenset(struct.pack(o + "HH", g, e) for g, e in _PIXEL_TAGS for o in "<>")
+#: bytes read at once for the header pass (classic headers are 1-100 kB; a longer one, such as
+#: an enhanced multi-frame file's, is parsed again from up to _WHOLE_LIMIT bytes, else from
+#: the file)
+_HEAD_CHUNK = 1 << 17
+_WHOLE_LIMIT = 1 << 26
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
              b"UT", b"UV"}
 
@@ -84,45 +104,132 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 _PixelInfo = tuple[int, int, int] | None
 
 
-def _read_header(path: Path) -> tuple[Any, _PixelInfo]:
+def _stop_at_pixels(tag: int, vr: Any, length: int) -> bool:
+    return tag in _PIXEL_TAG_INTS
+
+
+def _stop_at_frames(tag: int, vr: Any, length: int) -> bool:
+    return tag in _FRAMES_OR_PIXEL_TAG_INTS   # a set: no Tag.__eq__ per element
+
+
+def _parse(stream: Any, has_preamble: bool, stop: Any = _stop_at_pixels) -> Any:
+    """dcmread(stop_before_pixels=True, specific_tags=...) without its per-element Tag
+    comparisons: integer tags make the filter a plain set lookup."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_partial(stream, stop, force=not has_preamble,
+                            specific_tags=_HEADER_TAG_INTS)
+
+
+_Parsed = tuple[Any, int, bytes]   # data set, offset where parsing stopped, 12 bytes from there
+
+
+def _read_header(path: Path) -> tuple[Any, _PixelInfo] | None:
     """Header elements the loader uses (stopping before the pixel data), and where the pixel
-    data element lies, peeked from the bytes pydicom stopped at."""
-    with open_regular(path) as fp:
-        has_preamble = fp.read(132)[128:132] == b"DICM"
-        fp.seek(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_preamble,
-                                 specific_tags=_HEADER_TAGS)
-        tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if tsyntax is not None and tsyntax.is_deflated:
-            return _read_header_deferred(path, has_preamble)
-        little, implicit = True, False
-        if tsyntax is not None and tsyntax.is_transfer_syntax:
-            little, implicit = tsyntax.is_little_endian, tsyntax.is_implicit_VR
-        elif ds.original_encoding[0] is not None:
-            implicit, little = ds.original_encoding
-        tell = fp.tell()
-        head = fp.read(12)
-    if len(head) < 8:
+    data element lies, peeked from the bytes pydicom stopped at; None when the file is not
+    DICOM (:func:`is_dicom_file`).
+
+    One open.  The first :data:`_HEAD_CHUNK` bytes are read at once and parsed in memory; a
+    longer header is parsed again from the whole file read at once (up to
+    :data:`_WHOLE_LIMIT` bytes; beyond that from the file).  An enhanced multi-frame header
+    is pruned to what the loader reads before pydicom parses it (:mod:`medae.io.dicom.prune`).
+    """
+    try:
+        fp = open_regular(path)
+    except (OSError, MedaeError):
+        return None
+    with fp:
+        try:
+            chunk = fp.read(_HEAD_CHUNK)
+        except OSError:
+            return None
+        if not _looks_like_dicom(path.name, chunk[:132]):
+            return None
+        has_preamble = chunk[128:132] == b"DICM"
+        size = os.fstat(fp.fileno()).st_size
+        parsed = _parse_bytes(chunk, has_preamble, complete=len(chunk) >= size)
+        if parsed is None:
+            fp.seek(0)
+            data = fp.read(min(size, _WHOLE_LIMIT))
+            parsed = _parse_bytes(data, has_preamble, complete=len(data) >= size)
+        if parsed is None:   # a header of more than _WHOLE_LIMIT bytes
+            fp.seek(0)
+            ds = _parse(fp, has_preamble)
+            parsed = ds, fp.tell(), fp.read(12)
+    ds, tell, peek = parsed
+    if _is_deflated(ds):
+        return _read_header_deferred(path, has_preamble)
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    little, implicit = True, False
+    if tsyntax is not None and tsyntax.is_transfer_syntax:
+        little, implicit = tsyntax.is_little_endian, tsyntax.is_implicit_VR
+    elif ds.original_encoding[0] is not None:
+        implicit, little = ds.original_encoding
+    ds = HeaderView(ds)
+    if len(peek) < 8:
         return ds, None
     order = "<" if little else ">"
-    group, elem = struct.unpack(order + "HH", head[:4])
+    group, elem = struct.unpack(order + "HH", peek[:4])
     if (group, elem) not in _PIXEL_TAGS:
         return ds, None
     tag = (group << 16) | elem
     if implicit:
-        return ds, (tag, tell + 8, struct.unpack(order + "I", head[4:8])[0])
-    if head[4:6] in _LONG_VRS and len(head) == 12:
-        return ds, (tag, tell + 12, struct.unpack(order + "I", head[8:12])[0])
-    return ds, (tag, tell + 8, struct.unpack(order + "H", head[6:8])[0])
+        return ds, (tag, tell + 8, struct.unpack(order + "I", peek[4:8])[0])
+    if peek[4:6] in _LONG_VRS and len(peek) == 12:
+        return ds, (tag, tell + 12, struct.unpack(order + "I", peek[8:12])[0])
+    return ds, (tag, tell + 8, struct.unpack(order + "H", peek[6:8])[0])
+
+
+def _parse_bytes(data: bytes, has_preamble: bool, complete: bool) -> _Parsed | None:
+    """The header parsed from ``data``, the file (``complete``) or its start; None when
+    ``data`` is only the start and the header goes on past it."""
+    try:
+        stream = io.BytesIO(data)
+        ds = _parse(stream, has_preamble, _stop_at_frames)
+    except Exception:
+        if complete:
+            raise
+        return None
+    tell = stream.tell()
+    peek = data[tell:tell + 12]
+    if peek[:4] in _PER_FRAME_BYTES and not _is_deflated(ds):   # enhanced multi-frame
+        pruned = _parse_pruned(data, has_preamble)
+        if pruned is not None:
+            return pruned
+        if not complete:
+            return None
+        stream = io.BytesIO(data)
+        ds = _parse(stream, has_preamble)
+        tell = stream.tell()
+        peek = data[tell:tell + 12]
+    if complete or (len(peek) == 12 and peek[:4] in _PIXEL_TAG_BYTES):
+        return ds, tell, peek
+    return None
+
+
+def _parse_pruned(data: bytes, has_preamble: bool) -> _Parsed | None:
+    """The header parsed from its pruned copy (:mod:`medae.io.dicom.prune`); None when pruning
+    does not apply or ``data`` ends before the pixel data."""
+    pruned = pruned_header(data, _KEEP_TAGS)
+    if pruned is None or pruned[1] is None or pruned[1] + 12 > len(data):
+        return None
+    try:
+        ds = _parse(io.BytesIO(pruned[0]), has_preamble)
+    except Exception:
+        return None
+    return ds, pruned[1], data[pruned[1]:pruned[1] + 12]
+
+
+def _is_deflated(ds: Any) -> bool:
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return tsyntax is not None and tsyntax.is_deflated
 
 
 def _read_header_deferred(path: Path, has_preamble: bool) -> tuple[Any, _PixelInfo]:
     """Deflated files: parse everything, large values deferred (pixel data never read)."""
     with warnings.catch_warnings(), open_regular(path) as fp:
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(fp, defer_size=2048, force=not has_preamble)
+        ds = HeaderView(pydicom.dcmread(fp, defer_size=2048, force=not has_preamble))
     for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
         if tag in ds:
             return ds, (tag, -1, -1)   # offsets inside a deflated stream are of no use
@@ -146,8 +253,14 @@ def _skip_reason(path: Path, ds: Any, pixel: _PixelInfo) -> str | None:
 
 
 def _raw_pixels(ds: Any, pixel: _PixelInfo, n_frames: int, rows: int,
-                cols: int) -> tuple[int, int, str] | None:
-    """File offset, size and dtype of uncompressed, directly readable pixel data (else None)."""
+                cols: int) -> tuple[int, int, str, int] | None:
+    """File offset, size, dtype and unused high bits of uncompressed pixel data that can be
+    read straight from the file (else None: pydicom decodes it).
+
+    Native little-endian data of 8, 16 or 32 bits allocated, signed or unsigned, with any
+    number of bits stored (12-bit values in 16-bit words are masked, or sign-extended, exactly
+    as pydicom does); big-endian data only at 16 bits (8-bit OW data is byte-swapped in pairs).
+    """
     try:
         tsyntax = ds.file_meta.TransferSyntaxUID
         if pixel is None or pixel[0] != 0x7FE00010 or pixel[1] < 0:
@@ -155,15 +268,18 @@ def _raw_pixels(ds: Any, pixel: _PixelInfo, n_frames: int, rows: int,
         if not tsyntax.is_transfer_syntax or tsyntax.is_compressed or tsyntax.is_deflated:
             return None
         bits, stored = _int(_get(ds, "BitsAllocated")), _int(_get(ds, "BitsStored"))
-        signed = _int(_get(ds, "PixelRepresentation")) == 1
+        representation = _int(_get(ds, "PixelRepresentation"))
         if _int(_get(ds, "SamplesPerPixel", 1)) != 1 or bits not in (8, 16, 32):
             return None
-        if stored != bits:
-            return None  # masking / sign extension of packed values: let pydicom do it
+        if stored is None or not 1 <= stored <= bits or representation not in (0, 1):
+            return None
+        if not tsyntax.is_little_endian and bits != 16:
+            return None
         nbytes = n_frames * rows * cols * bits // 8
-        if pixel[2] != nbytes:
+        if pixel[2] not in (nbytes, nbytes + (nbytes & 1)):   # an odd length is padded
             return None
         order = "<" if tsyntax.is_little_endian else ">"
-        return pixel[1], nbytes, f"{order}{'i' if signed else 'u'}{bits // 8}"
+        kind = "i" if representation == 1 else "u"
+        return pixel[1], nbytes, f"{order}{kind}{bits // 8}", bits - stored
     except Exception:
         return None

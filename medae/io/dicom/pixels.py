@@ -1,7 +1,8 @@
-"""Pixel pass: full file reads, decoding through pydicom, raw uncompressed frame reads."""
+"""Pixel pass: raw uncompressed reads straight into the array, else decoding through pydicom."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,20 +45,36 @@ def _decode(path: Path, ds: Any) -> np.ndarray:
         raise ScanReadError(path, f"cannot decode pixel data, {syntax} ({_short(exc)})") from exc
 
 
+def _read_raw(path: Path, first: _Frame) -> np.ndarray:
+    """Uncompressed pixel data read from its offset straight into the array it becomes,
+    (frames, rows, cols), unused high bits cleared (or sign-extended) as pydicom does."""
+    offset, nbytes, dtype, unused = first.pixels
+    try:
+        with open_regular(path) as f:
+            held = os.fstat(f.fileno()).st_size - offset
+            if held < nbytes:   # checked before allocating
+                raise ScanReadError(path, f"truncated pixel data ({max(held, 0)} of {nbytes} "
+                                          "bytes)")
+            out = np.empty((first.n_file_frames, first.rows, first.cols), dtype=dtype)
+            f.seek(offset)
+            got = f.readinto(out.reshape(-1).view(np.uint8))
+    except OSError as exc:
+        raise ScanReadError(path, f"cannot read: {exc.strerror or exc}") from exc
+    if got != nbytes:
+        raise ScanReadError(path, f"truncated pixel data ({got} of {nbytes} bytes)")
+    if unused:
+        if not out.dtype.isnative:
+            out = out.astype(out.dtype.newbyteorder("="))
+        # pydicom's correction: shift the unused bits out and back (arithmetic for signed)
+        np.left_shift(out, unused, out=out)
+        np.right_shift(out, unused, out=out)
+    return out
+
+
 def _file_pixels(path: Path, first: _Frame) -> np.ndarray:
     """All frames of one file as (frames, rows, cols)."""
     if first.pixels is not None:
-        offset, nbytes, dtype = first.pixels
-        try:
-            with open_regular(path) as f:
-                f.seek(offset)
-                raw = f.read(nbytes)
-        except OSError as exc:
-            raise ScanReadError(path, f"cannot read: {exc.strerror or exc}") from exc
-        if len(raw) != nbytes:
-            raise ScanReadError(path, f"truncated pixel data ({len(raw)} of {nbytes} bytes)")
-        return np.frombuffer(raw, dtype=dtype).reshape(first.n_file_frames, first.rows,
-                                                       first.cols)
+        return _read_raw(path, first)
     ds = _read_full(path)
     pixels = _decode(path, ds)
     if pixels.ndim == 2:

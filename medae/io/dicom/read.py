@@ -40,20 +40,36 @@ def read_dicom_series(series: DicomSeries) -> Scan:
         by_file: dict[Path, list[tuple[int, _Frame]]] = defaultdict(list)
         for k, f in enumerate(frames):
             by_file[f.file].append((k, f))
-        for path, items in by_file.items():
-            pixels = _file_pixels(path, items[0][1])
-            for k, f in items:
-                plane = stack[k]
-                plane[...] = pixels[f.index]
-                if f.slope != 1.0 or f.intercept != 0.0:
-                    with np.errstate(over="ignore", invalid="ignore"):
-                        plane *= np.float32(f.slope)
-                        plane += np.float32(f.intercept)
+        _read_planes(by_file, stack)
+        _rescale(frames, stack)
         _check_finite(series.where, stack)
         data = stack.transpose(2, 1, 0)   # (frame, row, col) -> (col, row, frame)
         affine = series._affine
     grid = Grid(shape=tuple(int(s) for s in data.shape), affine=affine.copy())
     return Scan.from_grid(data, grid, source=series.source, kind="dicom", meta=meta)
+
+
+def _read_planes(by_file: dict[Path, list[tuple[int, _Frame]]], stack: np.ndarray) -> None:
+    """Each file's pixels (read once) into its planes of ``stack`` (frame, row, col)."""
+    for path, items in by_file.items():
+        pixels = _file_pixels(path, items[0][1])
+        for k, f in items:
+            stack[k] = pixels[f.index]
+
+
+def _rescale(frames: tuple[_Frame, ...], stack: np.ndarray) -> None:
+    """RescaleSlope/RescaleIntercept of each frame, in float32 (as x * slope + intercept)."""
+    pairs = {(f.slope, f.intercept) for f in frames}
+    if pairs == {(1.0, 0.0)}:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        if len(pairs) == 1:
+            slope, intercept = next(iter(pairs))
+            stack *= np.float32(slope)
+            stack += np.float32(intercept)
+        else:
+            stack *= np.array([f.slope for f in frames], dtype=np.float32)[:, None, None]
+            stack += np.array([f.intercept for f in frames], dtype=np.float32)[:, None, None]
 
 
 def _check_finite(where: Path, data: np.ndarray) -> None:

@@ -153,6 +153,8 @@ def _volumes(gkey: tuple, frames: list[_Frame], meta: dict[str, Any], number: in
     out = []
     for vkey, label, part, problem in volumes:
         ordered, affine, geo_problem = _geometry(part)
+        if affine is not None:   # series are shared through the header cache: never altered
+            affine.flags.writeable = False
         problem = problem or geo_problem
         orient = (tuple(np.round(ordered[0].orientation, 3))
                   if ordered[0].orientation else None)
