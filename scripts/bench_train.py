@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Training throughput: samples/s and peak memory for the default 2D and 3D recipes, per precision.
+"""Training throughput: samples/s and peak memory for the default 2D and 3D recipes and the
+recommended brain recipes, per precision.
 
-    python scripts/bench_train.py [--device auto] [--steps 20] [--recipes ae2d ae3d]
+    python scripts/bench_train.py [--device auto] [--steps 20]
+                                  [--recipes ae2d ae3d brain_flair brain_multi]
                                   [--precisions 32 bf16 fp16]
 
 Each (recipe, precision) runs in its own process (clean peak-memory figures) with the real
@@ -40,11 +42,12 @@ def _one(recipe: str, precision: str, device: str, steps: int, warmup: int) -> d
     dev = resolve_device(device)
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", [f"train.precision={precision}"])
     torch.manual_seed(0)
-    size = tuple(PreprocessConfig.from_dict(cfg["preprocess"]).size)
+    pre = PreprocessConfig.from_dict(cfg["preprocess"])
+    size = tuple(s or 64 for s in pre.size)  # an axis the recipe keeps: 64 slices
     rng = np.random.default_rng(0)
     items = []
     for i in range(4):  # cached volumes of the recipe's size (content does not change speed)
-        img = rng.random(size, dtype=np.float32)
+        img = rng.random((pre.channels, *size), dtype=np.float32)
         items.append({"case_id": f"c{i}", "prepared": Prepared(
             image=img, mask=np.ones(size, bool), scan_shape=size, resampled_shape=size,
             offset=(0, 0, 0))})
@@ -107,7 +110,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--recipes", nargs="+", default=["ae2d", "ae3d"])
+    ap.add_argument("--recipes", nargs="+", default=["ae2d", "ae3d", "brain_flair", "brain_multi"])
     ap.add_argument("--precisions", nargs="+", default=["32", "bf16", "fp16"])
     ap.add_argument("--one", nargs=2, metavar=("RECIPE", "PRECISION"), help=argparse.SUPPRESS)
     args = ap.parse_args()
