@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write OUT/latents.npz: one latent code per scan")
     sc.add_argument("--save-channel-maps", action="store_true",
                     help="multi-sequence models: also write each input sequence's own map "
-                         "(anomaly_map_<sequence>.nii.gz; anomaly_map.nii.gz is their maximum)")
+                         "(anomaly_map_<sequence>.nii.gz; anomaly_map.nii.gz is the maximum over "
+                         "the recipe's scoring.channels)")
     sc.add_argument("--no-overlays", action="store_true", help="skip the PNG pictures")
     sc.add_argument("--no-image", action="store_true",
                     help="do not write image.nii.gz (the scan on its grid, the background of "

@@ -42,7 +42,7 @@ from medae.models.noise import draw_coarse_noise_params
 from medae.preprocess import PreprocessConfig
 from medae.scoring.calibration import calibrate_crossfit, calibrate_model
 from medae.scoring.heatmap import MapConfig
-from medae.scoring.model import AnomalyModel
+from medae.scoring.model import AnomalyModel, scored_channels
 from medae.scoring.reconstruct import autocast_context
 
 log = logging.getLogger("medae")
@@ -246,6 +246,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         raise MedaeError(run, "--output exists and is not a folder")
     pre = PreprocessConfig.from_dict(config["preprocess"])
     map_cfg = MapConfig.from_dict(config["scoring"], pre.spacing)  # validated before any work
+    scored_channels(pre, map_cfg)  # scoring.channels names inputs the model reads
     kwargs = model_kwargs(config)
     model = create_model(**kwargs).to(dev)  # an invalid model fails before any scan is read
     ckpt_path = run / CHECKPOINT

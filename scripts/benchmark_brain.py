@@ -49,6 +49,8 @@ METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
 #: per dataset, the sequences the multi-sequence recipe reads (FLAIR + T1-weighted, and T2
 #: where present); one-sequence recipes read the first column (FLAIR)
 MULTI_INPUTS = {"BraTS 2013 FLAIR": ["flair", "t1"], "MS Lesjak FLAIR": ["flair", "t1", "t2"]}
+#: the inputs whose positive residual makes the map: where lesions are bright (not T1-weighted)
+MULTI_SCORED = {"BraTS 2013 FLAIR": ["flair"], "MS Lesjak FLAIR": ["flair", "t2"]}
 
 
 def _datasets(data: Path) -> dict[str, dict]:
@@ -141,7 +143,9 @@ def main() -> None:
                         extra = ["--set", f"train.steps={steps}"] if steps else []
                         if base == "brain_multi":
                             inputs = json.dumps(MULTI_INPUTS[dname])
-                            extra += ["--set", f"preprocess.inputs={inputs}"]
+                            scored = json.dumps(MULTI_SCORED[dname])
+                            extra += ["--set", f"preprocess.inputs={inputs}",
+                                      "--set", f"scoring.channels={scored}"]
                         if not (run / "model.json").exists():
                             _run([*medae, "train", "--config", str(ROOT / "configs" /
                                                                     f"{base}.yaml"),

@@ -189,3 +189,24 @@ def test_in_channels_must_match_inputs():
 
     with pytest.raises(MedaeError, match=r"model\.in_channels is 1 but preprocess\.inputs lists 2"):
         model_kwargs(cfg)
+
+
+def test_scoring_channels_pick_the_inputs_that_make_the_map(folders, tmp_path):
+    """T1-weighted input as context only: ``scoring.channels`` names the inputs whose residuals
+    make the map; every channel still has its own map with --save-channel-maps."""
+    cfg = load_config(ROOT / "configs" / "intensity.yaml",
+                      [*TINY, "preprocess.inputs=[flair, t2]", "scoring.channels=[T2]"])
+    run = train(cfg, read_manifest(folders / "train.csv"), tmp_path / "run", device="cpu",
+                progress=False)
+    assert json.loads((run / "model.json").read_text())["config"]["scoring"]["channels"] == ["T2"]
+    model = load_model(run, device="cpu")
+    scan, prep = model.load(discover(folders / "test")[0])
+    result = model.score(scan, prepared=prep, channel_maps=True, threshold=0.5)
+    np.testing.assert_array_equal(result.heatmap, result.channel_maps["0001"])
+    assert not np.array_equal(result.heatmap, result.channel_maps["0000"])
+    bad = load_config(ROOT / "configs" / "intensity.yaml",
+                      [*TINY, "preprocess.inputs=[flair, t2]", "scoring.channels=[t1]"])
+    with pytest.raises(MedaeError, match=r"scoring\.channels: t1 not among the model's inputs"):
+        train(bad, read_manifest(folders / "train.csv"), tmp_path / "bad", device="cpu",
+              progress=False)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written

@@ -33,6 +33,10 @@ class MapConfig:
             number of voxels no wider than that (under 3 voxels: no filtering on that axis).
         min_volume_mm3: candidates smaller than this are dropped.
         scan_percentile: the scan score is this percentile of the map inside the brain.
+        channels: multi-sequence models: the inputs (``preprocess.inputs`` names) whose
+            residuals make the map (``None``: every input).  E.g. ``[flair, t2]``: lesions are
+            bright there, while a T1-weighted input helps the reconstruction but its positive
+            residual (bright vessels, enhancement) is not a lesion sign.
 
     Bundles written before maps were computed at the scan's resolution used ``erode`` and
     ``median`` in voxels of the model grid: :meth:`from_dict` converts them with the model's
@@ -44,8 +48,14 @@ class MapConfig:
     median_mm: float | tuple[float, float, float] = (3.0, 3.0, 0.0)
     min_volume_mm3: float = 20.0
     scan_percentile: float = 99.0
+    channels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.channels is not None and (
+                not isinstance(self.channels, tuple) or not self.channels
+                or not all(isinstance(c, str) and c for c in self.channels)):
+            raise MedaeError("scoring.channels: null or a list of input sequence names, "
+                             f"got {self.channels!r}")
         if self.residual not in RESIDUALS:
             raise MedaeError(f"scoring.residual: expected one of {RESIDUALS}, "
                              f"got {self.residual!r}")
@@ -87,14 +97,18 @@ class MapConfig:
         if unknown:
             raise MedaeError(f"scoring: unknown key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
-        if isinstance(values.get("median_mm"), list):
-            values["median_mm"] = tuple(values["median_mm"])
+        for key in ("median_mm", "channels"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
         return cls(**values)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if isinstance(d["median_mm"], tuple):
-            d["median_mm"] = list(d["median_mm"])
+        if d["channels"] is None:  # one-sequence bundles stay as they were
+            del d["channels"]
+        for key in ("median_mm", "channels"):
+            if isinstance(d.get(key), tuple):
+                d[key] = list(d[key])
         return d
 
     def median_size(self, spacing) -> tuple[int, int, int]:

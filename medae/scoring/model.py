@@ -15,6 +15,7 @@ import torch
 
 from medae.bundle import Bundle, load_bundle
 from medae.device import check_precision, resolve_device
+from medae.errors import MedaeError
 from medae.io.discover import ScanSource
 from medae.io.scan import Scan
 from medae.models.registry import model_config
@@ -83,6 +84,18 @@ class ScoreResult:
     channel_maps: dict[str, np.ndarray] | None = None
 
 
+def scored_channels(preprocess: PreprocessConfig, map_config: MapConfig) -> list[int]:
+    """The input channels whose residuals make the map (``scoring.channels``)."""
+    if map_config.channels is None:
+        return list(range(preprocess.channels))
+    inputs = [n.lower() for n in (preprocess.inputs or ())]
+    missing = [c for c in map_config.channels if c.lower() not in inputs]
+    if missing:
+        raise MedaeError(f"scoring.channels: {', '.join(missing)} not among the model's inputs "
+                         f"(preprocess.inputs: {', '.join(preprocess.inputs or ['one sequence'])})")
+    return sorted({inputs.index(c.lower()) for c in map_config.channels})
+
+
 def field_of_view(prep: Prepared) -> np.ndarray:
     """The scan voxels that the model's crop covers (bool, scan grid), built axis by axis with
     the same nearest-neighbour rule as :func:`to_scan_space` (no full-size float array)."""
@@ -111,6 +124,7 @@ class AnomalyModel:
         self.network = network
         self.preprocess_config = preprocess
         self.map_config = map_config
+        self.scored = scored_channels(preprocess, map_config)
         self.calibration = calibration
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -158,7 +172,8 @@ class AnomalyModel:
                   for a, st in zip(prep.native_inputs, prep.stats, strict=True)]
         cfg = self.map_config
         region = native & field_of_view(prep)
-        heat, analysed = anomaly_map(images, recons, region, cfg, scan.spacing)
+        heat, analysed = anomaly_map([images[c] for c in self.scored],
+                                     [recons[c] for c in self.scored], region, cfg, scan.spacing)
         per_channel = None
         if channel_maps and len(images) > 1:
             names = prep.inputs or tuple(str(c) for c in range(len(images)))
