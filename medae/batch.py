@@ -185,10 +185,9 @@ def _is_output_folder(out: Path) -> bool:
 
 def _image_dtype(array: np.ndarray) -> type:
     """int16 for whole numbers that fit (most CT and MR scans: half the size), else float32."""
-    flat = array.reshape(-1)
-    step = 1 << 20  # in chunks: no full-size temporary on CT-size scans
-    for i in range(0, flat.size, step):
-        part = flat[i:i + step]
+    step = max(1, (1 << 20) // max(1, array[0].size))  # slabs of ~1 M voxels: no full-size
+    for i in range(0, len(array), step):                # temporary (nor copy of a strided view)
+        part = array[i:i + step]
         if part.min() < -32768 or part.max() > 32767 or not np.array_equal(part, np.round(part)):
             return np.float32
     return np.int16
@@ -280,9 +279,10 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
         fail_path = out / FAILED_DIR / f"{src.case_id}.json"
         try:
             scan, prep = future.result()
+            future = None  # (it holds the prepared scan, whose model-space part goes below)
             result = model.score(scan, prepared=prep, fpr=fpr, threshold=threshold,
                                  with_reconstruction=save_reconstruction,
-                                 channel_maps=save_channel_maps)
+                                 channel_maps=save_channel_maps, release_input=True)
             row = {"case_id": src.case_id, "source": _source_text(src),
                    "score": float(f"{result.score:.6g}"),
                    "flagged": "" if result.flagged is None else int(result.flagged),
