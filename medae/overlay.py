@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from skimage.measure import find_contours
@@ -167,7 +168,8 @@ def write_overlays(image: np.ndarray, heatmap: np.ndarray, spacing: tuple[float,
         fig = draw(view, focus, units, title)
         buf = io.BytesIO()
         FigureCanvasAgg(fig)
-        fig.savefig(buf, format="png", dpi=DPI, facecolor=fig.get_facecolor())
+        fig.savefig(buf, format="png", dpi=DPI, facecolor=fig.get_facecolor(),
+                    pil_kwargs={"compress_level": 3})  # half the time of 6, +12% size
         fig.clear()
         paths.append(atomic_write_bytes(out_dir / name, buf.getbuffer()))
     return paths
@@ -323,9 +325,13 @@ def _draw_plane(ax, view: _View, axis: int, index: int, crop=None, lw: float = 1
               interpolation="bilinear" if max(sh, sv) / min(sh, sv) > 1.01 else "antialiased")
     if cand is not None and cand.any():
         padded = np.pad(cand, 1).astype(np.float32)
-        for c in find_contours(padded, 0.5):
-            ax.plot((c[:, 1] - 1 + 0.5 + h0) * sh, (c[:, 0] - 1 + 0.5 + v0) * sv,
-                    color=CONTOUR, lw=lw, alpha=0.95)
+        # one collection per plane (hundreds of outlines would each be a Line2D artist):
+        # drawn alike, in a fraction of the time
+        paths = [np.column_stack(((c[:, 1] - 1 + 0.5 + h0) * sh, (c[:, 0] - 1 + 0.5 + v0) * sv))
+                 for c in find_contours(padded, 0.5)]
+        ax.add_collection(LineCollection(paths, colors=CONTOUR, linewidths=lw, alpha=0.95,
+                                         capstyle="projecting", joinstyle="round"),
+                          autolim=False)
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_axis_off()
