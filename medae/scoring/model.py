@@ -8,7 +8,8 @@ the brain mask found at the scan's resolution (see :mod:`medae.scoring.heatmap`)
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ class ScanMap:
     score: float
     # per input channel (multi-sequence models, when asked for): that channel's own map
     channel_maps: dict[str, np.ndarray] | None = None
+    # seconds per stage: "reconstruct" (the network), "heat map" (back to the scan's grid,
+    # residual, erosion, median filter, scan score)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +71,7 @@ class ScoreResult:
         min_volume_mm3: the smallest candidate kept.
         reconstruction: the first input's reconstruction in its units (only when asked for).
         channel_maps: per input sequence, its own map (multi-sequence models, when asked for).
+        timings: seconds per stage ("reconstruct", "heat map", "candidates").
     """
 
     heatmap: np.ndarray
@@ -83,6 +88,7 @@ class ScoreResult:
     min_volume_mm3: float = 0.0
     reconstruction: np.ndarray | None = None
     channel_maps: dict[str, np.ndarray] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def field_of_view(prep: Prepared) -> np.ndarray:
@@ -162,9 +168,11 @@ class AnomalyModel:
         prep = prepared
         if prep.native_mask is None or prep.native_inputs is None:
             raise ValueError("scan_map needs a scan prepared with keep_native=True")
+        t0 = time.perf_counter()
         recon, code = reconstruct(self.network, prep.image, prep.mask,
                                   batch_size=self.batch_size, device=self.device,
                                   precision=self.precision)
+        t1 = time.perf_counter()
         native, rule = prep.native_mask, prep.mask_rule
         clip = self.preprocess_config.clip
         cfg = self.map_config
@@ -192,10 +200,10 @@ class AnomalyModel:
                            for c, name in enumerate(names)}
         first = to_scan_space(held[0][0], prep) if with_reconstruction else None
         held.clear()
+        score = scan_score(heat, analysed, cfg.scan_percentile)
         return ScanMap(heatmap=heat, analysed=analysed, brain_mask=native, mask_rule=rule,
-                       recon=first, latent=code,
-                       score=scan_score(heat, analysed, cfg.scan_percentile),
-                       channel_maps=per_channel)
+                       recon=first, latent=code, score=score, channel_maps=per_channel,
+                       timings={"reconstruct": t1 - t0, "heat map": time.perf_counter() - t1})
 
     def resolve_threshold(self, fpr: float | None = None, threshold: float | None = None
                           ) -> tuple[float, str]:
@@ -215,8 +223,10 @@ class AnomalyModel:
         prep = prepared if prepared is not None else self.prepare(scan, mask)
         m = self.scan_map(scan, prep, channel_maps=channel_maps,
                           with_reconstruction=with_reconstruction, release_input=release_input)
+        t0 = time.perf_counter()
         labels, cands = find_candidates(m.heatmap, scan.affine, thr,
                                         self.map_config.min_volume_mm3)
+        timings = {**m.timings, "candidates": time.perf_counter() - t0}
         scan_thr = (self.calibration or {}).get("scan_threshold")
         recon_scan = None
         if with_reconstruction:
@@ -227,7 +237,8 @@ class AnomalyModel:
                            threshold=thr, threshold_rule=rule, latent=m.latent,
                            analysed=m.analysed, brain_mask=m.brain_mask, mask_rule=m.mask_rule,
                            min_volume_mm3=self.map_config.min_volume_mm3,
-                           reconstruction=recon_scan, channel_maps=m.channel_maps)
+                           reconstruction=recon_scan, channel_maps=m.channel_maps,
+                           timings=timings)
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
