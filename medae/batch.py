@@ -20,8 +20,9 @@ Loading runs ahead in prefetch threads, and a case's outputs are written in a wr
 while the next case is scored (except CT-size volumes, see ``OVERLAP_VOXELS``); ``result.json``
 records the seconds each stage took (``stages``: load, reconstruct, heat map, candidates, write
 NIfTI/CSV, overlays).  A case is written into a hidden temporary folder and renamed into place
-when complete, so a killed job never leaves a partial case; ``--continue`` skips finished cases.  Tables are rebuilt
-from the per-case records (every 30 s and at the end), so shards of one job can share ``OUT``.
+when complete, so a killed job never leaves a partial case; ``--continue`` skips finished
+cases.  Tables are rebuilt from the per-case records (every 30 s and at the end), so shards of
+one job can share ``OUT``.
 """
 
 from __future__ import annotations
