@@ -16,9 +16,13 @@ Layout of ``OUT`` (scripts rely on it)::
     OUT/scores.csv   OUT/failures.csv   OUT/run.json   OUT/latents.npz (--save-latent)
     OUT/index.html   OUT/view.html      the report and the case page (``medae view OUT``)
 
-A case is written into a hidden temporary folder and renamed into place when complete, so a
-killed job never leaves a partial case; ``--continue`` skips finished cases.  Tables are rebuilt
-from the per-case records (every 30 s and at the end), so shards of one job can share ``OUT``.
+Loading runs ahead in prefetch threads, and a case's outputs are written in a writer thread
+while the next case is scored (except CT-size volumes, see ``OVERLAP_VOXELS``); ``result.json``
+records the seconds each stage took (``stages``: load, reconstruct, heat map, candidates, write
+NIfTI/CSV, overlays).  A case is written into a hidden temporary folder and renamed into place
+when complete, so a killed job never leaves a partial case; ``--continue`` skips finished
+cases.  Tables are rebuilt from the per-case records (every 30 s and at the end), so shards of
+one job can share ``OUT``.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ CANDIDATE_COLUMNS = ["id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_
                      "centroid_z_mm", "bbox", "max_score", "mean_score"]
 FAILED_DIR = ".failed"
 TABLE_REFRESH_S = 30.0
+#: a case's outputs are written while the next case is scored, except for volumes of more
+#: voxels than this (CT-size: the memory of one case at a time comes first)
+OVERLAP_VOXELS = 1 << 25
 #: names medae writes at the top of OUT (a case id never takes one of them, see discover)
 TOP_LEVEL = ("scores.csv", "failures.csv", "run.json", "latents.npz", "index.html", "view.html")
 #: temporary names medae leaves when killed: ``.<name>.<8 random characters>.tmp|.old``
@@ -93,9 +100,13 @@ def _source_text(src: ScanSource) -> str:
 
 def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict, *,
                 save_reconstruction: bool, overlays: bool, t0: float,
-                save_image: bool = True, inputs: tuple[str, ...] = ()) -> None:
-    """Write every output of a case into a temporary folder, then rename it into place."""
+                save_image: bool = True, inputs: tuple[str, ...] = (),
+                stages: dict[str, float] | None = None) -> None:
+    """Write every output of a case into a temporary folder, then rename it into place
+    (``stages``: seconds per stage so far, recorded with the ones spent here)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{src.case_id}.", suffix=".tmp", dir=out))
+    stages = dict(stages or {})
+    t_write = time.perf_counter()
     try:
         tmp.chmod(DIR_MODE)
         write_on_grid(result.heatmap, scan, tmp / "anomaly_map.nii.gz")
@@ -111,16 +122,20 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
             write_on_grid(result.reconstruction, scan, tmp / "reconstruction.nii.gz")
         for name, channel_map in (result.channel_maps or {}).items():
             write_on_grid(channel_map, scan, tmp / f"anomaly_map_{safe_id(name)}.nii.gz")
+        stages["write NIfTI/CSV"] = time.perf_counter() - t_write
         if overlays:
             from medae.overlay import write_overlays
 
+            t_overlays = time.perf_counter()
             write_overlays(scan.array, result.heatmap, scan.spacing, tmp,
                            candidates=result.labels, threshold=result.threshold,
                            mask=result.analysed, units="anomaly score", title=src.case_id)
+            stages["overlays"] = time.perf_counter() - t_overlays
         row["seconds"] = round(time.perf_counter() - t0, 3)  # loading to outputs written
         record = {"row": row, "threshold": result.threshold,
                   "threshold_rule": result.threshold_rule, "mask_rule": result.mask_rule,
                   "min_volume_mm3": result.min_volume_mm3, "inputs": list(inputs),
+                  "stages": {k: round(v, 4) for k, v in stages.items()},
                   "latent": [float(v) for v in np.ravel(result.latent)]}
         atomic_write_bytes(tmp / "result.json", json.dumps(record, allow_nan=False).encode())
         final = out / src.case_id
@@ -185,13 +200,18 @@ def _is_output_folder(out: Path) -> bool:
 
 def _image_dtype(array: np.ndarray) -> type:
     """int16 for whole numbers that fit (most CT and MR scans: half the size), else float32."""
-    flat = array.reshape(-1)
-    step = 1 << 20  # in chunks: no full-size temporary on CT-size scans
-    for i in range(0, flat.size, step):
-        part = flat[i:i + step]
+    step = max(1, (1 << 20) // max(1, array[0].size))  # slabs of ~1 M voxels: no full-size
+    for i in range(0, len(array), step):                # temporary (nor copy of a strided view)
+        part = array[i:i + step]
         if part.min() < -32768 or part.max() > 32767 or not np.array_equal(part, np.round(part)):
             return np.float32
     return np.int16
+
+
+def _load_timed(model: AnomalyModel, src: ScanSource) -> tuple:
+    t0 = time.perf_counter()
+    scan, prep = model.load(src)
+    return scan, prep, time.perf_counter() - t0
 
 
 def _prefetch(model: AnomalyModel, sources: Sequence[ScanSource], workers: int
@@ -201,14 +221,14 @@ def _prefetch(model: AnomalyModel, sources: Sequence[ScanSource], workers: int
         pending: list[tuple[ScanSource, Future]] = []
         it = iter(sources)
         for src in it:
-            pending.append((src, pool.submit(model.load, src)))
+            pending.append((src, pool.submit(_load_timed, model, src)))
             if len(pending) > workers:
                 break
         while pending:
             yield pending.pop(0)
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(model.load, nxt)))
+                pending.append((nxt, pool.submit(_load_timed, model, nxt)))
 
 
 def rebuild_tables(out: Path, save_latent: bool = False) -> tuple[list[dict], list[dict]]:
@@ -250,6 +270,40 @@ def _write_report(out: Path, rows: list[dict], failures: list[dict]) -> None:
         print(f"warning: {out / 'index.html'} not written: {exc}", file=sys.stderr)
 
 
+@dataclass
+class _Writing:
+    """A scored case whose outputs are being written (in the writer thread)."""
+
+    k: int
+    src: ScanSource
+    fail_path: Path
+    t0: float
+    result: ScoreResult
+    row: dict
+    future: Future
+
+
+def _record_failure(src: ScanSource, fail_path: Path, exc: BaseException, t0: float,
+                    summary: BatchSummary) -> str:
+    summary.failed += 1
+    reason = failure_reason(src.path, exc)
+    atomic_write_bytes(fail_path, json.dumps({
+        "case_id": src.case_id, "source": _source_text(src), "reason": reason,
+        "seconds": round(time.perf_counter() - t0, 3)}).encode())
+    return f"FAILED: {reason}"
+
+
+def _report(k: int, n: int, src: ScanSource, msg: str, progress: bool, out: Path,
+            save_latent: bool, last: list[float]) -> None:
+    if progress:
+        print(f"[{k}/{n}] {src.case_id}: {msg}", file=sys.stderr, flush=True)
+    # the tables re-read every case record: refresh them at most every 30 s (cost grows
+    # with the folder); the per-case records are what --continue relies on
+    if time.monotonic() - last[0] > TABLE_REFRESH_S:
+        rebuild_tables(out, save_latent)
+        last[0] = time.monotonic()
+
+
 def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str | os.PathLike,
                   *, fpr: float | None = None, threshold: float | None = None,
                   shard: tuple[int, int] = (0, 1), resume: bool = False,
@@ -268,47 +322,69 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
         "arguments": arguments or {}, "shard": f"{index + 1}/{count}", "n_scans": len(mine),
     }, indent=2, allow_nan=False).encode())
     summary = BatchSummary()
-    last_tables = time.monotonic()
     todo = []
     for src in mine:
         if resume and is_case_folder(out / src.case_id, source=_source_text(src)):
             summary.skipped += 1
         else:
             todo.append(src)
-    for k, (src, future) in enumerate(_prefetch(model, todo, workers), start=1):
-        t0 = time.perf_counter()
-        fail_path = out / FAILED_DIR / f"{src.case_id}.json"
+    writer = ThreadPoolExecutor(max_workers=1)  # one case written while the next is scored
+    writing: _Writing | None = None
+    last = [time.monotonic()]
+
+    def finish(job: _Writing) -> None:
+        """Wait for a case's outputs, then count it and report it."""
         try:
-            scan, prep = future.result()
-            result = model.score(scan, prepared=prep, fpr=fpr, threshold=threshold,
-                                 with_reconstruction=save_reconstruction,
-                                 channel_maps=save_channel_maps)
-            row = {"case_id": src.case_id, "source": _source_text(src),
-                   "score": float(f"{result.score:.6g}"),
-                   "flagged": "" if result.flagged is None else int(result.flagged),
-                   "n_candidates": len(result.candidates), "status": "ok"}
-            _write_case(out, src, scan, result, row, save_reconstruction=save_reconstruction,
-                        overlays=overlays, t0=t0, save_image=save_image, inputs=prep.inputs)
+            job.future.result()
             with contextlib.suppress(FileNotFoundError):
-                fail_path.unlink()
+                job.fail_path.unlink()
             summary.scored += 1
-            msg = (f"score {result.score:.4g}, {len(result.candidates)} candidate(s), "
-                   f"{row['seconds']:.1f} s")
+            msg = (f"score {job.result.score:.4g}, {len(job.result.candidates)} "
+                   f"candidate(s), {job.row['seconds']:.1f} s")
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
-            summary.failed += 1
-            reason = failure_reason(src.path, exc)
-            atomic_write_bytes(fail_path, json.dumps({
-                "case_id": src.case_id, "source": _source_text(src), "reason": reason,
-                "seconds": round(time.perf_counter() - t0, 3)}).encode())
-            msg = f"FAILED: {reason}"
-        if progress:
-            print(f"[{k}/{len(todo)}] {src.case_id}: {msg}", file=sys.stderr, flush=True)
-        # the tables re-read every case record: refresh them at most every 30 s (cost grows
-        # with the folder); the per-case records are what --continue relies on
-        if time.monotonic() - last_tables > TABLE_REFRESH_S:
-            rebuild_tables(out, save_latent)
-            last_tables = time.monotonic()
+            msg = _record_failure(job.src, job.fail_path, exc, job.t0, summary)
+        _report(job.k, len(todo), job.src, msg, progress, out, save_latent, last)
+
+    try:
+        for k, (src, future) in enumerate(_prefetch(model, todo, workers), start=1):
+            t0 = time.perf_counter()
+            fail_path = out / FAILED_DIR / f"{src.case_id}.json"
+            try:
+                scan, prep, load_s = future.result()
+                future = None  # (it holds the prepared scan, whose model-space part goes below)
+                result = model.score(scan, prepared=prep, fpr=fpr, threshold=threshold,
+                                     with_reconstruction=save_reconstruction,
+                                     channel_maps=save_channel_maps, release_input=True)
+                row = {"case_id": src.case_id, "source": _source_text(src),
+                       "score": float(f"{result.score:.6g}"),
+                       "flagged": "" if result.flagged is None else int(result.flagged),
+                       "n_candidates": len(result.candidates), "status": "ok"}
+                job = _Writing(k, src, fail_path, t0, result, row, writer.submit(
+                    _write_case, out, src, scan, result, row,
+                    save_reconstruction=save_reconstruction, overlays=overlays, t0=t0,
+                    save_image=save_image, inputs=prep.inputs,
+                    stages={"load": load_s, **result.timings}))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                if writing is not None:  # reports stay in order
+                    finish(writing)
+                    writing = None
+                msg = _record_failure(src, fail_path, exc, t0, summary)
+                _report(k, len(todo), src, msg, progress, out, save_latent, last)
+                continue
+            if writing is not None:
+                finish(writing)
+            writing = job
+            if scan.array.size > OVERLAP_VOXELS:  # CT-size: one case in memory at a time
+                finish(writing)
+                writing = None
+            del scan, prep, result, job
+        if writing is not None:
+            finish(writing)
+    finally:
+        writer.shutdown(wait=True)
     rebuild_tables(out, save_latent)
     return summary

@@ -20,19 +20,60 @@ BACKGROUND_SHARE = 0.1
 BACKGROUND_TOL = 1e-3
 
 
+#: voxels per chunk of the element-wise passes over label images (bounded temporaries)
+CHUNK = 1 << 22
+
+
+def label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """``ndimage.label`` into the smallest of uint16 / int32 that holds the labels (half the
+    memory of int32 on CT-size volumes when there are fewer than 65,536 components)."""
+    try:
+        return ndimage.label(mask, structure, output=np.uint16)
+    except RuntimeError:  # more components than uint16 holds
+        return ndimage.label(mask, structure, output=np.int32)
+
+
+def _chunks(n: int):
+    for a in range(0, n, CHUNK):
+        yield slice(a, min(n, a + CHUNK))
+
+
+def lookup(table: np.ndarray, labels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``table[labels]`` chunk by chunk: NumPy's fancy indexing would first copy the whole label
+    image as 64-bit integers.  ``out`` may be ``labels`` itself (relabelling in place)."""
+    flat = labels.reshape(-1)
+    if out is None:
+        out = np.empty(labels.shape, table.dtype)
+    dst = out.reshape(-1)
+    for sl in _chunks(flat.size):
+        dst[sl] = table[flat[sl]]
+    return out
+
+
+def label_sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxels per label 0..n (``np.bincount`` chunk by chunk, no 64-bit copy of the image)."""
+    flat = labels.reshape(-1)
+    sizes = np.zeros(n + 1, np.int64)
+    for sl in _chunks(flat.size):
+        sizes += np.bincount(flat[sl], minlength=n + 1)
+    return sizes
+
+
 def _largest_component(fg: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(fg)
+    labels, n = label(fg)
     if n <= 1:
         return fg
-    sizes = np.bincount(labels.ravel())
+    sizes = label_sizes(labels, n)
     sizes[0] = 0
-    return labels == int(sizes.argmax())
+    keep = np.zeros(n + 1, bool)
+    keep[int(sizes.argmax())] = True
+    return lookup(keep, labels)
 
 
 def _fill(mask: np.ndarray, structure: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """Fill the background components (``structure`` connectivity) that touch no face of
     ``axes``: one labelling pass instead of scipy's iterative ``binary_fill_holes``."""
-    labels, n = ndimage.label(~mask, structure)
+    labels, n = label(~mask, structure)
     if n == 0:
         return mask
     outside = np.zeros(n + 1, bool)
@@ -40,7 +81,9 @@ def _fill(mask: np.ndarray, structure: np.ndarray, axes: tuple[int, ...]) -> np.
         for end in (0, -1):
             outside[np.unique(np.take(labels, end, axis=ax))] = True
     outside[0] = True  # label 0 is the mask itself
-    return mask | ~outside[labels]
+    filled = lookup(~outside, labels)
+    del labels
+    return np.logical_or(mask, filled, out=filled)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -74,13 +117,14 @@ def compute_mask(image: np.ndarray) -> tuple[np.ndarray, str]:
     tol = BACKGROUND_TOL * max(high - bg, 0.0)
     if np.mean(np.abs(faces - bg) <= tol) > 0.5 and bg < high:
         near = image <= bg + tol
-        share = float(np.mean(np.abs(image - bg) <= tol))
+        share = sum(int(np.count_nonzero(np.abs(image[i:i + 8] - bg) <= tol))  # in slabs
+                    for i in range(0, len(image), 8)) / image.size
         if share > BACKGROUND_SHARE and near.mean() < 0.999:
-            fg = ~near
+            fg = np.logical_not(near, out=near)
             rule = (f"skull-stripped background: values <= {bg:.4g} + {tol:.3g} "
                     f"({100 * share:.1f}% of voxels)")
     if not rule:
-        smooth = ndimage.gaussian_filter(image.astype(np.float32), 1.0)
+        smooth = ndimage.gaussian_filter(image.astype(np.float32, copy=False), 1.0)
         level = float(threshold_otsu(smooth))
         fg = smooth > level
         rule = f"Otsu threshold {level:.4g} of the smoothed image"

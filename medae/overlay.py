@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from skimage.measure import find_contours
@@ -70,15 +71,28 @@ def default_focus(heatmap: np.ndarray, candidates: np.ndarray | None = None
     heat = np.asarray(heatmap)
     if candidates is not None:
         cand = np.asarray(candidates)
-        labels = cand[cand > 0]
-        if labels.size:
-            label = 1 if np.any(labels == 1) else int(labels.min())
-            voxels = np.argwhere(cand == label)
-            centre = np.rint(voxels.mean(axis=0)).astype(int)
+        # memory-light on CT-size volumes: one boolean image at a time, the centroid from
+        # per-axis projections, voxel lists only within the candidate's bounding box
+        if np.any(cand == 1) or np.any(cand > 0):
+            label = 1 if np.any(cand == 1) else int(cand[cand > 0].min())
+            voxels_of = cand == label
+            box = tuple(slice(int(h[0]), int(h[-1]) + 1) for h in (
+                np.flatnonzero(voxels_of.any(axis=tuple(a for a in range(3) if a != ax)))
+                for ax in range(3)))
+            inside = voxels_of[box]
+            del voxels_of
+            count = np.count_nonzero(inside)
+            centre = np.array([b.start + float(np.dot(
+                inside.sum(axis=tuple(a for a in range(3) if a != ax), dtype=np.int64),
+                np.arange(inside.shape[ax]))) / count for ax, b in enumerate(box)])
+            centre = np.rint(centre).astype(int)
             if cand[tuple(centre)] != label:
+                voxels = np.argwhere(inside) + [b.start for b in box]
                 centre = voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))]
             return tuple(int(v) for v in centre)
-    finite = np.nan_to_num(heat.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    finite = heat.astype(np.float32, copy=False)
+    if not all(np.isfinite(finite[i:i + 8]).all() for i in range(0, len(finite), 8)):
+        finite = np.nan_to_num(finite, nan=0.0, posinf=0.0, neginf=0.0)
     if finite.size and finite.max() > 0:
         return tuple(int(v) for v in np.unravel_index(int(np.argmax(finite)), finite.shape))
     return tuple(int(s // 2) for s in heat.shape)
@@ -154,7 +168,8 @@ def write_overlays(image: np.ndarray, heatmap: np.ndarray, spacing: tuple[float,
         fig = draw(view, focus, units, title)
         buf = io.BytesIO()
         FigureCanvasAgg(fig)
-        fig.savefig(buf, format="png", dpi=DPI, facecolor=fig.get_facecolor())
+        fig.savefig(buf, format="png", dpi=DPI, facecolor=fig.get_facecolor(),
+                    pil_kwargs={"compress_level": 3})  # half the time of 6, +12% size
         fig.clear()
         paths.append(atomic_write_bytes(out_dir / name, buf.getbuffer()))
     return paths
@@ -201,10 +216,12 @@ class _View:
             threshold = None
 
         image = _finite(image)
-        heat = np.maximum(_finite(heat), 0.0)
+        heat = _finite(heat)
+        if heat.size and heat.min() < 0:  # scoring's maps are >= 0: no copy then
+            heat = np.maximum(heat, 0.0)
         cand = None if candidates is None else np.asarray(candidates)
         if mask is not None:
-            brain = np.asarray(mask).astype(bool)
+            brain = np.asarray(mask).astype(bool, copy=False)
         else:
             brain = image != 0
             low = image.min() if image.size else 0.0
@@ -213,18 +230,17 @@ class _View:
         if not brain.any():
             brain = np.ones(image.shape, bool)
 
-        lo, hi = _percentiles(image[brain], (1.0, 99.5))
+        lo, hi = _percentiles(_masked_sample(image, brain), (1.0, 99.5))
         if not hi > lo:
             lo, hi = float(image.min()), float(image.max())
             if not hi > lo:
                 hi = lo + 1.0
 
-        inside = heat[brain]
-        heat_max = float(inside.max()) if inside.size else 0.0
-        heat_max = max(heat_max, float(heat.max()) if heat.size else 0.0)
+        heat_max = float(heat.max()) if heat.size else 0.0  # (the brain's max is no larger)
         if threshold is not None and threshold > 0:
             floor = FLOOR_FRACTION * float(threshold)
         else:
+            inside = _masked_sample(heat, brain)
             floor = _percentiles(inside, (90.0,))[0] if inside.size else 0.0
         top = max(heat_max, float(threshold or 0.0) * 1.1, floor)
         if not top > floor:
@@ -247,9 +263,24 @@ class _View:
 
 def _finite(a: np.ndarray) -> np.ndarray:
     a = a.astype(np.float32, copy=False)
-    if not np.isfinite(a).all():
+    if not all(np.isfinite(a[i:i + 8]).all() for i in range(0, len(a), 8)):  # in slabs
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
     return a
+
+
+def _masked_sample(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``values[mask]``, or above ``_SAMPLE`` voxels exactly the strided subsample that
+    :func:`_percentiles` takes of it, gathered slab by slab (no full-size copy)."""
+    total = int(np.count_nonzero(mask))
+    if total <= _SAMPLE:
+        return values[mask]
+    step = total // _SAMPLE + 1
+    parts, seen = [], 0
+    for i in range(0, len(values), 8):
+        part = values[i:i + 8][mask[i:i + 8]]
+        parts.append(part[(-seen) % step::step])
+        seen += part.size
+    return np.concatenate(parts)  # at most _SAMPLE values: _percentiles takes them all
 
 
 def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
@@ -294,9 +325,13 @@ def _draw_plane(ax, view: _View, axis: int, index: int, crop=None, lw: float = 1
               interpolation="bilinear" if max(sh, sv) / min(sh, sv) > 1.01 else "antialiased")
     if cand is not None and cand.any():
         padded = np.pad(cand, 1).astype(np.float32)
-        for c in find_contours(padded, 0.5):
-            ax.plot((c[:, 1] - 1 + 0.5 + h0) * sh, (c[:, 0] - 1 + 0.5 + v0) * sv,
-                    color=CONTOUR, lw=lw, alpha=0.95)
+        # one collection per plane (hundreds of outlines would each be a Line2D artist):
+        # drawn alike, in a fraction of the time
+        paths = [np.column_stack(((c[:, 1] - 1 + 0.5 + h0) * sh, (c[:, 0] - 1 + 0.5 + v0) * sv))
+                 for c in find_contours(padded, 0.5)]
+        ax.add_collection(LineCollection(paths, colors=CONTOUR, linewidths=lw, alpha=0.95,
+                                         capstyle="projecting", joinstyle="round"),
+                          autolim=False)
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_axis_off()

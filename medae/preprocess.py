@@ -133,11 +133,12 @@ def _resize(array: np.ndarray, shape: tuple[int, int, int], nearest: bool) -> np
 
 def intensity_stats(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig) -> dict:
     """The statistics that :func:`apply_normalisation` uses, from the voxels inside ``mask``."""
-    inside = image[mask]
+    inside = image[mask]  # a copy: the percentiles may reorder it (no second copy)
     if inside.size == 0:
         raise MedaeError("the foreground mask is empty: nothing to normalise")
     if config.normalise == "percentile":
-        lo, hi = (float(v) for v in np.percentile(inside, config.percentiles))
+        lo, hi = (float(v) for v in np.percentile(inside, config.percentiles,
+                                                  overwrite_input=True))
         if hi - lo <= 1e-12 * max(1.0, abs(hi)):
             raise MedaeError("constant intensity inside the mask: cannot normalise")
         return {"low": lo, "high": hi}
@@ -299,11 +300,53 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
                     spacing=tuple(float(v) for v in (config.spacing or scan.spacing)))
 
 
+def _axis_sources(n_in: int, n_out: int, out: np.ndarray, nearest: bool
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For output indices ``out`` of a resize from ``n_in`` to ``n_out`` voxels, the two source
+    indices and their weights, computed in float32 as PyTorch's ``interpolate`` does
+    (``nearest-exact``, or linear with ``align_corners=False``)."""
+    if n_in == n_out:
+        return out, out, np.ones(out.shape, np.float32)
+    scale = np.float32(n_in) / np.float32(n_out)
+    k = out.astype(np.float32)
+    if nearest:
+        i0 = np.minimum(np.floor((k + np.float32(0.5)) * scale).astype(np.int64), n_in - 1)
+        return i0, i0, np.ones(out.shape, np.float32)
+    src = np.maximum(scale * (k + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    w1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))
+    return i0, i0 + (i0 < n_in - 1), (np.float32(1) - w1).astype(np.float32)
+
+
 def to_scan_space(array: np.ndarray, prepared: Prepared, nearest: bool = False,
-                  fill: float = 0.0) -> np.ndarray:
-    """Map a model-space array (x, y, z) back onto the scan's array grid (undo crop/pad, resize)."""
+                  fill: float = 0.0, z: slice | None = None) -> np.ndarray:
+    """Map a model-space array (x, y, z) back onto the scan's array grid (undo crop/pad, resize).
+
+    ``z``: only these axial slices of the scan's grid (a slab, ``step`` 1), with exactly the
+    values the whole-volume call gives them: the slab reads only the resampled slices it needs,
+    so memory follows the slab, not the volume.  The resize runs along z first (in NumPy, with
+    PyTorch's ``align_corners=False`` weights), then in plane (PyTorch): it matches a single 3D
+    ``interpolate`` to float32 rounding (a few units in the last place), not bit for bit.
+    """
     shape = prepared.resampled_shape
     # the inverse crop/pad: model voxel v sits at v + offset in the resampled volume
     inv = tuple(-o for o in prepared.offset)
-    back = _crop_pad(np.asarray(array, np.float32), inv, shape, fill)
-    return _resize(back, prepared.scan_shape, nearest=nearest)
+    z0, z1, _ = (z or slice(None)).indices(prepared.scan_shape[2])
+    ks = np.arange(z0, max(z0, z1))
+    if ks.size == 0:
+        return np.zeros((*prepared.scan_shape[:2], 0), np.float32)
+    i0, i1, w0 = _axis_sources(shape[2], prepared.scan_shape[2], ks, nearest)
+    r0, r1 = int(i0.min()), int(i1.max()) + 1  # the resampled slices these scan slices read
+    back = _crop_pad(np.asarray(array, np.float32), (inv[0], inv[1], inv[2] + r0),
+                     (*shape[:2], r1 - r0), fill)
+    # along z first, with PyTorch's weights (the innermost axis of its 3D resize), then in
+    # plane with the z size unchanged (PyTorch then keeps each slice's value)
+    if not nearest and shape[2] != prepared.scan_shape[2]:
+        lo, hi = back[:, :, i0 - r0], back[:, :, i1 - r0]
+        lo *= w0
+        hi *= np.float32(1) - w0
+        lo += hi
+        back = lo
+    else:
+        back = back[:, :, i0 - r0]
+    return np.ascontiguousarray(_resize(back, (*prepared.scan_shape[:2], ks.size), nearest))

@@ -41,7 +41,7 @@ SECTIONS = [
      "real cached dataset and loader.  'data %' is the time spent waiting for the next batch.  On "
      "a CPU without bf16/fp16 units, bf16 does not pay and fp16 is far slower: use 32 or bf16 "
      "there; fp16 is for GPUs.  The loss columns agree across precisions (same seed, batches)."),
-    ("Scoring", "bench_score.py", ["--copies", "2"], ["--copies", "1"],
+    ("Scoring", "bench_score.py", ["--copies", "2", "--serial"], ["--copies", "1", "--serial"],
      "The real batch job (`medae score` internals: load, preprocess, reconstruct every slice, "
      "heat map, candidates, NIfTI/CSV/PNG outputs) on the BraTS FLAIR scans with the default "
      "`ae2d` architecture.  Target on 2 CPU cores: under 5 s per scan, I/O included."),

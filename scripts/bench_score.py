@@ -48,11 +48,15 @@ def _build_bundle(recipe: str, run: Path) -> None:
                 val_cases=[], calibration=cal)
 
 
-def _job(run: Path, manifest: Path, out: Path, device: str, workers: int, overlays: bool) -> dict:
+def _job(run: Path, manifest: Path, out: Path, device: str, workers: int, overlays: bool,
+         serial: bool = False) -> dict:
+    import medae.batch
     from medae.batch import score_sources
     from medae.io.discover import read_manifest
     from medae.scoring import load_model
 
+    if serial:  # each case written before the next is scored (the comparison run)
+        medae.batch.OVERLAP_VOXELS = 0
     model = load_model(run, device=device)
     sources = read_manifest(manifest)
     t0 = time.perf_counter()
@@ -62,12 +66,17 @@ def _job(run: Path, manifest: Path, out: Path, device: str, workers: int, overla
 
     with open(out / "scores.csv") as f:
         per = [float(r["seconds"]) for r in csv.DictReader(f) if r["status"] == "ok"]
+    stages: dict[str, float] = {}
+    for rec in out.glob("*/result.json"):
+        for name, sec in json.loads(rec.read_text()).get("stages", {}).items():
+            stages[name] = stages.get(name, 0.0) + sec / len(per)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     import torch
 
     gpu = torch.cuda.get_device_name() if model.device.type == "cuda" else None
     return {"n": len(per), "wall": wall, "per_scan_model": sum(per) / len(per),
-            "peak_mib": peak, "device": gpu or f"CPU ({os.cpu_count()} cores)"}
+            "peak_mib": peak, "device": gpu or f"CPU ({os.cpu_count()} cores)",
+            "stages": stages}
 
 
 def main() -> None:
@@ -79,12 +88,15 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=2, help="repeat each scan (more scans)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-overlays", action="store_true")
+    ap.add_argument("--serial", action="store_true",
+                    help="also run with each case written before the next is scored")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--child-serial", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         run, manifest, out = map(Path, args.child)
         print(json.dumps(_job(run, manifest, out, args.device, args.workers,
-                              not args.no_overlays)))
+                              not args.no_overlays, args.child_serial)))
         return
     pats = sorted((args.data / "brain" / "brats2013").glob("pat*"))
     if not pats:
@@ -101,21 +113,40 @@ def main() -> None:
                str(tmp / "out"), "--device", args.device, "--workers", str(args.workers)]
         if args.no_overlays:
             cmd.append("--no-overlays")
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode:
-            sys.exit(res.stderr)
-        r = json.loads(res.stdout.strip().splitlines()[-1])
-        shutil.rmtree(tmp / "out", ignore_errors=True)
+        runs = {}
+        for mode in (["overlapped", "serial"] if args.serial else ["overlapped"]):
+            res = subprocess.run(cmd + (["--child-serial"] if mode == "serial" else []),
+                                 capture_output=True, text=True)
+            if res.returncode:
+                sys.exit(res.stderr)
+            runs[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+            shutil.rmtree(tmp / "out", ignore_errors=True)
+    r = runs["overlapped"]
+    load = os.getloadavg()[0]
     print(f"Device: {r['device']}; {datetime.date.today().isoformat()}; {platform.machine()}, "
           f"Python {platform.python_version()}; recipe {args.recipe}, {r['n']} BraTS FLAIR scans "
           f"(240x240x155), {args.workers} prefetch workers, overlays "
-          f"{'off' if args.no_overlays else 'on'}.")
+          f"{'off' if args.no_overlays else 'on'}; load average {load:.1f} at the end.")
     print()
-    print("| seconds per scan (wall, I/O included) | scans/s | per-scan seconds in scores.csv "
-          "| peak MiB |")
-    print("|---|---|---|---|")
-    print(f"| {r['wall'] / r['n']:.2f} | {r['n'] / r['wall']:.2f} | {r['per_scan_model']:.2f} "
-          f"| {r['peak_mib']:.0f} |")
+    print("| run | seconds per scan (wall, I/O included) | scans/s | per-scan seconds in "
+          "scores.csv | peak MiB |")
+    print("|---|---|---|---|---|")
+    for mode, q in runs.items():
+        print(f"| {mode} | {q['wall'] / q['n']:.2f} | {q['n'] / q['wall']:.2f} "
+              f"| {q['per_scan_model']:.2f} | {q['peak_mib']:.0f} |")
+    if "serial" in runs:
+        ratio = runs["serial"]["wall"] / r["wall"]
+        print(f"\nWriting each case while the next is scored: {ratio:.2f}x the throughput of "
+              "writing before scoring the next (same run).")
+    total = sum(r["stages"].values())
+    if total:
+        print("\nStage seconds per scan (overlapped run; loading runs in the prefetch threads and "
+              "the writing in the writer thread, so stages overlap and their sum exceeds the "
+              "wall time per scan):\n")
+        print("| stage | seconds per scan | share of stage time |")
+        print("|---|---|---|")
+        for name, sec in r["stages"].items():
+            print(f"| {name} | {sec:.2f} | {100 * sec / total:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from medae.errors import MedaeError
 
@@ -24,12 +26,22 @@ DIR_MODE = 0o777 & ~_umask()
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
     """Write ``data`` to ``path`` atomically (same-folder temporary file, then ``os.replace``)."""
+    with atomic_open(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through, atomically: what is written goes to a
+    same-folder temporary file, synced and renamed into place when the block ends (removed if
+    it raises), so large outputs can be streamed without holding them in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
             os.fchmod(f.fileno(), FILE_MODE)
@@ -44,4 +56,3 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Pat
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return path

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from medae.errors import MedaeError, ScanReadError
-from medae.io.atomic import atomic_write_bytes
+from medae.io.atomic import atomic_open
 from medae.io.files import open_regular
 from medae.io.scan import Grid, Scan, check_affine
 
@@ -244,7 +244,13 @@ def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,
         header.extensions.clear()
     header["dim_info"] = header["dim_info"]
     img = cls(data, None, header=header)
-    payload = img.to_bytes()
-    if path.name.lower().endswith(".gz"):
-        payload = _gzip.compress(payload, compresslevel=1, mtime=0)  # reproducible bytes
-    return atomic_write_bytes(path, payload)
+    # streamed: nibabel writes the voxels in blocks through the compressor into the file, so
+    # no full-size serialised copy of the volume is ever held in memory
+    with atomic_open(path) as f:
+        if path.name.lower().endswith(".gz"):  # mtime 0, no file name: reproducible bytes
+            with _gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=f,
+                                mtime=0) as gz:
+                img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
+        else:
+            img.to_file_map({"image": nib.FileHolder(fileobj=f)})
+    return path

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from medae.masks import label, lookup
+
 _26 = np.ones((3, 3, 3), bool)  # 26-connectivity
 
 
@@ -41,32 +43,42 @@ def find_candidates(heat: np.ndarray, affine: np.ndarray, threshold: float,
                     min_volume_mm3: float = 0.0) -> tuple[np.ndarray, list[Candidate]]:
     """Label supra-threshold voxels (26-connectivity), drop small components, sort by max score.
 
-    Returns the label image (int32, 1 = strongest candidate) and the candidates.
+    Returns the label image (1 = strongest candidate; uint16, or int32 when there are 65,536
+    components or more) and the candidates.
     """
-    # int32 labels written directly and relabelled in place: CT-size volumes stay affordable
-    labels, n = ndimage.label(heat > threshold, structure=_26, output=np.int32)
+    # labels in uint16 when they fit, statistics within each component's bounding box and the
+    # relabelling in place chunk by chunk: no full-size 64-bit temporaries on CT-size volumes
+    labels, n = label(heat > threshold, _26)
     if n == 0:
         return labels, []
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
-    idx = np.arange(1, n + 1)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    maxes = ndimage.maximum(heat, labels, idx)
-    means = ndimage.mean(heat, labels, idx)
     boxes = ndimage.find_objects(labels)
-    keep = [i for i in range(n) if counts[i] * voxel_mm3 >= min_volume_mm3]
-    keep.sort(key=lambda i: (-maxes[i], -counts[i]))
-    relabel = np.zeros(n + 1, np.int32)
+    stats = []
+    for i, box in enumerate(boxes):
+        inside = labels[box] == i + 1
+        count = int(np.count_nonzero(inside))
+        if count * voxel_mm3 < min_volume_mm3:
+            continue
+        part = heat[box]
+        top = float(np.max(part, where=inside, initial=-np.inf))
+        total = float(np.sum(part, where=inside, dtype=np.float64))
+        # centroid from the per-axis projections (the voxel indices are never listed)
+        centroid = [s.start + float(np.dot(inside.sum(axis=tuple(a for a in range(3) if a != ax),
+                                                      dtype=np.int64),
+                                           np.arange(inside.shape[ax]))) / count
+                    for ax, s in enumerate(box)]
+        stats.append((i, count, top, total / count, centroid))
+    stats.sort(key=lambda t: (-t[2], -t[1]))
+    relabel = np.zeros(n + 1, labels.dtype)
     out = []
-    for new_id, i in enumerate(keep, start=1):
+    for new_id, (i, count, top, mean, centroid) in enumerate(stats, start=1):
         relabel[i + 1] = new_id
         box = boxes[i]
-        inside = np.argwhere(labels[box] == i + 1).mean(axis=0)  # within the bounding box only
-        centroid = inside + [s.start for s in box]
         world = affine @ np.r_[centroid, 1.0]
         out.append(Candidate(
-            id=new_id, voxels=int(counts[i]), volume_mm3=float(counts[i] * voxel_mm3),
+            id=new_id, voxels=count, volume_mm3=float(count * voxel_mm3),
             centroid_mm=tuple(float(v) for v in world[:3]),
             bbox=tuple(int(s.start) for s in box) + tuple(int(s.stop) for s in box),
-            max_score=float(maxes[i]), mean_score=float(means[i])))
-    np.take(relabel, labels, out=labels)
+            max_score=top, mean_score=mean))
+    lookup(relabel, labels, out=labels)
     return labels, out

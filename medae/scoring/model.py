@@ -8,7 +8,8 @@ the brain mask found at the scan's resolution (see :mod:`medae.scoring.heatmap`)
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from medae.device import check_precision, resolve_device
 from medae.errors import MedaeError
 from medae.io.discover import ScanSource
 from medae.io.scan import Scan
+from medae.masks import outer_erosion
 from medae.models.registry import model_config
 from medae.preprocess import (
     Prepared,
@@ -29,7 +31,7 @@ from medae.preprocess import (
     to_scan_space,
 )
 from medae.scoring.candidates import Candidate, find_candidates
-from medae.scoring.heatmap import MapConfig, anomaly_map, scan_score
+from medae.scoring.heatmap import MapConfig, anomaly_map_slabs, scan_score
 from medae.scoring.reconstruct import reconstruct
 from medae.scoring.threshold import pick_threshold
 
@@ -42,11 +44,15 @@ class ScanMap:
     analysed: np.ndarray  # bool: the brain mask, outer rim eroded, within the model's view
     brain_mask: np.ndarray  # bool: the whole brain mask
     mask_rule: str
-    recon: np.ndarray  # float32, the first input's reconstruction (normalised) on the scan's grid
+    # float32, the first input's reconstruction (normalised) on the scan's grid, when asked for
+    recon: np.ndarray | None
     latent: np.ndarray
     score: float
     # per input channel (multi-sequence models, when asked for): that channel's own map
     channel_maps: dict[str, np.ndarray] | None = None
+    # seconds per stage: "reconstruct" (the network), "heat map" (back to the scan's grid,
+    # residual, erosion, median filter, scan score)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,7 +61,7 @@ class ScoreResult:
 
     Attributes:
         heatmap: anomaly score per voxel (float32), zero outside ``analysed``.
-        labels: candidate label image (int32, 1 = strongest candidate).
+        labels: candidate label image (uint16, int32 beyond 65,535 components; 1 = strongest).
         candidates: the lesion candidates, strongest first.
         score: scan-level anomaly score; ``flagged``: score above the calibrated scan
             threshold (None when the bundle has none).
@@ -66,6 +72,7 @@ class ScoreResult:
         min_volume_mm3: the smallest candidate kept.
         reconstruction: the first input's reconstruction in its units (only when asked for).
         channel_maps: per input sequence, its own map (multi-sequence models, when asked for).
+        timings: seconds per stage ("reconstruct", "heat map", "candidates").
     """
 
     heatmap: np.ndarray
@@ -82,6 +89,7 @@ class ScoreResult:
     min_volume_mm3: float = 0.0
     reconstruction: np.ndarray | None = None
     channel_maps: dict[str, np.ndarray] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def scored_channels(preprocess: PreprocessConfig, map_config: MapConfig) -> list[int]:
@@ -107,7 +115,10 @@ def field_of_view(prep: Prepared) -> np.ndarray:
         line = torch.nn.functional.interpolate(torch.from_numpy(seen)[None, None], size=ss,
                                                mode="nearest-exact")[0, 0].numpy() > 0.5
         axes.append(line)
-    return axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
+    out = np.empty(tuple(len(a) for a in axes), bool)
+    np.logical_and(axes[0][:, None, None], axes[1][None, :, None], out=out)
+    out &= axes[2][None, None, :]
+    return out
 
 
 class AnomalyModel:
@@ -156,33 +167,57 @@ class AnomalyModel:
         """Read a case (the sequences this model reads, its mask) and prepare it."""
         return prepare_source(source, self.preprocess_config)
 
-    def scan_map(self, scan: Scan, prepared: Prepared, channel_maps: bool = False) -> ScanMap:
+    def scan_map(self, scan: Scan, prepared: Prepared, channel_maps: bool = False,
+                 with_reconstruction: bool = False, release_input: bool = False) -> ScanMap:
         """The heat map of ``scan`` (already prepared) on its own grid (``channel_maps``: also
-        each input channel's own map, for multi-sequence models)."""
+        each input channel's own map, for multi-sequence models; ``with_reconstruction``: also
+        the first input's reconstruction on the scan's grid, else ``recon`` is None;
+        ``release_input``: drop ``prepared.image`` and ``prepared.mask``, the model-space input,
+        once reconstructed, for a caller that scores it once and wants the memory back).
+
+        The map is computed in slabs of axial slices (see :func:`anomaly_map_slabs`): the
+        reconstruction is brought to the scan's grid and the scan normalised one slab at a time,
+        so the full-size arrays are the map and the masks, whatever the volume's size.
+        """
         prep = prepared
         if prep.native_mask is None or prep.native_inputs is None:
             raise ValueError("scan_map needs a scan prepared with keep_native=True")
+        t0 = time.perf_counter()
         recon, code = reconstruct(self.network, prep.image, prep.mask,
                                   batch_size=self.batch_size, device=self.device,
                                   precision=self.precision)
+        t1 = time.perf_counter()
         native, rule = prep.native_mask, prep.mask_rule
         clip = self.preprocess_config.clip
-        recons = [to_scan_space(r, prep) for r in recon]
-        images = [apply_normalisation(a, st, clip)
-                  for a, st in zip(prep.native_inputs, prep.stats, strict=True)]
         cfg = self.map_config
-        region = native & field_of_view(prep)
-        heat, analysed = anomaly_map([images[c] for c in self.scored],
-                                     [recons[c] for c in self.scored], region, cfg, scan.spacing)
+        region = field_of_view(prep)
+        if release_input:
+            prep.image = prep.mask = None
+        np.logical_and(region, native, out=region)
+        analysed = outer_erosion(region, cfg.erode_mm, scan.spacing)
+        del region
+
+        held = [recon]  # (C, x, y, z) model space; let go before the score's copy below
+        del recon
+
+        def channels(z: slice, which=None):
+            picked = self.scored if which is None else (which,)
+            return [(apply_normalisation(prep.native_inputs[c][:, :, z], prep.stats[c], clip),
+                     to_scan_space(held[0][c], prep, z=z)) for c in picked]
+
+        heat, _ = anomaly_map_slabs(channels, analysed, cfg, scan.spacing, eroded=True)
         per_channel = None
-        if channel_maps and len(images) > 1:
-            names = prep.inputs or tuple(str(c) for c in range(len(images)))
-            per_channel = {name: anomaly_map(im, rc, region, cfg, scan.spacing)[0]
-                           for name, im, rc in zip(names, images, recons, strict=True)}
+        if channel_maps and len(held[0]) > 1:
+            names = prep.inputs or tuple(str(c) for c in range(len(held[0])))
+            per_channel = {name: anomaly_map_slabs(lambda z, c=c: channels(z, c), analysed, cfg,
+                                                   scan.spacing, eroded=True)[0]
+                           for c, name in enumerate(names)}
+        first = to_scan_space(held[0][0], prep) if with_reconstruction else None
+        held.clear()
+        score = scan_score(heat, analysed, cfg.scan_percentile)
         return ScanMap(heatmap=heat, analysed=analysed, brain_mask=native, mask_rule=rule,
-                       recon=recons[0], latent=code,
-                       score=scan_score(heat, analysed, cfg.scan_percentile),
-                       channel_maps=per_channel)
+                       recon=first, latent=code, score=score, channel_maps=per_channel,
+                       timings={"reconstruct": t1 - t0, "heat map": time.perf_counter() - t1})
 
     def resolve_threshold(self, fpr: float | None = None, threshold: float | None = None
                           ) -> tuple[float, str]:
@@ -190,17 +225,22 @@ class AnomalyModel:
 
     def score(self, scan: Scan, *, mask: np.ndarray | None = None, fpr: float | None = None,
               threshold: float | None = None, prepared: Prepared | None = None,
-              with_reconstruction: bool = False, channel_maps: bool = False) -> ScoreResult:
+              with_reconstruction: bool = False, channel_maps: bool = False,
+              release_input: bool = False) -> ScoreResult:
         """Score one scan (``mask``: optional brain mask on the scan's array grid; a
-        multi-sequence model needs ``prepared``, e.g. from :meth:`load`)."""
+        multi-sequence model needs ``prepared``, e.g. from :meth:`load`; ``release_input``: see
+        :meth:`scan_map`)."""
         thr, rule = self.resolve_threshold(fpr, threshold)
         if prepared is None and self.channels > 1:
             raise ValueError(f"this model reads {self.channels} sequences: prepare the scan with "
                              "AnomalyModel.load(source) or prepare(scan, channels=...)")
         prep = prepared if prepared is not None else self.prepare(scan, mask)
-        m = self.scan_map(scan, prep, channel_maps=channel_maps)
+        m = self.scan_map(scan, prep, channel_maps=channel_maps,
+                          with_reconstruction=with_reconstruction, release_input=release_input)
+        t0 = time.perf_counter()
         labels, cands = find_candidates(m.heatmap, scan.affine, thr,
                                         self.map_config.min_volume_mm3)
+        timings = {**m.timings, "candidates": time.perf_counter() - t0}
         scan_thr = (self.calibration or {}).get("scan_threshold")
         recon_scan = None
         if with_reconstruction:
@@ -211,7 +251,8 @@ class AnomalyModel:
                            threshold=thr, threshold_rule=rule, latent=m.latent,
                            analysed=m.analysed, brain_mask=m.brain_mask, mask_rule=m.mask_rule,
                            min_volume_mm3=self.map_config.min_volume_mm3,
-                           reconstruction=recon_scan, channel_maps=m.channel_maps)
+                           reconstruction=recon_scan, channel_maps=m.channel_maps,
+                           timings=timings)
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
