@@ -9,8 +9,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from medae import __version__
 from medae.errors import MedaeError, failure_reason
+from medae.version import __version__
 
 log = logging.getLogger("medae")
 
@@ -142,7 +142,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from medae.bundle import convert_checkpoint
+    from medae.convert import convert_checkpoint
 
     run = convert_checkpoint(args.checkpoint, args.config, args.output,
                              trust_pickle_code_execution=args.trust_pickle_code_execution)
