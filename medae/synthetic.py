@@ -33,7 +33,6 @@ rebuilds the shipped files.
 
 from __future__ import annotations
 
-import csv
 import functools
 import gzip
 import json
@@ -48,6 +47,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from medae.io.atomic import atomic_write_csv
 
 PARAMS_VERSION = 1
 TEMPLATE_NAME = "mni_icbm152_2009a_sym_2mm"
@@ -750,12 +751,7 @@ def write_dataset(out_dir: str | os.PathLike, *, n_healthy: int, n_patients: int
                       "lesion_volumes_mm3": [round(v, 1) for v in case.lesion_volumes_mm3]})
 
     def write_csv(name: str, header: list[str], rows: list[list]) -> Path:
-        path = out / name
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(header)
-            w.writerows(rows)
-        return path
+        return atomic_write_csv(out / name, header, rows)
 
     summary: dict[str, Any] = {
         "generator": "medae.synthetic", "version": PARAMS_VERSION, "template": TEMPLATE_NAME,
