@@ -23,6 +23,7 @@ from medae.evaluation.evaluate import evaluate
 from medae.evaluation.report import write_report
 from medae.io.atomic import atomic_write_bytes, atomic_write_csv
 from medae.io.discover import read_manifest
+from medae.io.nifti import write_nifti
 from medae.report import write_index
 from medae.scoring import load_model
 from medae.synthetic import write_dataset
@@ -91,7 +92,7 @@ def _test_manifest(data: Path, held_out) -> Path:
     """Patients (with labels) plus the held-out healthy subject with an empty label."""
     img = nib.load(held_out.path)
     empty = data / "healthy" / f"{held_out.case_id}_nolesion.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), empty)
+    write_nifti(np.zeros(img.shape, np.uint8), empty, header=img.header, descrip="no lesion")
     with open(data / "patients.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     rows.append({"case_id": held_out.case_id, "image": os.path.relpath(held_out.path, data),

@@ -49,6 +49,7 @@ import numpy as np
 from scipy import ndimage
 
 from medae.io.atomic import atomic_write_csv
+from medae.io.nifti import write_nifti
 
 PARAMS_VERSION = 1
 TEMPLATE_NAME = "mni_icbm152_2009a_sym_2mm"
@@ -558,27 +559,18 @@ def _paint_lesion(t1: np.ndarray, labels: np.ndarray, value: int, lesion: dict[s
 # ------------------------------------------------------------------------------------------------
 # writing
 
-def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, dtype, descrip: str) -> None:
-    img = nib.Nifti1Image(data, affine)
-    img.set_data_dtype(dtype)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header.set_sform(affine, code=1)
-    img.header.set_qform(affine, code=1)
-    img.header["descrip"] = descrip.encode()[:79]
-    nib.save(img, path)
-
-
 def write_case_nifti(case: SyntheticCase, stem: Path) -> dict[str, Path]:
     """Write ``<stem>.nii.gz`` (int16 with scaling), ``<stem>_brain.nii.gz`` and, for patients,
     ``<stem>_lesion.nii.gz`` (uint8, lesion i as value i + 1).  Returns the paths."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = {"image": stem.with_name(stem.name + ".nii.gz"),
            "mask": stem.with_name(stem.name + "_brain.nii.gz")}
-    _save_nifti(case.image, case.affine, out["image"], np.int16, "medae synthetic T1")
-    _save_nifti(case.brain.astype(np.uint8), case.affine, out["mask"], np.uint8, "brain mask")
+    write_nifti(case.image, out["image"], affine=case.affine, dtype=np.int16,
+                descrip="medae synthetic T1")
+    write_nifti(case.brain.astype(np.uint8), out["mask"], affine=case.affine, descrip="brain mask")
     if case.params.get("lesions"):
         out["label"] = stem.with_name(stem.name + "_lesion.nii.gz")
-        _save_nifti(case.lesion_labels, case.affine, out["label"], np.uint8, "lesion labels")
+        write_nifti(case.lesion_labels, out["label"], affine=case.affine, descrip="lesion labels")
     return out
 
 
@@ -666,12 +658,12 @@ def write_case_dicom(case: SyntheticCase, folder: Path, *, case_id: str,
         ds.save_as(path, enforce_file_format=True)
     grid = _series_grid(a, case.image.shape)
     out = {"image": folder, "mask": folder.with_name(folder.name + "_brain.nii.gz")}
-    _save_nifti(case.brain[::-1, ::-1, :].astype(np.uint8), grid, out["mask"], np.uint8,
-                "brain mask (DICOM series grid)")
+    write_nifti(case.brain[::-1, ::-1, :].astype(np.uint8), out["mask"], affine=grid,
+                descrip="brain mask (DICOM series grid)")
     if case.params.get("lesions"):
         out["label"] = folder.with_name(folder.name + "_lesion.nii.gz")
-        _save_nifti(np.ascontiguousarray(case.lesion_labels[::-1, ::-1, :]), grid, out["label"],
-                    np.uint8, "lesion labels (DICOM series grid)")
+        write_nifti(np.ascontiguousarray(case.lesion_labels[::-1, ::-1, :]), out["label"],
+                    affine=grid, descrip="lesion labels (DICOM series grid)")
     return out
 
 
