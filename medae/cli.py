@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medae {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Each command spells out its own options: the runs of add_argument calls below look alike
+    # (a duplicate-code finder pairs train's with score's) but name different flags and helps.
 
     info = sub.add_parser(
         "info", help="list the scans found in files, folders or manifests",
