@@ -1,7 +1,5 @@
 """medae: unsupervised anomaly detection in medical images with autoencoders."""
 
-__version__ = "0.1.0"
-
 from medae.errors import MedaeError, ScanReadError, SeriesSelectionError
 from medae.io import (
     Scan,
@@ -11,6 +9,7 @@ from medae.io import (
     read_manifest,
     write_on_grid,
 )
+from medae.version import __version__
 
 
 def __getattr__(name: str):

@@ -45,12 +45,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medae import __version__
 from medae.errors import MedaeError, failure_reason
 from medae.io.atomic import DIR_MODE, atomic_write_bytes
 from medae.io.discover import ScanSource, is_case_folder, safe_id
 from medae.io.nifti import write_on_grid
 from medae.scoring.model import AnomalyModel, ScoreResult
+from medae.version import __version__
 
 SCORE_COLUMNS = ["case_id", "source", "score", "flagged", "n_candidates", "status", "seconds"]
 CANDIDATE_COLUMNS = ["id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm",

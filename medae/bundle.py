@@ -21,13 +21,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from medae import __version__
 from medae.config import validate_config
 from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes
 from medae.io.files import read_regular
 from medae.models import create_model, list_models
 from medae.preprocess import PreprocessConfig
+from medae.scoring.heatmap import MapConfig  # part 2: the recipe's scoring schema, in config
+from medae.version import __version__
 
 #: suffixes of pickle-based checkpoints (loading one can run arbitrary code): refused
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
@@ -72,15 +73,6 @@ def save_bundle(run: str | os.PathLike, model: torch.nn.Module, config: dict, *,
     atomic_write_bytes(run / WEIGHTS, payload)
     atomic_write_bytes(run / META, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
     return run
-
-
-def update_meta(run: str | os.PathLike, **fields: Any) -> dict:
-    """Replace top-level fields of ``model.json`` (e.g. ``calibration``), atomically."""
-    path = Path(run) / META
-    meta = _read_meta(path)
-    meta.update(fields)
-    atomic_write_bytes(path, (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode())
-    return meta
 
 
 def _read_meta(path: Path) -> dict:
@@ -167,7 +159,8 @@ def load_bundle(run: str | os.PathLike, device: str | torch.device = "cpu") -> B
     """Load and validate a bundle; the network is returned in eval mode on ``device``.
 
     Nothing is unpickled: weights are read from safetensors.  A pickle-based checkpoint (or a
-    folder holding one and no ``model.json``) is refused; see :func:`convert_checkpoint`.
+    folder holding one and no ``model.json``) is refused; see
+    :func:`medae.convert.convert_checkpoint`.
     """
     run = Path(run)
     _refuse_pickles(run)
@@ -189,8 +182,6 @@ def load_bundle(run: str | os.PathLike, device: str | torch.device = "cpu") -> B
     _check(isinstance(pre, dict), meta_path, "preprocess: missing")
     config = meta.get("config")
     _check(isinstance(config, dict), meta_path, "config: missing (the training recipe)")
-    from medae.scoring.heatmap import MapConfig
-
     try:
         validate_config(config)
         MapConfig.from_dict(config.get("scoring"))
@@ -221,57 +212,3 @@ def load_bundle(run: str | os.PathLike, device: str | torch.device = "cpu") -> B
         raise MedaeError(wpath, f"weights do not fit the architecture ({str(exc)[:200]})") from None
     model.to(device).eval()
     return Bundle(path=run, model=model, preprocess=pre_cfg, meta=meta)
-
-
-def convert_checkpoint(checkpoint: str | os.PathLike, config: str | os.PathLike,
-                       output: str | os.PathLike, *, trust_pickle_code_execution: bool = False
-                       ) -> Path:
-    """Turn a pickle-based PyTorch checkpoint into a medae bundle (safetensors + model.json).
-
-    Unpickling can run arbitrary code, so this runs only with ``trust_pickle_code_execution``
-    set by the user.  The checkpoint holds a state dict, or a dict with a ``"model"`` or
-    ``"state_dict"`` entry; the network is built from the recipe ``config`` and the weights are
-    loaded strictly.  The bundle has no calibrated thresholds (score with ``--threshold``).
-    """
-    from medae.config import load_config
-    from medae.train import model_kwargs
-
-    checkpoint, output = Path(checkpoint), Path(output)
-    if not trust_pickle_code_execution:
-        raise MedaeError(checkpoint, "converting a pickle-based checkpoint unpickles it, which can "
-                                     "run arbitrary code: pass --trust-pickle-code-execution "
-                                     "only if you trust its origin")
-    if (output / META).exists():
-        raise MedaeError(output, "already holds a model bundle (choose a new folder)")
-    cfg = load_config(config)
-    if not checkpoint.is_file():
-        raise MedaeError(checkpoint, "no such file")
-    try:
-        obj = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as exc:  # pickle and torch raise many types for foreign files
-        raise MedaeError(checkpoint, f"cannot load checkpoint ({type(exc).__name__}: "
-                                     f"{str(exc)[:200]})") from None
-    state = obj
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                state = obj[key]
-                break
-    if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise MedaeError(checkpoint, "holds no state dict (expected a dict of tensors, or a dict "
-                                     "with a 'model' or 'state_dict' entry)")
-    try:
-        model = create_model(**model_kwargs(cfg))
-        model.load_state_dict(state, strict=True)
-    except MedaeError:
-        raise
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise MedaeError(checkpoint, f"weights do not fit the recipe's architecture "
-                                     f"({' '.join(str(exc).split())[:200]})") from None
-    output.mkdir(parents=True, exist_ok=True)
-    training = {"note": f"converted from the pickle-based checkpoint {checkpoint.name} with "
-                        "--trust-pickle-code-execution; not trained by medae, not calibrated",
-                "converted_from": checkpoint.name, "medae_version": __version__}
-    return save_bundle(output, model, cfg, training=training, intensity=[], val_cases=[],
-                       calibration=None)

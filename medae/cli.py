@@ -9,8 +9,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from medae import __version__
 from medae.errors import MedaeError, failure_reason
+from medae.version import __version__
 
 log = logging.getLogger("medae")
 
@@ -142,7 +142,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from medae.bundle import convert_checkpoint
+    from medae.convert import convert_checkpoint
 
     run = convert_checkpoint(args.checkpoint, args.config, args.output,
                              trust_pickle_code_execution=args.trust_pickle_code_execution)
@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medae {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Each command spells out its own options: the runs of add_argument calls below look alike
+    # (a duplicate-code finder pairs train's with score's) but name different flags and helps.
 
     info = sub.add_parser(
         "info", help="list the scans found in files, folders or manifests",

@@ -21,8 +21,9 @@ from medae.config import load_config
 from medae.errors import MedaeError
 from medae.evaluation.evaluate import evaluate
 from medae.evaluation.report import write_report
-from medae.io.atomic import atomic_write_bytes
+from medae.io.atomic import atomic_write_bytes, atomic_write_csv
 from medae.io.discover import read_manifest
+from medae.io.nifti import write_nifti
 from medae.report import write_index
 from medae.scoring import load_model
 from medae.synthetic import write_dataset
@@ -91,16 +92,13 @@ def _test_manifest(data: Path, held_out) -> Path:
     """Patients (with labels) plus the held-out healthy subject with an empty label."""
     img = nib.load(held_out.path)
     empty = data / "healthy" / f"{held_out.case_id}_nolesion.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), empty)
+    write_nifti(np.zeros(img.shape, np.uint8), empty, header=img.header, descrip="no lesion")
     with open(data / "patients.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    lines = ["case_id,image,mask,label"]
-    lines += [f"{r['case_id']},{r['image']},{r['mask']},{r['label']}" for r in rows]
-    lines.append(f"{held_out.case_id},{os.path.relpath(held_out.path, data)},"
-                 f"{os.path.relpath(held_out.mask, data)},{os.path.relpath(empty, data)}")
-    path = data / "test.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    rows.append({"case_id": held_out.case_id, "image": os.path.relpath(held_out.path, data),
+                 "mask": os.path.relpath(held_out.mask, data),
+                 "label": os.path.relpath(empty, data)})
+    return atomic_write_csv(data / "test.csv", ["case_id", "image", "mask", "label"], rows)
 
 
 def _summary(metrics: dict, healthy_id: str, seconds: float) -> dict:

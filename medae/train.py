@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from medae import __version__
 from medae.bundle import save_bundle
 from medae.config import dump_config, validate_config
 from medae.data import (
@@ -44,6 +43,7 @@ from medae.scoring.calibration import calibrate_crossfit, calibrate_model
 from medae.scoring.heatmap import MapConfig
 from medae.scoring.model import AnomalyModel, scored_channels
 from medae.scoring.reconstruct import autocast_context
+from medae.version import __version__
 
 log = logging.getLogger("medae")
 CHECKPOINT = "checkpoint.pt"

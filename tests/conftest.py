@@ -66,41 +66,20 @@ def write_phantoms(folder: Path, n: int, shape=(24, 28, 20), seed: int = 0,
 def write_dicom_volume(folder: Path, volume, spacing=(2.0, 2.0, 2.0), *, series_number=3,
                        patient_name="Doe^Jane", patient_id="PID-12345",
                        series_description="T2 FLAIR") -> list[Path]:
-    """Write a (X, Y, Z) int16 volume as an axial MR DICOM series (one file per slice)."""
+    """Write a (X, Y, Z) int16 volume as an axial MR DICOM series (one file per slice,
+    IM0000.dcm ...), axes along LPS, first voxel at the origin, random UIDs, with identifiers
+    (name, ID, birth date, accession number) that must never reach an output."""
     import numpy as np
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid, study_uid = generate_uid(), generate_uid()
-    paths = []
-    for k in range(volume.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = folder / f"IM{k:04d}.dcm"
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.PatientName, ds.PatientID = patient_name, patient_id
-        ds.PatientBirthDate, ds.AccessionNumber = "19700101", "ACC-998877"
-        ds.SeriesDescription, ds.Modality, ds.SeriesNumber = series_description, "MR", series_number
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [0.0, 0.0, float(k * spacing[2])]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
-        ds.SliceThickness = float(spacing[2])
-        pixels = np.ascontiguousarray(volume[:, :, k].T).astype("<i2")
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit, ds.PixelRepresentation = 15, 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1.0, 0.0
-        ds.PixelData = pixels.tobytes()
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    from medae.synthetic import write_dicom_series
+
+    positions = [(0.0, 0.0, float(k * spacing[2])) for k in range(volume.shape[2])]
+    attributes = {"PatientName": patient_name, "PatientID": patient_id,
+                  "PatientBirthDate": "19700101", "AccessionNumber": "ACC-998877",
+                  "SeriesDescription": series_description, "SeriesNumber": series_number}
+    return write_dicom_series(folder, np.asarray(volume), positions=positions,
+                              orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), spacing=spacing,
+                              attributes=attributes, first_file=0)
 
 
 TINY_2D = ["model.channels=[8, 16, 32]", "preprocess.spacing=[2, 2, 2]",

@@ -10,7 +10,7 @@ import pytest
 from conftest import shared
 
 from medae import MedaeError, load_scan, write_on_grid
-from medae.io.nifti import read_nifti
+from medae.io.nifti import read_nifti, write_nifti
 
 
 def _oblique_affine() -> np.ndarray:
@@ -96,6 +96,25 @@ def test_uncompressed_and_uint8_label_write(tmp_path):
     back = nib.load(out)
     assert back.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asanyarray(back.dataobj), (data > 0).astype(np.uint8))
+
+
+def test_write_nifti_new_grid_scaled_and_reproducible(tmp_path):
+    """The one NIfTI writer on a new grid: sform and qform code 1 in mm, float data kept
+    through int16 scaling, the same bytes twice (a zero gzip time stamp)."""
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 1000, (6, 7, 8)).astype(np.float32)
+    affine = np.array([[0, 0, 2.0, -10], [-1.5, 0, 0, 20], [0, 1.5, 0, -30], [0, 0, 0, 1]])
+    a = write_nifti(data, tmp_path / "a.nii.gz", affine=affine, dtype=np.int16, descrip="t")
+    b = write_nifti(data, tmp_path / "b.nii.gz", affine=affine, dtype=np.int16, descrip="t")
+    assert a.read_bytes() == b.read_bytes()
+    img = nib.load(a)
+    assert img.get_data_dtype() == np.int16
+    assert int(img.header["sform_code"]) == int(img.header["qform_code"]) == 1
+    assert img.header.get_xyzt_units()[0] == "mm" and img.header["descrip"] == b"t"
+    np.testing.assert_allclose(img.affine, affine, atol=1e-6)
+    assert np.abs(img.get_fdata() - data).max() < 0.02
+    with pytest.raises(ValueError, match="exactly one"):
+        write_nifti(data, tmp_path / "c.nii.gz")
 
 
 def test_written_files_carry_no_source_free_text(tmp_path):

@@ -198,6 +198,25 @@ def test_atomic_write_disk_full(monkeypatch, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
 
 
+def test_atomic_csv_quotes_values_and_replaces_whole(monkeypatch, tmp_path):
+    """The one CSV writer: commas, quotes and line breaks in values survive a round trip;
+    mapping rows drop unknown keys and leave missing ones empty; a failed write leaves the old
+    table as it was."""
+    target = tmp_path / "t.csv"
+    rows = [{"case_id": "a,b", "path": 'say "x"', "extra": 1}, {"case_id": "c\nd"}, ["e", None]]
+    atomic.atomic_write_csv(target, ["case_id", "path"], rows)
+    with open(target, newline="") as f:
+        back = list(csv.reader(f))
+    assert back == [["case_id", "path"], ["a,b", 'say "x"'], ["c\nd", ""], ["e", ""]]
+    assert target.read_bytes().startswith(b"case_id,path\n")
+    before = target.read_bytes()
+    _fail_writes(monkeypatch)
+    with pytest.raises(MedaeError, match="no space left"):
+        atomic.atomic_write_csv(target, ["case_id"], [["z"]])
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
+
+
 def test_batch_disk_full_records_the_case_and_continue_redoes_it(tiny_model, monkeypatch,
                                                                  tmp_path):
     inp = tmp_path / "in"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from medae.errors import MedaeError
 
@@ -56,3 +58,20 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_csv(path: str | os.PathLike, columns: Sequence[str],
+                     rows: Iterable[Mapping[str, Any] | Sequence[Any]]) -> Path:
+    """Write a CSV table atomically: the header ``columns``, then one line per row.
+
+    A row is a mapping by column name (keys not in ``columns`` are left out, missing ones and
+    ``None`` are empty) or a sequence in column order.  Values are quoted by the ``csv`` module
+    where they need it (a comma, a quote or a line break); lines end with ``\\n``.
+    """
+    columns = list(columns)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for row in rows:
+        w.writerow([row.get(c, "") for c in columns] if isinstance(row, Mapping) else row)
+    return atomic_write_bytes(path, buf.getvalue().encode())

@@ -16,7 +16,7 @@ import numpy as np
 
 from medae.errors import MedaeError, ScanReadError
 from medae.io import dicom
-from medae.io.files import NOT_REGULAR, is_regular, read_regular
+from medae.io.files import NOT_REGULAR, is_regular, read_regular, walk_files
 from medae.io.nifti import is_nifti_path, read_nifti
 from medae.io.scan import Scan
 from medae.io.sequences import SequenceRef, nnunet_parts, on_grid
@@ -150,7 +150,7 @@ def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list
             raise MedaeError(root, NOT_REGULAR)
         files, base, notes = [root], root.parent, []
     else:
-        (files, notes), base = _walk(root), root
+        (files, notes), base = walk_files(root, skip_dir=is_case_folder), root
     sources: list[ScanSource] = []
     cleaned: set[Path] = set()  # names changed by cleaning give way to names kept as they are
     other: list[Path] = []
@@ -246,25 +246,6 @@ def is_case_folder(folder: str | os.PathLike, source: str | None = None) -> bool
     if not isinstance(row, dict) or row.get("case_id") != folder.name:
         return False
     return source is None or row.get("source") == source
-
-
-def _walk(root: Path) -> tuple[list[Path], list[str]]:
-    """Regular files under ``root`` (hidden entries and medae's own case folders skipped), and
-    a note for each entry that is not a regular file (never opened: a pipe would block)."""
-    out, notes = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames
-                             if not d.startswith(".") and not is_case_folder(here / d))
-        for name in sorted(filenames):
-            path = here / name
-            if name.startswith("."):
-                continue
-            if not is_regular(path) and os.path.exists(path):
-                notes.append(f"{path}: skipped, {NOT_REGULAR}")
-                continue
-            out.append(path)  # a dangling link stays: reading it fails with a clear reason
-    return out, notes
 
 
 def _suffix(source: ScanSource, base: Path) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from medae.errors import ScanReadError
@@ -53,3 +55,27 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
     if len(data) > limit:
         raise ScanReadError(path, f"larger than {limit} bytes: not read")
     return data
+
+
+def walk_files(root: str | os.PathLike, skip_dir: Callable[[Path], bool] | None = None
+               ) -> tuple[list[Path], list[str]]:
+    """The files under the folder ``root``, recursively, in sorted order, and one note per entry
+    that is not a regular file (a pipe, device or socket: listed, never opened, so never read).
+
+    Hidden entries (names starting with a dot) are skipped, and so are folders for which
+    ``skip_dir`` is true.  A dangling link stays in the list: reading it fails with a reason.
+    """
+    out, notes = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not (skip_dir is not None and skip_dir(here / d)))
+        for name in sorted(filenames):
+            path = here / name
+            if name.startswith("."):
+                continue
+            if not is_regular(path) and os.path.exists(path):
+                notes.append(f"{path}: skipped, {NOT_REGULAR}")
+                continue
+            out.append(path)
+    return out, notes

@@ -222,27 +222,49 @@ def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,
     data = np.asarray(scan.to_grid(array)).astype(dtype, copy=False)
     grid = scan.grid
     if grid.header is not None:
-        header = grid.header.copy()
+        return write_nifti(data, path, header=grid.header)
+    return write_nifti(data, path, affine=grid.affine)
+
+
+def write_nifti(data: np.ndarray, path: str | os.PathLike, *, affine: np.ndarray | None = None,
+                header: nib.Nifti1Header | None = None, dtype: np.dtype | type | None = None,
+                descrip: str = "medae") -> Path:
+    """Write the 3D array ``data`` as NIfTI: the one NIfTI writer (atomic, reproducible bytes).
+
+    The grid is either ``affine`` (voxel index -> RAS+ mm; a new NIfTI-1 header with sform and
+    qform set to it, code 1, units mm) or a source ``header`` whose geometry (sform/qform
+    matrices and codes, NIfTI-1 or -2) is kept while its free-text fields and extensions are
+    dropped (they can hold identifiers).  Voxels are stored as ``dtype`` (default: the array's
+    own); nibabel picks scl_slope/scl_inter only when an integer type has to hold float data.
+    ``descrip`` fills the description field.  ``.nii.gz`` is deflated at level 1 with a zero
+    time stamp, so the same array gives the same bytes.
+    """
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise ValueError(f"{path}: output must be named .nii or .nii.gz")
+    if (affine is None) == (header is None):
+        raise ValueError("write_nifti: give exactly one of affine and header")
+    if header is not None:
+        header = header.copy()
         cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
         header.set_data_shape(data.shape)
     else:
         cls = nib.Nifti1Image
         header = nib.Nifti1Header()
         header.set_data_shape(data.shape)
-        header.set_sform(grid.affine, code=1)
-        header.set_qform(grid.affine, code=1)
+        header.set_sform(affine, code=1)
+        header.set_qform(affine, code=1)
         header.set_xyzt_units("mm", "sec")
-    header.set_data_dtype(data.dtype)
+    header.set_data_dtype(data.dtype if dtype is None else dtype)
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"], header["cal_max"] = 0.0, 0.0
     header["intent_code"] = 0
-    header["descrip"] = b"medae"
+    header["descrip"] = descrip.encode()[:79]
     for text_field in ("aux_file", "intent_name", "db_name"):  # free text from the source
         if text_field in header:  # (dcm2niix puts names, IDs, dates in extensions: dropped)
             header[text_field] = b""
     if getattr(header, "extensions", None) is not None:
         header.extensions.clear()
-    header["dim_info"] = header["dim_info"]
     img = cls(data, None, header=header)
     # streamed: nibabel writes the voxels in blocks through the compressor into the file, so
     # no full-size serialised copy of the volume is ever held in memory

@@ -15,6 +15,7 @@ from medae.io.dicom.mosaic import _read_mosaic
 from medae.io.dicom.pixels import _file_pixels
 from medae.io.dicom.series import DicomSeries
 from medae.io.dicom.values import _clean
+from medae.io.files import walk_files
 from medae.io.nifti import MAX_VOXELS
 from medae.io.scan import Grid, Scan
 
@@ -83,23 +84,14 @@ def _check_finite(where: Path, data: np.ndarray) -> None:
 # ------------------------------------------------------------------------------------------------
 # folders
 
-def _list_files(folder: Path) -> list[Path]:
-    if folder.is_file():
-        return [folder]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return out
-
-
 def load_dicom_folder(folder: str | os.PathLike, series: str | None = None) -> Scan:
     """Load the one DICOM image series under ``folder`` (or the one picked by key)."""
     folder = Path(folder)
     if not folder.exists():
         raise ScanReadError(folder, "no such file or folder")
-    files = _list_files(folder)
-    found, notes = find_dicom_series(files)
+    files, notes = ([folder], []) if folder.is_file() else walk_files(folder)
+    found, dicom_notes = find_dicom_series(files)
+    notes += dicom_notes
     if not found:
         if folder.is_file() and notes:
             reason = notes[0].split(": skipped, ", 1)[-1]
