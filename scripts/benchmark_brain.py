@@ -16,14 +16,20 @@ calibration or any setting.  Every recipe gets the preprocessing and post-proces
 configs/brain_flair.yaml, so only the model differs; the intensity baseline is scored on the same
 voxels, and "raw" is the FLAIR value itself inside the brain mask at the scan's resolution with no
 post-processing (the number a reviewer computes first).  Thresholds are the calibrated default
-(at most one false-positive candidate per healthy calibration scan on average).  Writes
-docs/benchmark_results.md (and, with --readme, the README's results section).
+(at most one false-positive candidate per healthy calibration scan on average), and Dice is also
+reported at 1% healthy-voxel FPR.  Every finished run's figures go into docs/benchmark_runs.json
+(with the commit, date, machine and a hash of the recipe and protocol), which is committed: a run
+already there is not repeated (--rerun forces it), so the full benchmark, days on a CPU, can be
+done a few runs at a time (--tests, --recipes, --seeds) on any machine.  The tables in
+docs/benchmark_results.md (and, with --readme, the README's results section) are built from that
+file.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import statistics
@@ -105,6 +111,39 @@ def _protocol_overrides() -> list[str]:
     return sets
 
 
+#: every finished run's figures, committed: the table is built from it, so a benchmark that takes
+#: longer than one sitting (the full one does on a CPU) adds runs across sessions and machines
+LEDGER = ROOT / "docs" / "benchmark_runs.json"
+RESULTS = ROOT / "docs" / "benchmark_results.md"
+
+
+def _protocol(base: str, sets: list[str], steps: int | None) -> str:
+    """A short hash of what decides a run's result: the recipe file, the benchmark protocol and
+    the overrides; a run of an older protocol is not reused."""
+    text = (ROOT / "configs" / f"{base}.yaml").read_text()
+    blob = json.dumps([text, sets, steps], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _load_ledger() -> list[dict]:
+    return json.loads(LEDGER.read_text())["runs"] if LEDGER.exists() else []
+
+
+def _save_ledger(runs: list[dict]) -> None:
+    runs = sorted(runs, key=lambda r: (r["dataset"], r["test"], r["recipe"], r["seed"],
+                                       r["protocol"]))
+    doc = {"about": "One entry per benchmark run of scripts/benchmark_brain.py (written by it); "
+                    "'protocol' hashes the recipe file, the protocol overrides and the steps; "
+                    "'commit' is the code that trained and scored the model.", "runs": runs}
+    tmp = LEDGER.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, LEDGER)
+
+
+def _find(runs: list[dict], **key) -> dict | None:
+    return next((r for r in runs if all(r.get(k) == v for k, v in key.items())), None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path,
@@ -114,74 +153,113 @@ def main() -> None:
                     help="one fold per dataset and --steps 400 (about an hour on 2 CPU cores)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--recipes", nargs="+", default=RECIPES)
+    ap.add_argument("--tests", nargs="+", metavar="PATIENT",
+                    help="test patients to run (default: every one, or the last with --quick)")
     ap.add_argument("--steps", type=int, help="training steps per model (default: the recipe's)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--rerun", action="store_true",
+                    help="train again even where docs/benchmark_runs.json has the run")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: build the table from docs/benchmark_runs.json")
     ap.add_argument("--readme", action="store_true", help="also update the README's table")
     args = ap.parse_args()
     steps = args.steps or (400 if args.quick else None)
     medae = [sys.executable, "-m", "medae"]
     sets = _protocol_overrides()
+    ledger = _load_ledger()
     results: dict = {}
-    t_start = time.time()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    if dirty and not args.table_only:
+        commit += "+changes"
     for dname, cases in _datasets(args.data).items():
         names = sorted(cases)
-        tests = names[-1:] if args.quick else names
+        tests = [t for t in names if t in args.tests] if args.tests else (
+            names[-1:] if args.quick else names)
         for test in tests:
             train_cases = {c: cases[c] for c in names if c != test}
             fold = args.work / dname.split()[0].lower() / f"test-{test}"
-            fold.mkdir(parents=True, exist_ok=True)
-            train_csv = _manifest(fold / "train.csv", train_cases)
-            test_csv = _manifest(fold / "test.csv", {test: cases[test]})
             for recipe in args.recipes:
                 base, variant_sets = VARIANTS.get(recipe, (recipe, []))
+                # the thresholding rules train nothing: their runs do not depend on the steps
+                extra = ["train.steps=" + str(steps)] if steps and base != "intensity" else []
+                if base == "brain_multi":
+                    extra += [f"preprocess.inputs={json.dumps(MULTI_INPUTS[dname])}",
+                              f"scoring.channels={json.dumps(MULTI_SCORED[dname])}"]
+                protocol = _protocol(base, [*sets, *variant_sets, *extra],
+                                     steps if base != "intensity" else None)
                 for seed in args.seeds if base != "intensity" else args.seeds[:1]:
-                    run = fold / f"{recipe}-seed{seed}"
-                    log = run.with_suffix(".log")
-                    if not (run / "report" / "metrics.json").exists():
-                        extra = ["--set", f"train.steps={steps}"] if steps else []
-                        if base == "brain_multi":
-                            inputs = json.dumps(MULTI_INPUTS[dname])
-                            scored = json.dumps(MULTI_SCORED[dname])
-                            extra += ["--set", f"preprocess.inputs={inputs}",
-                                      "--set", f"scoring.channels={scored}"]
-                        if not (run / "model.json").exists():
-                            _run([*medae, "train", "--config", str(ROOT / "configs" /
-                                                                    f"{base}.yaml"),
-                                  "--data", str(train_csv), "--output", str(run), "--seed",
-                                  str(seed), "--device", args.device, "-q",
-                                  *[a for s in [*sets, *variant_sets] for a in ("--set", s)],
-                                  *extra], log)
-                        _run([*medae, "score", "--model", str(run), "--input", str(test_csv),
-                              "--output", str(run / "scores"), "--device", args.device,
-                              "--no-overlays", "--no-image", "-q"], log)
-                        _run([*medae, "evaluate", "--predictions", str(run / "scores"),
-                              "--labels", str(test_csv), "--output", str(run / "report")], log)
-                    if not (run / "report-fpr01" / "metrics.json").exists():
-                        # the voxel rule of earlier tables: Dice at 1% healthy-voxel FPR
-                        _run([*medae, "score", "--model", str(run), "--input", str(test_csv),
-                              "--output", str(run / "scores-fpr01"), "--device", args.device,
-                              "--no-overlays", "--no-image", "-q", "--fpr", "0.01"], log)
-                        _run([*medae, "evaluate", "--predictions", str(run / "scores-fpr01"),
-                              "--labels", str(test_csv), "--output", str(run / "report-fpr01")],
-                             log)
-                    m = json.loads((run / "report" / "metrics.json").read_text())
-                    bundle = json.loads((run / "model.json").read_text())
-                    row = {key: _metric(m, key) for key, _ in METRICS if key != "dice_fpr01"}
-                    m01 = json.loads((run / "report-fpr01" / "metrics.json").read_text())
-                    row["dice_fpr01"] = _metric(m01, "dice_calibrated")
-                    row["calibration"] = bundle["calibration"]["source"]
+                    key = dict(dataset=dname, test=test, recipe=recipe, seed=seed,
+                               protocol=protocol)
+                    row = _find(ledger, **key)
+                    if args.table_only or (row and not args.rerun):
+                        if row:
+                            results.setdefault(dname, {}).setdefault(recipe, []).append(row)
+                        continue
+                    fold.mkdir(parents=True, exist_ok=True)
+                    train_csv = _manifest(fold / "train.csv", train_cases)
+                    test_csv = _manifest(fold / "test.csv", {test: cases[test]})
+                    run = fold / f"{recipe}-seed{seed}-{protocol}"
+                    t0 = time.time()
+                    _one_run(medae, run, base, train_csv, test_csv, seed, args.device,
+                             [*sets, *variant_sets, *extra])
+                    row = _row(run)
+                    row.update(key, steps=steps if base != "intensity" else None, commit=commit,
+                               date=datetime.date.today().isoformat(),
+                               minutes=round((time.time() - t0) / 60, 1),
+                               machine=f"{os.cpu_count()} CPU cores"
+                               if args.device in ("auto", "cpu") and not _cuda()
+                               else args.device)
+                    ledger = [r for r in ledger if not all(r.get(k) == v
+                                                           for k, v in key.items())] + [row]
+                    _save_ledger(ledger)
                     results.setdefault(dname, {}).setdefault(recipe, []).append(row)
                     print(f"{dname} test {test} {recipe} seed {seed}: " + ", ".join(
-                        f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)),
-                        flush=True)
-    table = _table(results, args, steps, time.time() - t_start, commit)
-    out = ROOT / "docs" / "benchmark_results.md"
-    out.write_text(table)
+                        f"{k} {row[k]:.3f}" for k, _ in METRICS), flush=True)
+    table = _table(results, args, steps)
+    RESULTS.write_text(table)
     print(table)
     if args.readme:
         _update_readme(table)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def _one_run(medae: list[str], run: Path, base: str, train_csv: Path, test_csv: Path,
+             seed: int, device: str, sets: list[str]) -> None:
+    """Train (unless the folder has a model), score and evaluate at the calibrated default and
+    at 1% healthy-voxel FPR."""
+    log = run.with_suffix(".log")
+    if not (run / "model.json").exists():
+        _run([*medae, "train", "--config", str(ROOT / "configs" / f"{base}.yaml"),
+              "--data", str(train_csv), "--output", str(run), "--seed", str(seed),
+              "--device", device, "-q", *[a for s in sets for a in ("--set", s)]], log)
+    for scores, report, extra in (("scores", "report", []),
+                                  ("scores-fpr01", "report-fpr01", ["--fpr", "0.01"])):
+        if not (run / report / "metrics.json").exists():
+            _run([*medae, "score", "--model", str(run), "--input", str(test_csv),
+                  "--output", str(run / scores), "--device", device, "--no-overlays",
+                  "--no-image", "-q", *extra], log)
+            _run([*medae, "evaluate", "--predictions", str(run / scores), "--labels",
+                  str(test_csv), "--output", str(run / report)], log)
+
+
+def _row(run: Path) -> dict:
+    m = json.loads((run / "report" / "metrics.json").read_text())
+    bundle = json.loads((run / "model.json").read_text())
+    row = {key: _metric(m, key) for key, _ in METRICS if key != "dice_fpr01"}
+    m01 = json.loads((run / "report-fpr01" / "metrics.json").read_text())
+    row["dice_fpr01"] = _metric(m01, "dice_calibrated")
+    row["calibration"] = bundle["calibration"]["source"]
+    return row
 
 
 def _metric(m: dict, key: str) -> float:
@@ -199,20 +277,29 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def _table(results: dict, args, steps, seconds: float, commit: str) -> str:
+def _table(results: dict, args, steps) -> str:
     cmd = "python scripts/benchmark_brain.py" + (" --quick" if args.quick else "")
-    lines = [f"Produced by `{cmd}` at commit {commit} on {datetime.date.today().isoformat()} "
-             f"({seconds / 60:.0f} min, {os.cpu_count()} CPU cores); seeds "
+    rows = [r for per in results.values() for rs in per.values() for r in rs]
+    commits = sorted({r["commit"] for r in rows})
+    dates = sorted({r["date"] for r in rows})
+    minutes = sum(r.get("minutes", 0) for r in rows)
+    machines = sorted({r.get("machine", "?") for r in rows})
+    lines = [f"Built by `{cmd}` from docs/benchmark_runs.json: {len(rows)} runs at commit"
+             f"{'s' if len(commits) > 1 else ''} {', '.join(commits) or '-'}, "
+             f"{' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else '-'} "
+             f"({minutes:.0f} min of runs on {', '.join(machines) or '-'}); seeds "
              f"{', '.join(map(str, args.seeds))}; training steps per model: "
              f"{steps or 'the recipe default'}; mean ± sd over seeds and folds.", ""]
     for dname, per in results.items():
-        lines += [f"**{dname}**", "",
+        tests = sorted({r["test"] for rs in per.values() for r in rs})
+        lines += [f"**{dname}**, test patient{'s' if len(tests) > 1 else ''} "
+                  f"{', '.join(tests)}", "",
                   "| recipe | n | " + " | ".join(label for _, label in METRICS) + " |",
                   "|---|---|" + "---|" * len(METRICS)]
-        for recipe, rows in per.items():
-            cells = [_fmt([r[k] for r in rows]) for k, _ in METRICS]
-            note = " (train-calibrated)" if rows[0]["calibration"].startswith("training") else ""
-            lines.append(f"| {recipe}{note} | {len(rows)} | " + " | ".join(cells) + " |")
+        for recipe, rs in per.items():
+            cells = [_fmt([r[k] for r in rs]) for k, _ in METRICS]
+            note = " (train-calibrated)" if rs[0]["calibration"].startswith("training") else ""
+            lines.append(f"| {recipe}{note} | {len(rs)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

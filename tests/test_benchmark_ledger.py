@@ -1,0 +1,84 @@
+"""scripts/benchmark_brain.py keeps every finished run in a ledger and never repeats one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("benchmark_brain",
+                                                  ROOT / "scripts" / "benchmark_brain.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # a data folder shaped like the shared one (empty files: nothing is read)
+    for pat in ("pat0001", "pat0002"):
+        d = tmp_path / "data" / "brain" / "brats2013" / pat
+        d.mkdir(parents=True)
+        for name in ("Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd", "brainmask",
+                     "OTMultiClass"):
+            (d / f"{name}.nii.gz").touch()
+    monkeypatch.setattr(mod, "LEDGER", tmp_path / "runs.json")
+    monkeypatch.setattr(mod, "RESULTS", tmp_path / "results.md")
+    calls = []
+
+    def fake_run(medae, run, base, train_csv, test_csv, seed, device, sets):
+        calls.append((run.name, base, seed, list(sets)))
+
+    def fake_row(run):
+        seed = int(run.name.split("seed")[1].split("-")[0])
+        return {"voxel_ap": 0.5 + seed / 10, "voxel_auroc": 0.9, "best_dice": 0.4,
+                "dice_calibrated": 0.3, "dice_fpr01": 0.2, "lesion_recall": 1.0,
+                "fp_per_scan": 0.0, "calibration": "held-out validation scans"}
+
+    monkeypatch.setattr(mod, "_one_run", fake_run)
+    monkeypatch.setattr(mod, "_row", fake_row)
+    mod._calls = calls
+    mod._data = tmp_path / "data"
+    return mod
+
+
+def _main(mod, monkeypatch, *argv):
+    monkeypatch.setattr(sys, "argv", ["benchmark_brain.py", "--data", str(mod._data),
+                                      "--work", str(mod._data.parent / "work"), *argv])
+    mod.main()
+
+
+def test_runs_are_kept_and_not_repeated(bench, monkeypatch):
+    _main(bench, monkeypatch, "--quick", "--recipes", "raw", "brain_flair", "--seeds", "0", "1")
+    # raw is one run (a rule has no seed), brain_flair one per seed; the quick fold is pat0002
+    assert [(c[1], c[2]) for c in bench._calls] == [("intensity", 0), ("brain_flair", 0),
+                                                    ("brain_flair", 1)]
+    assert "scoring.erode_mm=0" in bench._calls[0][3]
+    assert "train.steps=400" in bench._calls[1][3]
+    runs = json.loads(bench.LEDGER.read_text())["runs"]
+    assert len(runs) == 3
+    assert {r["test"] for r in runs} == {"pat0002"}
+    assert sorted(r["voxel_ap"] for r in runs) == pytest.approx([0.5, 0.5, 0.6])
+    assert all(len(r["protocol"]) == 12 and r["steps"] == 400 for r in runs)
+
+    bench._calls.clear()
+    _main(bench, monkeypatch, "--quick", "--recipes", "raw", "brain_flair", "--seeds", "0", "1")
+    assert bench._calls == []  # every run is in the ledger
+    table = bench.RESULTS.read_text()
+    assert "| brain_flair | 2 | 0.550 ± 0.071 |" in table
+    assert "| raw | 1 | 0.500 |" in table
+
+    # other steps are another protocol: trained again, the earlier runs stay in the ledger
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0",
+          "--steps", "10")
+    assert [(c[1], c[2]) for c in bench._calls] == [("brain_flair", 0)]
+    assert len(json.loads(bench.LEDGER.read_text())["runs"]) == 4
+
+    # --table-only runs nothing and reports only the runs of the asked protocol
+    bench._calls.clear()
+    _main(bench, monkeypatch, "--tests", "pat0001", "--recipes", "raw", "--table-only")
+    assert bench._calls == []
+    assert "0 runs" in bench.RESULTS.read_text()
