@@ -135,7 +135,7 @@ def _save_ledger(runs: list[dict]) -> None:
     doc = {"about": "One entry per benchmark run of scripts/benchmark_brain.py (written by it); "
                     "'protocol' hashes the recipe file, the protocol overrides and the steps; "
                     "'commit' is the code that trained and scored the model.", "runs": runs}
-    tmp = LEDGER.with_suffix(".tmp")
+    tmp = LEDGER.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, LEDGER)
 
@@ -212,8 +212,9 @@ def main() -> None:
                                machine=f"{os.cpu_count()} CPU cores"
                                if args.device in ("auto", "cpu") and not _cuda()
                                else args.device)
-                    ledger = [r for r in ledger if not all(r.get(k) == v
-                                                           for k, v in key.items())] + [row]
+                    # read again before writing: another benchmark process may have added runs
+                    ledger = [r for r in _load_ledger()
+                              if not all(r.get(k) == v for k, v in key.items())] + [row]
                     _save_ledger(ledger)
                     results.setdefault(dname, {}).setdefault(recipe, []).append(row)
                     print(f"{dname} test {test} {recipe} seed {seed}: " + ", ".join(
