@@ -62,7 +62,9 @@ def test_runs_are_kept_and_not_repeated(bench, monkeypatch):
     assert len(runs) == 3
     assert {r["test"] for r in runs} == {"pat0002"}
     assert sorted(r["voxel_ap"] for r in runs) == pytest.approx([0.5, 0.5, 0.6])
-    assert all(len(r["protocol"]) == 12 and r["steps"] == 400 for r in runs)
+    assert all(len(r["protocol"]) == 12 for r in runs)
+    assert sorted(r["recipe"] for r in runs if r["steps"] == 400) == ["brain_flair"] * 2
+    assert [r["steps"] for r in runs if r["recipe"] == "raw"] == [None]  # trains nothing
 
     bench._calls.clear()
     _main(bench, monkeypatch, "--quick", "--recipes", "raw", "brain_flair", "--seeds", "0", "1")
