@@ -43,18 +43,29 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def train_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` items, then the flags that map onto recipe keys: a flag given wins over the
+    recipe and over ``--set``.  ``--epochs`` trains that many epochs even where the recipe sets
+    ``train.steps`` (steps, when set, decide the epochs), and ``--steps`` that many steps."""
+    if args.epochs is not None and args.steps is not None:
+        raise MedaeError("--epochs and --steps exclude each other (steps decide the epochs)")
+    overrides = list(args.set or [])
+    for flag, key in (("epochs", "train.epochs"), ("steps", "train.steps"),
+                      ("seed", "train.seed"), ("precision", "train.precision")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.epochs is not None:
+        overrides.append("train.steps=null")
+    return overrides
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from medae.config import load_config
     from medae.io.discover import discover_with_notes
     from medae.train import train
 
-    overrides = list(args.set or [])
-    for flag, key in (("epochs", "train.epochs"), ("seed", "train.seed"),
-                      ("precision", "train.precision")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, train_overrides(args))
     sources, notes = discover_with_notes(args.data)
     for note in notes:
         print(f"note: skipped {note}", file=sys.stderr)
@@ -184,10 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", required=True, help="YAML recipe (see configs/)")
     tr.add_argument("--data", required=True, help="folder of healthy scans, or CSV manifest")
     tr.add_argument("--output", required=True, help="run folder")
-    tr.add_argument("--epochs", type=int, help="override train.epochs")
-    tr.add_argument("--seed", type=int, help="override train.seed")
+    tr.add_argument("--epochs", type=int,
+                    help="train this many epochs (wins over the recipe's train.epochs and "
+                         "train.steps)")
+    tr.add_argument("--steps", type=int,
+                    help="train this many optimisation steps (wins over train.steps)")
+    tr.add_argument("--seed", type=int, help="override train.seed (wins over the recipe)")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    tr.add_argument("--precision", choices=["32", "bf16", "fp16"], help="override train.precision")
+    tr.add_argument("--precision", choices=["32", "bf16", "fp16"],
+                    help="override train.precision (wins over the recipe)")
     tr.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="dotted override, e.g. --set model.latent_size=256 (repeatable)")
