@@ -28,7 +28,6 @@ one job can share ``OUT``.
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 import os
@@ -46,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from medae.errors import MedaeError, failure_reason
-from medae.io.atomic import DIR_MODE, atomic_write_bytes
+from medae.io.atomic import DIR_MODE, atomic_write_bytes, atomic_write_csv
 from medae.io.discover import ScanSource, is_case_folder, safe_id
 from medae.io.nifti import write_on_grid
 from medae.scoring.model import AnomalyModel, ScoreResult
@@ -86,14 +85,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i - 1, n
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
 def _source_text(src: ScanSource) -> str:
     return str(src.path) + (f" [{src.series.volume}]" if src.series and src.series.volume else "")
 
@@ -114,7 +105,7 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
         label_dtype = np.uint8 if n < 256 else np.uint16 if n < 65536 else np.int32
         write_on_grid(result.labels, scan, tmp / "candidates.nii.gz", dtype=label_dtype)
         write_on_grid(result.brain_mask, scan, tmp / "brain_mask.nii.gz", dtype=np.uint8)
-        _write_csv(tmp / "candidates.csv", CANDIDATE_COLUMNS,
+        atomic_write_csv(tmp / "candidates.csv", CANDIDATE_COLUMNS,
                    [c.row() for c in result.candidates])
         if save_image:  # the viewer's background: written by medae, so no source header text
             write_on_grid(scan.array, scan, tmp / "image.nii.gz", dtype=_image_dtype(scan.array))
@@ -247,8 +238,8 @@ def rebuild_tables(out: Path, save_latent: bool = False) -> tuple[list[dict], li
                      "flagged": "", "n_candidates": "", "status": "failed",
                      "seconds": rec.get("seconds", "")})
     rows.sort(key=lambda r: r["case_id"])
-    _write_csv(out / "scores.csv", SCORE_COLUMNS, rows)
-    _write_csv(out / "failures.csv", ["case_id", "source", "reason"], failures)
+    atomic_write_csv(out / "scores.csv", SCORE_COLUMNS, rows)
+    atomic_write_csv(out / "failures.csv", ["case_id", "source", "reason"], failures)
     if save_latent and latents:
         width = max(len(v) for _, v in latents)
         matrix = np.array([v if len(v) == width else [np.nan] * width for _, v in latents],

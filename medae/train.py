@@ -6,7 +6,6 @@ remain (dropout, VAE sampling) are checkpointed, so ``--resume`` continues exact
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -34,7 +33,7 @@ from medae.data import (
 )
 from medae.device import resolve_device
 from medae.errors import MedaeError
-from medae.io.atomic import atomic_write_bytes
+from medae.io.atomic import atomic_write_bytes, atomic_write_csv
 from medae.io.discover import ScanSource
 from medae.models import apply_coarse_noise, autoencoder_loss, create_model
 from medae.models.noise import draw_coarse_noise_params
@@ -294,7 +293,8 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
             calib_items = val_items or train_items
             calibration = calibrate_model(
                 scorer, [by_id[it["case_id"]] for it in calib_items],
-                "validation" if val_items else "training (no validation set)")
+                "validation" if val_items else "training (no validation set)",
+                _calibration_margin(config))
         summary = {
             "train_subjects": len(train_items), "val_subjects": len(val_items),
             "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
@@ -314,6 +314,13 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     if d.world > 1:
         dist.barrier()
     return run
+
+
+def _calibration_margin(config: dict) -> float | None:
+    """Calibration leaves labelled lesions out as training does: whole slices (``drop``), or
+    the label grown by ``data.lesion_margin_mm`` (``mask``; returned)."""
+    dc = config["data"]
+    return float(dc["lesion_margin_mm"]) if dc["lesion_samples"] == "mask" else None
 
 
 def _crossfit_calibration(r: _Run, items: list[dict], by_id: dict, map_cfg: MapConfig,
@@ -359,7 +366,7 @@ def _crossfit_calibration(r: _Run, items: list[dict], by_id: dict, map_cfg: MapC
     how = (f"{len(folds)} folds over subjects" if folds[0].slab is None else
            f"{len(folds)} folds over interleaved {SLAB_MM:g} mm axial slabs of one subject")
     calibration = calibrate_crossfit([(by_id[c], parts[c]) for c in sorted(parts)],
-                                     f"cross-fitted ({how})")
+                                     f"cross-fitted ({how})", _calibration_margin(r.config))
     atomic_write_bytes(done, json.dumps(calibration, allow_nan=False).encode())
     return calibration
 
@@ -522,10 +529,6 @@ def _tensorboard(run: Path):
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    """A table whose columns are every key of ``rows``, in first-seen order."""
+    atomic_write_csv(path, list(dict.fromkeys(k for r in rows for k in r)), rows)
 

@@ -44,7 +44,9 @@ def test_recipes_exist():
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_trains_on_real_scans(recipe, dataset, tmp_path):
     sources = _manifest(tmp_path, dataset)
-    extra = ["preprocess.inputs=[t2, t1]"] if recipe == "brain_multi" and dataset == "ixi" else []
+    # IXI has no FLAIR: the multi-sequence recipe reads T2 + T1 and scores T2 there
+    extra = (["preprocess.inputs=[t2, t1]", "scoring.channels=[t2]"]
+             if recipe == "brain_multi" and dataset == "ixi" else [])
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", [*QUICK, *extra])
     run = train(cfg, sources, tmp_path / "run", device="cpu", progress=False)
     meta = json.loads((run / "model.json").read_text())

@@ -198,3 +198,26 @@ def test_lesion_samples_masked_instead_of_dropped(tmp_path):
     meta = json.loads((run / "model.json").read_text())
     assert meta["training"]["dropped_lesion_samples"] == 0
     assert meta["training"]["lesion_masked_samples"] == masked.masked_label
+    # calibration leaves the lesion out the same way: the label grown by the margin, not the
+    # slices that touch it, so the rest of those slices calibrates too
+    from medae.scoring.calibration import healthy_map
+    from medae.scoring.model import load_model
+
+    assert "lesion labels grown by 4 mm excluded" in meta["calibration"]["voxel_rule"]
+    scorer = load_model(run, device="cpu")
+    src = discover(man)[0]
+    by_slices, _ = healthy_map(scorer, src)
+    by_margin, _ = healthy_map(scorer, src, lesion_margin_mm=2.0)
+    # (on this phantom the lesion touches every analysed slice: dropping slices leaves nothing)
+    assert by_margin.healthy.sum() > by_slices.healthy.sum()
+
+
+def test_calibration_margin_is_in_millimetres():
+    from medae.scoring.calibration import _near_label
+
+    label = np.zeros((9, 9, 9), bool)
+    label[4, 4, 4] = True
+    assert _near_label(label, 2.0, (2.0, 2.0, 2.0)).sum() == 7  # the 6 face neighbours
+    assert _near_label(label, 2.9, (2.0, 2.0, 2.0)).sum() == 19  # and the 12 edge ones (2.83)
+    assert _near_label(label, 2.0, (1.0, 1.0, 4.0)).sum() == 13  # 2 voxels in-plane, 0 in z
+    assert not _near_label(np.zeros((3, 3, 3), bool), 5.0, (1, 1, 1)).any()

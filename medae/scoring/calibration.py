@@ -2,8 +2,9 @@
 
 Each healthy calibration scan is scored exactly as a new scan would be (heat map on its own grid),
 so the thresholds apply to what ``medae score`` produces.  With a lesion label beside a scan (the
-protocol for modalities without healthy scans), every axial slice that touches the label is left
-out, as training leaves out those slices.
+protocol for modalities without healthy scans), the lesion is left out as training leaves it out:
+every axial slice that touches the label (``data.lesion_samples: drop``), or only the label grown
+by ``data.lesion_margin_mm`` (``mask``), so the rest of those slices calibrates too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from medae.io.discover import ScanSource
 from medae.scoring.heatmap import scan_score
@@ -18,13 +20,37 @@ from medae.scoring.model import AnomalyModel
 from medae.scoring.threshold import HealthyMap, calibrate
 
 
-def healthy_map(model: AnomalyModel, source: ScanSource, parts: Sequence | None = None
-                ) -> tuple[HealthyMap, float]:
+def _near_label(label: np.ndarray, margin_mm: float, spacing) -> np.ndarray:
+    """The label grown by ``margin_mm`` (bool, scan grid), computed in the label's box."""
+    near = np.zeros(label.shape, bool)
+    idx = np.nonzero(label.any(axis=(1, 2)))[0], np.nonzero(label.any(axis=(0, 2)))[0], \
+        np.nonzero(label.any(axis=(0, 1)))[0]
+    if not len(idx[0]):
+        return near
+    pad = [int(np.ceil(margin_mm / max(float(s), 1e-6))) + 1 for s in spacing]
+    box = tuple(slice(max(0, int(i[0]) - p), min(n, int(i[-1]) + p + 1))
+                for i, p, n in zip(idx, pad, label.shape, strict=True))
+    dist = ndimage.distance_transform_edt(~label[box], sampling=[float(s) for s in spacing])
+    near[box] = dist <= margin_mm
+    return near
+
+
+def lesion_rule(lesion_margin_mm: float | None) -> str:
+    """How calibration leaves labelled lesions out (for the bundle's description)."""
+    if lesion_margin_mm is None:
+        return "lesion-labelled slices excluded"
+    return f"lesion labels grown by {lesion_margin_mm:g} mm excluded"
+
+
+def healthy_map(model: AnomalyModel, source: ScanSource, parts: Sequence | None = None,
+                lesion_margin_mm: float | None = None) -> tuple[HealthyMap, float]:
     """Score one healthy calibration scan; returns its map and its healthy-tissue scan score.
 
     ``parts`` (cross-fitting): ``(model, fold)`` pairs whose models each did not see this scan,
     or the fold's slabs of it (``fold.scan_slices``); each slice's map comes from the model that
-    did not see it.  Without ``parts`` the whole map comes from ``model``.
+    did not see it.  Without ``parts`` the whole map comes from ``model``.  A lesion label
+    beside the scan removes the slices it touches, or with ``lesion_margin_mm`` only the label
+    grown by that margin.
     """
     parts = list(parts) if parts else [(model, None)]
     scan, prep = parts[0][0].load(source)  # every fold model shares the preprocessing
@@ -41,13 +67,18 @@ def healthy_map(model: AnomalyModel, source: ScanSource, parts: Sequence | None 
     healthy = analysed.copy()
     healthy[:, :, ~covered] = False
     if label is not None:
-        healthy[:, :, (np.asarray(label) > 0).any(axis=(0, 1))] = False
+        lesion = np.asarray(label) > 0
+        if lesion_margin_mm is None:
+            healthy[:, :, lesion.any(axis=(0, 1))] = False
+        else:
+            healthy &= ~_near_label(lesion, lesion_margin_mm, scan.spacing)
     voxel_mm3 = float(abs(np.linalg.det(scan.affine[:3, :3])))
     score = scan_score(heat, healthy, parts[0][0].map_config.scan_percentile)
     return HealthyMap.crop(heat, healthy, voxel_mm3), score
 
 
-def calibrate_model(model: AnomalyModel, sources: Sequence[ScanSource], source: str) -> dict:
+def calibrate_model(model: AnomalyModel, sources: Sequence[ScanSource], source: str,
+                    lesion_margin_mm: float | None = None) -> dict:
     """Thresholds for ``model`` from the healthy scans ``sources`` (see :func:`calibrate`).
 
     Each scan is read again here (training caches only model-space arrays, to keep memory
@@ -55,20 +86,23 @@ def calibrate_model(model: AnomalyModel, sources: Sequence[ScanSource], source: 
     """
     maps, scores = [], []
     for src in sources:
-        hm, score = healthy_map(model, src)
+        hm, score = healthy_map(model, src, lesion_margin_mm=lesion_margin_mm)
         if hm.healthy.any():
             maps.append(hm)
             scores.append(score)
-    return calibrate(maps, scores, source, model.map_config.min_volume_mm3)
+    return calibrate(maps, scores, source, model.map_config.min_volume_mm3,
+                     lesion_rule(lesion_margin_mm))
 
 
-def calibrate_crossfit(scans: Sequence[tuple[ScanSource, list]], source: str) -> dict:
+def calibrate_crossfit(scans: Sequence[tuple[ScanSource, list]], source: str,
+                       lesion_margin_mm: float | None = None) -> dict:
     """Thresholds from cross-fitted maps: per scan, the ``(model, fold)`` pairs that did not
     see it (see :func:`healthy_map`)."""
     maps, scores = [], []
     for src, parts in scans:
-        hm, score = healthy_map(parts[0][0], src, parts)
+        hm, score = healthy_map(parts[0][0], src, parts, lesion_margin_mm)
         if hm.healthy.any():
             maps.append(hm)
             scores.append(score)
-    return calibrate(maps, scores, source, scans[0][1][0][0].map_config.min_volume_mm3)
+    return calibrate(maps, scores, source, scans[0][1][0][0].map_config.min_volume_mm3,
+                     lesion_rule(lesion_margin_mm))

@@ -85,7 +85,8 @@ def candidate_threshold(maps: list[HealthyMap], thresholds: np.ndarray, min_volu
 
 
 def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
-              min_volume_mm3: float = 0.0) -> dict:
+              min_volume_mm3: float = 0.0,
+              lesions: str = "lesion-labelled slices excluded") -> dict:
     """Voxel thresholds for target false-positive rates, the candidate-rule threshold and a
     scan-level threshold, from healthy calibration scans.
 
@@ -94,6 +95,7 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
         scan_scores: per scan, its scan-level score computed on healthy tissue.
         source: where the healthy data came from (``"validation"`` or ``"training"``).
         min_volume_mm3: the smallest candidate the model reports (scoring.min_volume_mm3).
+        lesions: how labelled lesions were left out of the healthy voxels (for the rule text).
     """
     if not maps or sum(int(m.healthy.sum()) for m in maps) == 0:
         raise MedaeError("calibration: no healthy voxels to calibrate thresholds on")
@@ -119,7 +121,7 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
                           f"({cand_fp:.2f} there)",
         "voxel_thresholds": voxel,
         "voxel_rule": f"(1 - fpr) quantile of {pooled.size} healthy brain voxels' scores from "
-                      f"{n} {source} scan(s) (lesion-labelled slices excluded)",
+                      f"{n} {source} scan(s) ({lesions})",
         "fpr_curve": {"fpr": [float(f) for f in _CURVE], "threshold": [float(t) for t in curve]},
         "scan_threshold": scan_thr,
         "scan_rule": f"{SCAN_PERCENTILE:g}th percentile of {len(scan_scores)} healthy {source} "
