@@ -48,7 +48,7 @@ from medae.errors import MedaeError, failure_reason
 from medae.io.atomic import DIR_MODE, atomic_write_bytes, atomic_write_csv
 from medae.io.discover import ScanSource, is_case_folder, safe_id
 from medae.io.nifti import write_on_grid
-from medae.scoring.model import AnomalyModel, ScoreResult
+from medae.scoring.scorer import AnomalyModel, ScoreResult
 from medae.version import __version__
 
 SCORE_COLUMNS = ["case_id", "source", "score", "flagged", "n_candidates", "status", "seconds"]

@@ -22,7 +22,14 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 from medae.bundle import save_bundle
 from medae.config import dump_config, validate_config
-from medae.data import (
+from medae.device import resolve_device
+from medae.errors import MedaeError
+from medae.io.atomic import atomic_write_bytes, atomic_write_csv
+from medae.io.discover import ScanSource
+from medae.models import apply_coarse_noise, autoencoder_loss, create_model
+from medae.models.noise import draw_coarse_noise_params
+from medae.preprocess import PreprocessConfig
+from medae.samples import (
     SLAB_MM,
     Augment,
     SampleDataset,
@@ -31,17 +38,10 @@ from medae.data import (
     sample_seed,
     split_subjects,
 )
-from medae.device import resolve_device
-from medae.errors import MedaeError
-from medae.io.atomic import atomic_write_bytes, atomic_write_csv
-from medae.io.discover import ScanSource
-from medae.models import apply_coarse_noise, autoencoder_loss, create_model
-from medae.models.noise import draw_coarse_noise_params
-from medae.preprocess import PreprocessConfig
 from medae.scoring.calibration import calibrate_crossfit, calibrate_model
 from medae.scoring.heatmap import MapConfig
-from medae.scoring.model import AnomalyModel, scored_channels
 from medae.scoring.reconstruct import autocast_context
+from medae.scoring.scorer import AnomalyModel, scored_channels
 from medae.version import __version__
 
 log = logging.getLogger("medae")
@@ -225,7 +225,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     Returns the run folder.  ``config`` is the resolved recipe (:func:`medae.config.load_config`).
     Thresholds are calibrated on held-out subjects (``data.calibration: holdout``), or, with
     ``crossfit``, on every subject scored by fold models that did not see it (see
-    :func:`medae.data.crossfit_folds`) while the final model trains on all of them.
+    :func:`medae.samples.crossfit_folds`) while the final model trains on all of them.
     """
     run = Path(output)
     validate_config(config)

@@ -34,9 +34,9 @@ def _one(recipe: str, precision: str, device: str, steps: int, warmup: int) -> d
     import torch
 
     from medae.config import load_config
-    from medae.data import SampleDataset
     from medae.models import create_model
     from medae.preprocess import Prepared, PreprocessConfig
+    from medae.samples import SampleDataset
     from medae.train import Dist, make_loader, model_kwargs, resolve_device, train_step
 
     dev = resolve_device(device)

@@ -26,14 +26,14 @@ PACKAGE = ROOT / "medae"
 
 #: top to bottom; a module may import from its own package and from the layers below its own.
 #: Packages in one layer are independent of each other (io never imports models, scoring never
-#: imports data, batch never imports train).  ``medae`` is the package root, the public facade.
+#: imports samples, batch never imports train).  ``medae`` is the package root, the public facade.
 LAYERS: list[tuple[str, ...]] = [
     ("medae", "medae.__main__"),
     ("medae.cli",),
     ("medae.demo", "medae.convert"),
     ("medae.batch", "medae.train", "medae.evaluation"),
     ("medae.overlay", "medae.report", "medae.synthetic"),
-    ("medae.scoring", "medae.data"),
+    ("medae.scoring", "medae.samples"),
     ("medae.bundle",),
     ("medae.preprocess", "medae.config"),
     ("medae.io", "medae.models", "medae.masks", "medae.device"),
@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
 #: rules beyond the layers: package -> packages (or third-party modules) it must never import
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     # evaluation reads written outputs (maps, CSVs), never a model
-    "medae.evaluation": ("medae.scoring", "medae.models", "medae.bundle", "medae.data",
+    "medae.evaluation": ("medae.scoring", "medae.models", "medae.bundle", "medae.samples",
                          "medae.device", "torch", "monai"),
     # networks never read files
     "medae.models": ("medae.io",),

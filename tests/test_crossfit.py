@@ -10,12 +10,12 @@ from conftest import ROOT, write_phantoms
 
 from medae import MedaeError, discover
 from medae.config import load_config
-from medae.data import SLAB_MM, Fold, crossfit_folds
 from medae.models import create_model
 from medae.preprocess import PreprocessConfig
+from medae.samples import SLAB_MM, Fold, crossfit_folds
 from medae.scoring.calibration import healthy_map
 from medae.scoring.heatmap import MapConfig
-from medae.scoring.model import AnomalyModel
+from medae.scoring.scorer import AnomalyModel
 from medae.scoring.threshold import HealthyMap
 from medae.train import train
 

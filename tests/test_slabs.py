@@ -17,7 +17,7 @@ from medae.preprocess import Prepared, PreprocessConfig, preprocess, to_scan_spa
 from medae.scoring import MapConfig, find_candidates
 from medae.scoring import heatmap as heatmap_module
 from medae.scoring.heatmap import anomaly_map, anomaly_map_slabs
-from medae.scoring.model import AnomalyModel
+from medae.scoring.scorer import AnomalyModel
 
 GEOMETRIES = [  # model shape, resampled shape, scan shape, offset of the model crop
     ((40, 36, 30), (44, 40, 33), (60, 57, 47), (2, -1, 1)),

@@ -168,8 +168,8 @@ def test_lesion_samples_masked_instead_of_dropped(tmp_path):
     """data.lesion_samples=mask keeps the slices that touch a lesion and leaves the lesion,
     grown by the margin, out of the mask that places the noise and weights the loss."""
     import medae
-    from medae.data import SampleDataset
     from medae.preprocess import PreprocessConfig, preprocess
+    from medae.samples import SampleDataset
 
     paths = write_phantoms(tmp_path / "pat", 2, shape=(14, 16, 12), lesion=True)
     items = []
@@ -201,7 +201,7 @@ def test_lesion_samples_masked_instead_of_dropped(tmp_path):
     # calibration leaves the lesion out the same way: the label grown by the margin, not the
     # slices that touch it, so the rest of those slices calibrates too
     from medae.scoring.calibration import healthy_map
-    from medae.scoring.model import load_model
+    from medae.scoring.scorer import load_model
 
     assert "lesion labels grown by 4 mm excluded" in meta["calibration"]["voxel_rule"]
     scorer = load_model(run, device="cpu")

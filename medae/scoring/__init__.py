@@ -14,9 +14,9 @@ _SCORER = ("AnomalyModel", "ScoreResult", "load_model")
 
 def __getattr__(name: str):
     if name in _SCORER:
-        from medae.scoring import model
+        from medae.scoring import scorer
 
-        return getattr(model, name)
+        return getattr(scorer, name)
     raise AttributeError(f"module 'medae.scoring' has no attribute {name!r}")
 
 

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from medae.io.discover import ScanSource
 from medae.scoring.heatmap import scan_score
-from medae.scoring.model import AnomalyModel
+from medae.scoring.scorer import AnomalyModel
 from medae.scoring.threshold import HealthyMap, calibrate
 
 
