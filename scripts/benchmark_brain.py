@@ -44,7 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["raw", "intensity", "ae2d", "vae2d", "sae2d", "dae2d", "brain_flair", "brain_multi"]
 #: rows that are a recipe with different settings: raw thresholding is the intensity recipe with
 #: no post-processing (the FLAIR value itself inside the brain mask, at the scan's resolution)
-VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"])}
+VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
+            # exploratory (not in the default list): brain_flair on the scans' own 1 mm grid
+            # instead of 1.875 mm in-plane, so the reconstruction keeps the detail of the scan
+            "brain_flair_1mm": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
+                                                "preprocess.size=[176, 208, null]"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("best_dice", "[Dice] (upper bound)"),
            ("dice_calibrated", "deployable Dice (≤ 1 FP candidate / healthy scan)"),
