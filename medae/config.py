@@ -11,48 +11,100 @@ import contextlib
 import copy
 import math
 import os
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from medae.errors import MedaeError
 
+
+class _Section:
+    """A typed, read-only view of one validated recipe section (``from_dict``)."""
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """The section's values (defaults filled in and validated by :func:`load_config`) as
+        this type: numbers converted to the field's type, unknown keys refused."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise MedaeError(f"config: unknown key {cls.SECTION}.{unknown[0]} "
+                             f"(known: {', '.join(sorted(names))})")
+        kw = {}
+        for f in fields(cls):
+            v = values.get(f.name, f.default if f.default is not MISSING else f.default_factory())
+            kind = str(f.type).split(" ")[0]
+            if v is not None and kind in ("int", "float", "str") and not isinstance(v, bool):
+                v = {"int": int, "float": float, "str": str}[kind](v)
+            kw[f.name] = v
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """``data``: which samples train the model and which scans calibrate it."""
+
+    SECTION: ClassVar[str] = "data"
+    val_fraction: float = 0.2  # fraction of subjects held out for validation / calibration
+    # thresholds calibrated on the held-out subjects ("holdout"), or on every subject scored by
+    # fold models that did not see it ("crossfit": few subjects; the final model then trains on
+    # every subject, without a validation set)
+    calibration: str = "holdout"
+    crossfit_folds: int = 5  # at most this many folds (one subject, 2D: two slab folds)
+    min_foreground: float = 0.05  # skip slices / patches with less foreground than this
+    # with a lesion label: "drop" the slices / patches that touch it, or keep them and "mask" the
+    # lesion (dilated by lesion_margin_mm) out of the noise, the loss and the calibration
+    lesion_samples: str = "drop"
+    lesion_margin_mm: float = 4.0
+    patch_size: list | None = None  # 3D: patch size in voxels; null = the whole volume
+    augment: dict = field(default_factory=dict)  # Augment fields: flip_lr, intensity_*
+    cache_workers: int = 0
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class LossConfig(_Section):
+    """``loss``: the reconstruction loss (and the VAE / sparse terms' weights)."""
+
+    SECTION: ClassVar[str] = "loss"
+    kind: str = "mse"  # mse | l1 | bce
+    beta: float = 1.0  # VAE: weight of the KL term
+    sparsity: float = 1e-3  # sparse AE: weight of the L1 term on the code
+    masked: bool = False  # the loss counts voxels inside the brain mask only
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """``train``: optimisation."""
+
+    SECTION: ClassVar[str] = "train"
+    epochs: int = 20
+    steps: int | None = None  # total optimisation steps; when set, it decides the epochs
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | constant
+    grad_clip: float | None = 1.0
+    patience: int = 10  # early stopping on the validation loss (epochs without improvement)
+    precision: str = "32"  # 32 | bf16 | fp16
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+
+
+def _defaults(cls) -> dict[str, Any]:
+    return {f.name: f.default if f.default is not MISSING else f.default_factory()
+            for f in fields(cls)}
+
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"name": "ae", "spatial_dims": 2},  # other keys: the model's own arguments
     "preprocess": {},  # PreprocessConfig fields
-    "data": {
-        "val_fraction": 0.2,  # fraction of subjects held out for validation / calibration
-        # thresholds calibrated on the held-out subjects ("holdout"), or on every subject scored
-        # by fold models that did not see it ("crossfit": few subjects; the final model then
-        # trains on every subject, without a validation set)
-        "calibration": "holdout",
-        "crossfit_folds": 5,  # at most this many folds (one subject, 2D: two slab folds)
-        "min_foreground": 0.05,  # skip slices / patches with less foreground than this
-        # with a lesion label: "drop" the slices / patches that touch it, or keep them and
-        # "mask" the lesion (dilated by lesion_margin_mm) out of the noise and the loss
-        "lesion_samples": "drop",
-        "lesion_margin_mm": 4.0,
-        "patch_size": None,  # 3D: patch size in voxels; null = the whole preprocessed volume
-        "augment": {},  # Augment fields: flip_lr, intensity_scale, intensity_shift
-        "cache_workers": 0,
-        "num_workers": 0,
-    },
-    "loss": {"kind": "mse", "beta": 1.0, "sparsity": 1e-3, "masked": False},
-    "train": {
-        "epochs": 20,
-        "steps": None,  # total optimisation steps; when set, it decides the number of epochs
-        "batch_size": 16,
-        "lr": 1e-3,
-        "weight_decay": 1e-5,
-        "warmup_steps": 50,
-        "schedule": "cosine",  # cosine | constant
-        "grad_clip": 1.0,
-        "patience": 10,  # early stopping on the validation loss (epochs without improvement)
-        "precision": "32",  # 32 | bf16 | fp16
-        "seed": 0,
-        "max_steps_per_epoch": None,
-    },
+    "data": _defaults(DataConfig),
+    "loss": _defaults(LossConfig),
+    "train": _defaults(TrainConfig),
     "scoring": {},  # medae.scoring.MapConfig fields (residual, erode_mm, median_mm, ...)
 }
 # keys validated by the model factory, PreprocessConfig and MapConfig
@@ -184,6 +236,8 @@ def validate_config(config: dict) -> dict:
         if not ok(value):
             extra = f" ({', '.join(_model_names())})" if key == "model.name" else ""
             raise MedaeError(f"config: {key} is {value!r}; expected {allowed}{extra}")
+    for cls in (DataConfig, LossConfig, TrainConfig):  # the typed views training reads
+        cls.from_dict(config[cls.SECTION])
     return config
 
 

@@ -21,7 +21,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from medae.bundle import save_bundle
-from medae.config import dump_config, validate_config
+from medae.config import (
+    DataConfig,
+    LossConfig,
+    TrainConfig,
+    dump_config,
+    validate_config,
+)
 from medae.device import resolve_device
 from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes, atomic_write_csv
@@ -88,7 +94,7 @@ def model_kwargs(config: dict) -> dict:
                          f"preprocess.inputs lists {pre.channels} sequence(s)")
     dims = int(m.get("spatial_dims", 2))
     if "in_shape" not in m:
-        shape = config["data"]["patch_size"] or size
+        shape = DataConfig.from_dict(config["data"]).patch_size or size
         shape = tuple(shape)[:dims] if dims == 2 else tuple(shape)
         if any(s is None for s in shape):
             raise MedaeError("config: preprocess.size (or data.patch_size for 3D) must fix the "
@@ -202,14 +208,25 @@ class _Run:
     def dims(self) -> int:
         return int(self.kwargs["spatial_dims"])
 
+    @property
+    def train(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.config["train"])
+
+    @property
+    def data(self) -> DataConfig:
+        return DataConfig.from_dict(self.config["data"])
+
+    @property
+    def loss(self) -> LossConfig:
+        return LossConfig.from_dict(self.config["loss"])
+
     def datasets(self, items: list[dict], val_items: list[dict], keep_z=None
                  ) -> tuple[SampleDataset, SampleDataset | None]:
-        dc = self.config["data"]
-        common = {"patch_size": dc["patch_size"], "min_foreground": dc["min_foreground"],
-                  "lesion_samples": dc["lesion_samples"],
-                  "lesion_margin_mm": float(dc["lesion_margin_mm"]),
+        dc = self.data
+        common = {"patch_size": dc.patch_size, "min_foreground": dc.min_foreground,
+                  "lesion_samples": dc.lesion_samples, "lesion_margin_mm": dc.lesion_margin_mm,
                   "spacing": self.pre.spacing or (1.0, 1.0, 1.0)}
-        train_ds = SampleDataset(items, self.dims, augment=Augment.from_dict(dc["augment"]),
+        train_ds = SampleDataset(items, self.dims, augment=Augment.from_dict(dc.augment),
                                  seed=self.seed, keep_z=keep_z, **common)
         val_ds = SampleDataset(val_items, self.dims, seed=self.seed, **common) \
             if val_items else None
@@ -231,11 +248,11 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     validate_config(config)
     dev = resolve_device(device)
     d = _init_distributed(dev)
-    tc, dc = config["train"], config["data"]
-    precision = str(tc["precision"])
+    tc, dc = TrainConfig.from_dict(config["train"]), DataConfig.from_dict(config["data"])
+    precision = tc.precision
     if precision == "fp16" and dev.type == "cpu":
         log.warning("fp16 on a CPU is very slow (no fp16 kernels): prefer bf16 or 32 there")
-    seed = int(tc["seed"])
+    seed = tc.seed
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(seed)
@@ -260,11 +277,11 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
 
     if not sources:
         raise MedaeError("no training scans found")
-    crossfit = dc["calibration"] == "crossfit"
+    crossfit = dc.calibration == "crossfit"
     train_ids, val_ids = split_subjects([s.case_id for s in sources],
-                                        0.0 if crossfit else dc["val_fraction"], seed)
+                                        0.0 if crossfit else dc.val_fraction, seed)
     by_id = {s.case_id: s for s in sources}
-    workers = int(dc["cache_workers"])
+    workers = dc.cache_workers
     train_items, bad = cache_cases([by_id[i] for i in train_ids], pre, workers)
     val_items, bad_val = (cache_cases([by_id[i] for i in val_ids], pre, workers) if val_ids
                           else ([], []))
@@ -289,12 +306,12 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
             model.load_state_dict(best_state)
         if calibration is None:
             scorer = AnomalyModel(model, pre, map_cfg, device=dev,
-                                  batch_size=int(tc["batch_size"]), precision=precision)
+                                  batch_size=tc.batch_size, precision=precision)
             calib_items = val_items or train_items
             calibration = calibrate_model(
                 scorer, [by_id[it["case_id"]] for it in calib_items],
                 "validation" if val_items else "training (no validation set)",
-                _calibration_margin(config))
+                _calibration_margin(dc))
         summary = {
             "train_subjects": len(train_items), "val_subjects": len(val_items),
             "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
@@ -316,11 +333,10 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     return run
 
 
-def _calibration_margin(config: dict) -> float | None:
+def _calibration_margin(dc: DataConfig) -> float | None:
     """Calibration leaves labelled lesions out as training does: whole slices (``drop``), or
     the label grown by ``data.lesion_margin_mm`` (``mask``; returned)."""
-    dc = config["data"]
-    return float(dc["lesion_margin_mm"]) if dc["lesion_samples"] == "mask" else None
+    return dc.lesion_margin_mm if dc.lesion_samples == "mask" else None
 
 
 def _crossfit_calibration(r: _Run, items: list[dict], by_id: dict, map_cfg: MapConfig,
@@ -332,7 +348,7 @@ def _crossfit_calibration(r: _Run, items: list[dict], by_id: dict, map_cfg: MapC
     if done.exists():
         return json.loads(done.read_text())
     folds = crossfit_folds([it["case_id"] for it in items], r.dims, r.seed,
-                           int(r.config["data"]["crossfit_folds"]))
+                           r.data.crossfit_folds)
     if folds is None:
         log.warning("data.calibration=crossfit: one subject and a 3D model: no fold can be "
                     "held out, calibrating on the training scan instead")
@@ -357,7 +373,7 @@ def _crossfit_calibration(r: _Run, items: list[dict], by_id: dict, map_cfg: MapC
         if best is not None:
             fold_model.load_state_dict(best)
         scorer = AnomalyModel(fold_model, r.pre, map_cfg, device=r.dev,
-                              batch_size=int(r.config["train"]["batch_size"]),
+                              batch_size=r.train.batch_size,
                               precision=r.precision)
         for case in sorted(fold.held_cases):
             parts.setdefault(case, []).append((scorer, fold))
@@ -366,7 +382,7 @@ def _crossfit_calibration(r: _Run, items: list[dict], by_id: dict, map_cfg: MapC
     how = (f"{len(folds)} folds over subjects" if folds[0].slab is None else
            f"{len(folds)} folds over interleaved {SLAB_MM:g} mm axial slabs of one subject")
     calibration = calibrate_crossfit([(by_id[c], parts[c]) for c in sorted(parts)],
-                                     f"cross-fitted ({how})", _calibration_margin(r.config))
+                                     f"cross-fitted ({how})", _calibration_margin(r.data))
     atomic_write_bytes(done, json.dumps(calibration, allow_nan=False).encode())
     return calibration
 
@@ -376,29 +392,29 @@ def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, 
     """Optimise ``model``: the epoch loop with mixed precision, early stopping on the
     validation loss and (with ``run``) a log, TensorBoard and an atomic checkpoint per epoch.
     Returns the history and the best state (None for a model without parameters)."""
-    tc, dc, lc = r.config["train"], r.config["data"], r.config["loss"]
+    tc, dc, lc = r.train, r.data, r.loss
     dev, d, seed, precision = r.dev, r.d, r.seed, r.precision
     ddp = d.world > 1 and any(p.requires_grad for p in model.parameters())
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     trainable = [p for p in model.parameters() if p.requires_grad]
     # a model without parameters (the intensity baseline) is only calibrated
     opt = torch.optim.AdamW(trainable or [torch.zeros(1, requires_grad=True)],
-                            lr=float(tc["lr"]), weight_decay=float(tc["weight_decay"]))
-    bs = int(tc["batch_size"])
+                            lr=tc.lr, weight_decay=tc.weight_decay)
+    bs = tc.batch_size
     steps_per_epoch = math.ceil(len(train_ds) / (bs * d.world))
-    if tc["max_steps_per_epoch"]:
-        steps_per_epoch = min(steps_per_epoch, int(tc["max_steps_per_epoch"]))
-    epochs = int(tc["epochs"])
-    if tc["steps"]:
-        epochs = math.ceil(int(tc["steps"]) / steps_per_epoch)
+    if tc.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
+    epochs = tc.epochs
+    if tc.steps:
+        epochs = math.ceil(tc.steps / steps_per_epoch)
     epochs = epochs if trainable else 0
     total = max(1, epochs * steps_per_epoch)
-    warm = int(tc["warmup_steps"])
+    warm = tc.warmup_steps
 
     def lr_factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        if tc["schedule"] == "constant":
+        if tc.schedule == "constant":
             return 1.0
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
@@ -419,15 +435,15 @@ def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, 
     main = d.main and run is not None
     board = _tensorboard(run) if main else None
     pin = dev.type == "cuda"
-    loss_args = {"kind": lc["kind"], "beta": float(lc["beta"]), "sparsity": float(lc["sparsity"])}
+    loss_args = {"kind": lc.kind, "beta": lc.beta, "sparsity": lc.sparsity}
     noise = getattr(model, "noise", None)  # denoising models carry their noise settings
     noise_cfg = noise.to_dict() if noise is not None else None
     prefix = f"{label} " if label else ""
     for epoch in range(start, epochs):
-        if hist.bad_epochs >= int(tc["patience"]) and val_ds is not None:
+        if hist.bad_epochs >= tc.patience and val_ds is not None:
             break
         train_ds.set_epoch(epoch)
-        loader = make_loader(train_ds, bs, True, epoch, seed, d, int(dc["num_workers"]), pin)
+        loader = make_loader(train_ds, bs, True, epoch, seed, d, dc.num_workers, pin)
         net.train()
         bar = _Progress(steps_per_epoch, epoch, r.progress and d.main, prefix)
         t0, seen, sums = time.perf_counter(), 0, {}
@@ -437,8 +453,8 @@ def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, 
             parts = train_step(net, model, batch, opt=opt, scaler=scaler, sched=sched,
                                device=dev, precision=precision, noise=noise_cfg,
                                noise_seed=sample_seed(seed, "noise", epoch, step),
-                               loss_args=loss_args, masked=bool(lc["masked"]),
-                               grad_clip=float(tc["grad_clip"] or 0))
+                               loss_args=loss_args, masked=lc.masked,
+                               grad_clip=tc.grad_clip or 0.0)
             if not math.isfinite(parts["total"]):
                 raise MedaeError(f"{prefix}epoch {epoch} step {step}: the loss is not finite "
                                  f"({parts}); lower train.lr or use --precision 32")
@@ -511,7 +527,7 @@ def _validate(model, ds, dev, precision, bs, noise_cfg, seed, lc, loss_args) -> 
         x_in = _corrupt(x, mask, noise_cfg, sample_seed(seed, "val-noise", step))
         with autocast_context(dev, precision):
             out = model(x_in)
-        loss, _ = autoencoder_loss(model, out, x, mask=mask if lc["masked"] else None,
+        loss, _ = autoencoder_loss(model, out, x, mask=mask if lc.masked else None,
                                    **loss_args)
         total += float(loss) * x.shape[0]
         n += x.shape[0]
