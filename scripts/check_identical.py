@@ -51,7 +51,8 @@ run_demo({out!r}, size=DemoSize(n_healthy=6, n_patients=2, steps=120), seed=0, d
 #: machine or absolute paths; dropped before hashing
 VOLATILE_KEYS = {"seconds", "started", "finished", "time", "elapsed_s", "duration_s",
                  "created", "host", "hostname", "python", "torch", "platform", "wall_s",
-                 "seconds_per_scan", "timestamp", "date", "samples_per_s"}
+                 "seconds_per_scan", "timestamp", "date", "samples_per_s",
+                 "stages"}  # result.json: seconds per scoring stage
 
 
 def _run(cmd: list[str], env: dict) -> None:
