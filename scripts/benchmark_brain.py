@@ -21,8 +21,8 @@ reported at 1% healthy-voxel FPR.  Every finished run's figures go into docs/ben
 (with the commit, date, machine and a hash of the recipe and protocol), which is committed: a run
 already there is not repeated (--rerun forces it), so the full benchmark, days on a CPU, can be
 done a few runs at a time (--tests, --recipes, --seeds) on any machine.  The tables in
-docs/benchmark_results.md (and, with --readme, the README's results section) are built from that
-file.
+docs/benchmark_results.md (--quick: docs/benchmark_results_quick.md) and, with --readme, the
+README's results section are built from that file.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _protocol_overrides() -> list[str]:
 #: every finished run's figures, committed: the table is built from it, so a benchmark that takes
 #: longer than one sitting (the full one does on a CPU) adds runs across sessions and machines
 LEDGER = ROOT / "docs" / "benchmark_runs.json"
-RESULTS = ROOT / "docs" / "benchmark_results.md"
+RESULTS = ROOT / "docs" / "benchmark_results.md"  # full mode; --quick: benchmark_results_quick.md
 
 
 def _protocol(base: str, sets: list[str], steps: int | None) -> str:
@@ -228,7 +228,8 @@ def main() -> None:
                     print(f"{dname} test {test} {recipe} seed {seed}: " + ", ".join(
                         f"{k} {row[k]:.3f}" for k, _ in METRICS), flush=True)
     table = _table(results, args, steps)
-    RESULTS.write_text(table)
+    out = RESULTS.with_name(RESULTS.stem + "_quick.md") if args.quick else RESULTS
+    out.write_text(table)
     print(table)
     if args.readme:
         _update_readme(table)

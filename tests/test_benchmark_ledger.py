@@ -69,7 +69,7 @@ def test_runs_are_kept_and_not_repeated(bench, monkeypatch):
     bench._calls.clear()
     _main(bench, monkeypatch, "--quick", "--recipes", "raw", "brain_flair", "--seeds", "0", "1")
     assert bench._calls == []  # every run is in the ledger
-    table = bench.RESULTS.read_text()
+    table = bench.RESULTS.with_name("results_quick.md").read_text()
     assert "| brain_flair | 2 | 0.550 ± 0.071 |" in table
     assert "| raw | 1 | 0.500 |" in table
 
