@@ -39,8 +39,9 @@ SECTIONS = [
     ("Training throughput", "bench_train.py", ["--steps", "20"], ["--steps", "6", "--warmup", "2"],
      "The real training step (autocast, loss, backward, clipping, AdamW) on batches from the "
      "real cached dataset and loader.  'data %' is the time spent waiting for the next batch.  On "
-     "a CPU without bf16/fp16 units, bf16 does not pay and fp16 is far slower: use 32 or bf16 "
-     "there; fp16 is for GPUs.  The loss columns agree across precisions (same seed, batches)."),
+     "a CPU, fp16 is far slower (no fp16 kernels; it is for GPUs) and bf16 pays only where the "
+     "CPU has bf16 instructions (this one: see 'vs fp32').  The loss columns agree across "
+     "precisions (same seed, batches)."),
     ("Scoring", "bench_score.py", ["--copies", "2", "--serial"], ["--copies", "1", "--serial"],
      "The real batch job (`medae score` internals: load, preprocess, reconstruct every slice, "
      "heat map, candidates, NIfTI/CSV/PNG outputs) on the BraTS FLAIR scans with the default "
