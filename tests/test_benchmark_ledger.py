@@ -79,8 +79,15 @@ def test_runs_are_kept_and_not_repeated(bench, monkeypatch):
     assert [(c[1], c[2]) for c in bench._calls] == [("brain_flair", 0)]
     assert len(json.loads(bench.LEDGER.read_text())["runs"]) == 4
 
+    # with more than one test patient, a per-patient table says where a recipe wins
+    _main(bench, monkeypatch, "--recipes", "raw", "--tests", "pat0001", "pat0002")
+    table = bench.RESULTS.read_text()
+    assert "| raw | 2 | 0.500 ± 0.000 |" in table
+    assert "| recipe | pat0001 | pat0002 |" in table
+    assert "| raw | 0.500 / 0.400 / 0.300 | 0.500 / 0.400 / 0.300 |" in table
+
     # --table-only runs nothing and reports only the runs of the asked protocol
     bench._calls.clear()
-    _main(bench, monkeypatch, "--tests", "pat0001", "--recipes", "raw", "--table-only")
+    _main(bench, monkeypatch, "--tests", "pat0001", "--recipes", "brain_multi", "--table-only")
     assert bench._calls == []
     assert "0 runs" in bench.RESULTS.read_text()
