@@ -15,11 +15,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medae.errors import MedaeError
-from medae.models.blocks import check_config, decoder, encoder, out_head
+from medae.models.blocks import (
+    check_config,
+    crop_to,
+    decoder,
+    encoder,
+    out_head,
+    pad_to_multiple,
+)
 from medae.models.noise import CoarseNoise
 from medae.models.registry import register_model
 
@@ -81,10 +87,7 @@ class ConvAutoencoder(nn.Module):
         if self.latent_size is not None and tuple(x.shape[2:]) != self.in_shape:
             raise MedaeError(f"{self.family}: input spatial shape {tuple(x.shape[2:])} differs "
                              f"from in_shape {self.in_shape} of the dense bottleneck")
-        pad = [(-n) % self.factor for n in x.shape[2:]]
-        if any(pad):
-            x = F.pad(x, [p for n in reversed(pad) for p in (0, n)])
-        return self.encoder(x)
+        return self.encoder(pad_to_multiple(x, self.factor))
 
     def encode(self, x: Tensor) -> Tensor:
         """Latent code ``z`` of ``x``: (B, latent_size), or the spatial feature map."""
@@ -95,7 +98,7 @@ class ConvAutoencoder(nn.Module):
         """Output before ``out_activation``; dense codes decode to ``in_shape``."""
         if self.latent_size is not None:
             h = self.decoder(self.fc_decode(z).view(z.shape[0], *self.feature_shape))
-            return _crop(self.head(h), self.in_shape)
+            return crop_to(self.head(h), self.in_shape)
         return self.head(self.decoder(z))
 
     def activate(self, logits: Tensor) -> Tensor:
@@ -109,15 +112,8 @@ class ConvAutoencoder(nn.Module):
     def forward(self, x: Tensor) -> AEOutput:
         """Reconstruct ``x`` (B, C, *spatial); ``recon`` has the shape of ``x``."""
         z = self.encode(x)
-        logits = _crop(self.decode_logits(z), x.shape[2:])
+        logits = crop_to(self.decode_logits(z), x.shape[2:])
         return AEOutput(recon=self.activate(logits), z=z, logits=logits)
-
-
-def _crop(x: Tensor, shape: Sequence[int]) -> Tensor:
-    """Crop the spatial axes of ``x`` to ``shape`` (from the start)."""
-    if tuple(x.shape[2:]) == tuple(shape):
-        return x
-    return x[(slice(None), slice(None), *(slice(0, n) for n in shape))]
 
 
 @register_model("ae")

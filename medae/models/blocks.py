@@ -6,8 +6,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
-from torch import nn
+from torch import Tensor, nn
 
 NORMS = ("instance", "batch", "group", None)
 
@@ -107,3 +108,19 @@ def out_head(cfg: dict[str, Any]) -> nn.Module:
     """Linear output layer (3×3 convolution, no norm/activation) back to ``in_channels``."""
     return Convolution(cfg["spatial_dims"], cfg["channels"][0], cfg["in_channels"],
                        kernel_size=3, conv_only=True)
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Zero-pad the spatial axes of ``x`` (B, C, *spatial) at their ends to a multiple of
+    ``multiple`` (the network's total stride); :func:`crop_to` undoes it."""
+    pad = [(-n) % multiple for n in x.shape[2:]]
+    if not any(pad):
+        return x
+    return F.pad(x, [p for n in reversed(pad) for p in (0, n)])
+
+
+def crop_to(x: Tensor, shape: Sequence[int]) -> Tensor:
+    """Crop the spatial axes of ``x`` to ``shape`` (from the start)."""
+    if tuple(x.shape[2:]) == tuple(shape):
+        return x
+    return x[(slice(None), slice(None), *(slice(0, n) for n in shape))]

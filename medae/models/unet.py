@@ -9,15 +9,14 @@ The code ``z`` is the bottleneck feature map (captured with a forward hook).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
 from torch import Tensor, nn
 
 from medae.models.ae import AEOutput
+from medae.models.blocks import crop_to, pad_to_multiple
 from medae.models.noise import CoarseNoise
 from medae.models.registry import register_model
 
@@ -54,13 +53,7 @@ class DenoisingUNet(nn.Module):
         self._z = output
 
     def forward(self, x: Tensor) -> AEOutput:
-        size = x.shape[2:]
-        pad = [(math.ceil(n / self.multiple) * self.multiple - n) for n in size]
-        if any(pad):
-            flat = [p for n in reversed(pad) for p in (0, n)]
-            x = F.pad(x, flat)
-        out = self.net(x)
-        out = out[(slice(None), slice(None), *(slice(0, n) for n in size))]
+        out = crop_to(self.net(pad_to_multiple(x, self.multiple)), x.shape[2:])
         z, self._z = self._z, None
         return AEOutput(recon=out, z=z, logits=out)
 

@@ -21,7 +21,8 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
-from medae.models.ae import AEOutput, ConvAutoencoder, _crop, _options
+from medae.models.ae import AEOutput, ConvAutoencoder, _options
+from medae.models.blocks import crop_to
 from medae.models.registry import register_model
 
 # logvar is clamped to this range when sampling (exp overflow / vanishing std guard)
@@ -66,7 +67,7 @@ class VarAutoencoder(ConvAutoencoder):
         """Reconstruct ``x``; from a posterior sample in training mode, from ``mu`` in eval."""
         mu, logvar = self.encode_dist(x)
         z = self.reparameterize(mu, logvar) if self.training else mu
-        logits = _crop(self.decode_logits(z), x.shape[2:])
+        logits = crop_to(self.decode_logits(z), x.shape[2:])
         return AEOutput(recon=self.activate(logits), z=z, mu=mu, logvar=logvar, logits=logits)
 
 
