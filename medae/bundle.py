@@ -21,13 +21,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from medae.config import validate_config
+from medae.config import DataConfig, MapConfig, validate_config
 from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes
 from medae.io.files import read_regular
 from medae.models import create_model, list_models
 from medae.preprocess import PreprocessConfig
-from medae.scoring.heatmap import MapConfig  # part 2: the recipe's scoring schema, in config
 from medae.version import __version__
 
 #: suffixes of pickle-based checkpoints (loading one can run arbitrary code): refused
@@ -50,6 +49,26 @@ class Bundle:
     @property
     def config(self) -> dict:
         return self.meta["config"]
+
+
+def model_kwargs(config: dict) -> dict:
+    """The model's construction arguments: the recipe's ``model`` section, with the input size
+    and the number of input channels (``preprocess.inputs``) filled in."""
+    m = dict(config["model"])
+    pre = PreprocessConfig.from_dict(config["preprocess"])
+    size = pre.size
+    if m.setdefault("in_channels", pre.channels) != pre.channels:
+        raise MedaeError(f"config: model.in_channels is {m['in_channels']!r} but "
+                         f"preprocess.inputs lists {pre.channels} sequence(s)")
+    dims = int(m.get("spatial_dims", 2))
+    if "in_shape" not in m:
+        shape = DataConfig.from_dict(config["data"]).patch_size or size
+        shape = tuple(shape)[:dims] if dims == 2 else tuple(shape)
+        if any(s is None for s in shape):
+            raise MedaeError("config: preprocess.size (or data.patch_size for 3D) must fix the "
+                             f"model's input size, got {shape}")
+        m["in_shape"] = list(shape)
+    return m
 
 
 def save_bundle(run: str | os.PathLike, model: torch.nn.Module, config: dict, *,

@@ -11,10 +11,11 @@ import contextlib
 import copy
 import math
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import yaml
 
 from medae.errors import MedaeError
@@ -243,3 +244,106 @@ def validate_config(config: dict) -> dict:
 
 def dump_config(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+
+
+RESIDUALS = ("abs", "squared", "positive")
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    """Post-processing of the residual, stored in the bundle (``scoring`` section).
+
+    Attributes:
+        residual: ``"abs"`` |x - x̂|, ``"squared"`` (x - x̂)², or ``"positive"`` max(x - x̂, 0)
+            (only brighter-than-expected voxels, e.g. lesions in FLAIR).
+        erode_mm: leave out the outer rim of the brain mask, this many mm deep (the brain edge
+            is reconstructed poorly by every autoencoder and is not a lesion).  Only the outer
+            surface is eroded: holes inside the mask do not grow.
+        median_mm: median filter width in mm at the scan's resolution: one width (every axis)
+            or three (e.g. ``[5, 5, 0]``: within each axial slice); each becomes the largest odd
+            number of voxels no wider than that (under 3 voxels: no filtering on that axis).
+        min_volume_mm3: candidates smaller than this are dropped.
+        scan_percentile: the scan score is this percentile of the map inside the brain.
+        channels: multi-sequence models: the inputs (``preprocess.inputs`` names) whose
+            residuals make the map (``None``: every input).  E.g. ``[flair, t2]``: lesions are
+            bright there, while a T1-weighted input helps the reconstruction but its positive
+            residual (bright vessels, enhancement) is not a lesion sign.
+
+    Bundles written before maps were computed at the scan's resolution used ``erode`` and
+    ``median`` in voxels of the model grid: :meth:`from_dict` converts them with the model's
+    spacing.
+    """
+
+    residual: str = "abs"
+    erode_mm: float = 4.0
+    median_mm: float | tuple[float, float, float] = (3.0, 3.0, 0.0)
+    min_volume_mm3: float = 20.0
+    scan_percentile: float = 99.0
+    channels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels is not None and (
+                not isinstance(self.channels, tuple) or not self.channels
+                or not all(isinstance(c, str) and c for c in self.channels)):
+            raise MedaeError("scoring.channels: null or a list of input sequence names, "
+                             f"got {self.channels!r}")
+        if self.residual not in RESIDUALS:
+            raise MedaeError(f"scoring.residual: expected one of {RESIDUALS}, "
+                             f"got {self.residual!r}")
+        widths = self.median_mm if isinstance(self.median_mm, tuple) else (self.median_mm,)
+        if len(widths) not in (1, 3) or any(
+                isinstance(m, bool) or not isinstance(m, int | float) or not 0 <= m < 1e3
+                for m in widths):
+            raise MedaeError("scoring.median_mm: one or three widths in mm (0 <= w < 1000), "
+                             f"got {self.median_mm!r}")
+        for key in ("erode_mm", "min_volume_mm3"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    not 0 <= value < 1e9:
+                raise MedaeError(f"scoring.{key}: expected a number >= 0, got {value!r}")
+        if not 0 < self.scan_percentile <= 100:
+            raise MedaeError("scoring.scan_percentile must be in (0, 100]")
+
+    @classmethod
+    def from_dict(cls, values: dict | None, model_spacing=None) -> MapConfig:
+        """Validate a ``scoring`` section (legacy ``erode``/``median`` in model voxels are
+        converted to mm with ``model_spacing``, 1 mm when the model kept the scan's grid)."""
+        values = dict(values or {})
+        spacing = np.asarray(model_spacing if model_spacing is not None else (1.0,) * 3, float)
+        if "erode" in values:
+            if "erode_mm" in values:
+                raise MedaeError("scoring: give erode_mm (mm), not also erode (model voxels)")
+            values["erode_mm"] = float(values.pop("erode")) * float(spacing.mean())
+        if "median" in values:
+            if "median_mm" in values:
+                raise MedaeError("scoring: give median_mm (mm), not also median (model voxels)")
+            m = values.pop("median")
+            m = [m] * 3 if not isinstance(m, list | tuple) else list(m)
+            if len(m) != 3:
+                raise MedaeError(f"scoring.median: one or three sizes, got {m!r}")
+            values["median_mm"] = [0.0 if v <= 1 else float(v) * float(s)
+                                   for v, s in zip(m, spacing, strict=True)]
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MedaeError(f"scoring: unknown key(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        for key in ("median_mm", "channels"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["channels"] is None:  # one-sequence bundles stay as they were
+            del d["channels"]
+        for key in ("median_mm", "channels"):
+            if isinstance(d.get(key), tuple):
+                d[key] = list(d[key])
+        return d
+
+    def median_size(self, spacing) -> tuple[int, int, int]:
+        """The median filter's size in voxels of a grid with ``spacing`` (odd, >= 1)."""
+        widths = self.median_mm if isinstance(self.median_mm, tuple) else (self.median_mm,) * 3
+        return tuple(max(1, 2 * int(np.floor((w / s + 1e-6 - 1) / 2)) + 1)
+                     for w, s in zip(widths, spacing, strict=True))

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import torch
 
-from medae.bundle import META, save_bundle
+from medae.bundle import META, model_kwargs, save_bundle
 from medae.config import load_config
 from medae.errors import MedaeError
 from medae.models import create_model
-from medae.train import model_kwargs  # part 2: model arguments belong with the recipe (config)
 from medae.version import __version__
 
 

@@ -20,10 +20,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from medae.bundle import save_bundle
+from medae.bundle import model_kwargs, save_bundle
 from medae.config import (
     DataConfig,
     LossConfig,
+    MapConfig,
     TrainConfig,
     dump_config,
     validate_config,
@@ -45,7 +46,6 @@ from medae.samples import (
     split_subjects,
 )
 from medae.scoring.calibration import calibrate_crossfit, calibrate_model
-from medae.scoring.heatmap import MapConfig
 from medae.scoring.reconstruct import autocast_context
 from medae.scoring.scorer import AnomalyModel, scored_channels
 from medae.version import __version__
@@ -81,26 +81,6 @@ class History:
     best_val: float = math.inf
     best_epoch: int = -1
     bad_epochs: int = 0
-
-
-def model_kwargs(config: dict) -> dict:
-    """The model's construction arguments: the recipe's ``model`` section, with the input size
-    and the number of input channels (``preprocess.inputs``) filled in."""
-    m = dict(config["model"])
-    pre = PreprocessConfig.from_dict(config["preprocess"])
-    size = pre.size
-    if m.setdefault("in_channels", pre.channels) != pre.channels:
-        raise MedaeError(f"config: model.in_channels is {m['in_channels']!r} but "
-                         f"preprocess.inputs lists {pre.channels} sequence(s)")
-    dims = int(m.get("spatial_dims", 2))
-    if "in_shape" not in m:
-        shape = DataConfig.from_dict(config["data"]).patch_size or size
-        shape = tuple(shape)[:dims] if dims == 2 else tuple(shape)
-        if any(s is None for s in shape):
-            raise MedaeError("config: preprocess.size (or data.patch_size for 3D) must fix the "
-                             f"model's input size, got {shape}")
-        m["in_shape"] = list(shape)
-    return m
 
 
 def make_loader(ds, batch_size: int, shuffle: bool, epoch: int, seed: int, d: Dist,

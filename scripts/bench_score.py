@@ -32,11 +32,10 @@ def _build_bundle(recipe: str, run: Path) -> None:
     import numpy as np
     import torch
 
-    from medae.bundle import save_bundle
+    from medae.bundle import model_kwargs, save_bundle
     from medae.config import load_config
     from medae.models import create_model
     from medae.scoring.threshold import HealthyMap, calibrate
-    from medae.train import model_kwargs
 
     torch.manual_seed(0)
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml")

@@ -33,11 +33,12 @@ def _one(recipe: str, precision: str, device: str, steps: int, warmup: int) -> d
     import numpy as np
     import torch
 
+    from medae.bundle import model_kwargs
     from medae.config import load_config
     from medae.models import create_model
     from medae.preprocess import Prepared, PreprocessConfig
     from medae.samples import SampleDataset
-    from medae.train import Dist, make_loader, model_kwargs, resolve_device, train_step
+    from medae.train import Dist, make_loader, resolve_device, train_step
 
     dev = resolve_device(device)
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", [f"train.precision={precision}"])

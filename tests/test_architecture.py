@@ -54,9 +54,6 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 #: known violations in files this refactor's first part could not edit, each with its reason;
 #: the test fails when one of them disappears, so the list cannot go stale
 KNOWN: dict[tuple[str, str], str] = {
-    # part 2: the recipe's `scoring` section is validated through MapConfig, which lives in
-    # scoring/heatmap.py; it belongs with the typed recipe schema (config.py)
-    ("medae.bundle", "medae.scoring.heatmap"): "part 2",
 }
 
 #: modules that must import without torch or MONAI (a fresh interpreter checks sys.modules)

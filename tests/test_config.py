@@ -32,9 +32,9 @@ def test_a_typo_in_any_section_is_refused_at_load(override, message):
         cfg = load_config(ROOT / "configs" / "brain_flair.yaml", [override])
         # sections validated by their own classes (model, preprocess, scoring) refuse a typo
         # when they are built, which training does before reading any scan
+        from medae.bundle import model_kwargs
         from medae.preprocess import PreprocessConfig
         from medae.scoring.heatmap import MapConfig
-        from medae.train import model_kwargs
 
         PreprocessConfig.from_dict(cfg["preprocess"])
         MapConfig.from_dict(cfg["scoring"])

@@ -185,7 +185,7 @@ def test_missing_sequence_fails_the_case_not_the_job(folders, tmp_path):
 def test_in_channels_must_match_inputs():
     cfg = load_config(ROOT / "configs" / "ae2d.yaml",
                       ["preprocess.inputs=[flair, t2]", "model.in_channels=1"])
-    from medae.train import model_kwargs
+    from medae.bundle import model_kwargs
 
     with pytest.raises(MedaeError, match=r"model\.in_channels is 1 but preprocess\.inputs lists 2"):
         model_kwargs(cfg)
