@@ -157,6 +157,19 @@ def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def grow_mm(mask: np.ndarray, margin_mm: float, spacing) -> np.ndarray:
+    """``mask`` grown by ``margin_mm`` (every voxel within that distance of it, in mm), computed
+    inside ``mask``'s bounding box padded by the margin (a lesion's box, not the volume)."""
+    grown = np.zeros(mask.shape, bool)
+    pad = [int(np.ceil(margin_mm / max(float(s), 1e-6))) + 1 for s in spacing]
+    box = bounding_box(mask, pad)
+    if box is None:
+        return grown
+    dist = ndimage.distance_transform_edt(~mask[box], sampling=[float(s) for s in spacing])
+    grown[box] = dist <= margin_mm
+    return grown
+
+
 def outer_erosion(mask: np.ndarray, depth_mm: float, spacing, slab: int = 48) -> np.ndarray:
     """``mask`` minus the voxels within ``depth_mm`` of the outside of its filled outline.
 

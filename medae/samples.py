@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from monai.data import CacheDataset
 from monai.transforms import Transform
-from scipy import ndimage
 from torch.utils.data import Dataset
 
 from medae.errors import MedaeError, failure_reason
 from medae.io.discover import ScanSource
+from medae.masks import grow_mm
 from medae.preprocess import Prepared, PreprocessConfig, prepare_source
 
 
@@ -165,8 +165,7 @@ def _lesion_free(prep: Prepared, margin_mm: float, spacing) -> np.ndarray:
     """The brain mask minus the lesion label grown by ``margin_mm`` (model space)."""
     if margin_mm <= 0:
         return prep.mask & ~prep.label
-    near = ndimage.distance_transform_edt(~prep.label, sampling=spacing) <= margin_mm
-    return prep.mask & ~near
+    return prep.mask & ~grow_mm(prep.label, margin_mm, spacing)
 
 
 class SampleDataset(Dataset):

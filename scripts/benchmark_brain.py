@@ -146,8 +146,12 @@ def _save_ledger(runs: list[dict]) -> None:
     os.replace(tmp, LEDGER)
 
 
+def _same(run: dict, key: dict) -> bool:
+    return all(run.get(k) == v for k, v in key.items())
+
+
 def _find(runs: list[dict], **key) -> dict | None:
-    return next((r for r in runs if all(r.get(k) == v for k, v in key.items())), None)
+    return next((r for r in runs if _same(r, key)), None)
 
 
 def main() -> None:
@@ -172,6 +176,7 @@ def main() -> None:
     steps = args.steps or (400 if args.quick else None)
     medae = [sys.executable, "-m", "medae"]
     sets = _protocol_overrides()
+    machine = None if args.table_only else _machine(args.device)
     ledger = _load_ledger()
     results: dict = {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -217,12 +222,9 @@ def main() -> None:
                     row.update(key, steps=steps if base != "intensity" else None, commit=commit,
                                date=datetime.date.today().isoformat(),
                                minutes=round((time.time() - t0) / 60, 1),
-                               machine=f"{os.cpu_count()} CPU cores"
-                               if args.device in ("auto", "cpu") and not _cuda()
-                               else args.device)
+                               machine=machine)
                     # read again before writing: another benchmark process may have added runs
-                    ledger = [r for r in _load_ledger()
-                              if not all(r.get(k) == v for k, v in key.items())] + [row]
+                    ledger = [r for r in _load_ledger() if not _same(r, key)] + [row]
                     _save_ledger(ledger)
                     results.setdefault(dname, {}).setdefault(recipe, []).append(row)
                     print(f"{dname} test {test} {recipe} seed {seed}: " + ", ".join(
@@ -235,12 +237,15 @@ def main() -> None:
         _update_readme(table)
 
 
-def _cuda() -> bool:
+def _machine(device: str) -> str:
+    """What the runs train on: the GPU's name where CUDA is used, else the CPU cores."""
     try:
         import torch
-        return bool(torch.cuda.is_available())
+        if device != "cpu" and torch.cuda.is_available():
+            return torch.cuda.get_device_name()
     except ImportError:
-        return False
+        pass
+    return f"{os.cpu_count()} CPU cores"
 
 
 def _one_run(medae: list[str], run: Path, base: str, train_csv: Path, test_csv: Path,

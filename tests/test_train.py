@@ -213,11 +213,11 @@ def test_lesion_samples_masked_instead_of_dropped(tmp_path):
 
 
 def test_calibration_margin_is_in_millimetres():
-    from medae.scoring.calibration import _near_label
+    from medae.masks import grow_mm
 
     label = np.zeros((9, 9, 9), bool)
     label[4, 4, 4] = True
-    assert _near_label(label, 2.0, (2.0, 2.0, 2.0)).sum() == 7  # the 6 face neighbours
-    assert _near_label(label, 2.9, (2.0, 2.0, 2.0)).sum() == 19  # and the 12 edge ones (2.83)
-    assert _near_label(label, 2.0, (1.0, 1.0, 4.0)).sum() == 13  # 2 voxels in-plane, 0 in z
-    assert not _near_label(np.zeros((3, 3, 3), bool), 5.0, (1, 1, 1)).any()
+    assert grow_mm(label, 2.0, (2.0, 2.0, 2.0)).sum() == 7  # the 6 face neighbours
+    assert grow_mm(label, 2.9, (2.0, 2.0, 2.0)).sum() == 19  # and the 12 edge ones (2.83)
+    assert grow_mm(label, 2.0, (1.0, 1.0, 4.0)).sum() == 13  # 2 voxels in-plane, 0 in z
+    assert not grow_mm(np.zeros((3, 3, 3), bool), 5.0, (1, 1, 1)).any()

@@ -12,27 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from medae.io.discover import ScanSource
+from medae.masks import grow_mm
 from medae.scoring.heatmap import scan_score
 from medae.scoring.scorer import AnomalyModel
 from medae.scoring.threshold import HealthyMap, calibrate
-
-
-def _near_label(label: np.ndarray, margin_mm: float, spacing) -> np.ndarray:
-    """The label grown by ``margin_mm`` (bool, scan grid), computed in the label's box."""
-    near = np.zeros(label.shape, bool)
-    idx = np.nonzero(label.any(axis=(1, 2)))[0], np.nonzero(label.any(axis=(0, 2)))[0], \
-        np.nonzero(label.any(axis=(0, 1)))[0]
-    if not len(idx[0]):
-        return near
-    pad = [int(np.ceil(margin_mm / max(float(s), 1e-6))) + 1 for s in spacing]
-    box = tuple(slice(max(0, int(i[0]) - p), min(n, int(i[-1]) + p + 1))
-                for i, p, n in zip(idx, pad, label.shape, strict=True))
-    dist = ndimage.distance_transform_edt(~label[box], sampling=[float(s) for s in spacing])
-    near[box] = dist <= margin_mm
-    return near
 
 
 def lesion_rule(lesion_margin_mm: float | None) -> str:
@@ -71,7 +56,7 @@ def healthy_map(model: AnomalyModel, source: ScanSource, parts: Sequence | None 
         if lesion_margin_mm is None:
             healthy[:, :, lesion.any(axis=(0, 1))] = False
         else:
-            healthy &= ~_near_label(lesion, lesion_margin_mm, scan.spacing)
+            healthy &= ~grow_mm(lesion, lesion_margin_mm, scan.spacing)
     voxel_mm3 = float(abs(np.linalg.det(scan.affine[:3, :3])))
     score = scan_score(heat, healthy, parts[0][0].map_config.scan_percentile)
     return HealthyMap.crop(heat, healthy, voxel_mm3), score
