@@ -71,24 +71,20 @@ def default_focus(heatmap: np.ndarray, candidates: np.ndarray | None = None
     heat = np.asarray(heatmap)
     if candidates is not None:
         cand = np.asarray(candidates)
-        # memory-light on CT-size volumes: one boolean image at a time, the centroid from
-        # per-axis projections, voxel lists only within the candidate's bounding box
-        if np.any(cand == 1) or np.any(cand > 0):
-            label = 1 if np.any(cand == 1) else int(cand[cand > 0].min())
-            voxels_of = cand == label
-            box = tuple(slice(int(h[0]), int(h[-1]) + 1) for h in (
-                np.flatnonzero(voxels_of.any(axis=tuple(a for a in range(3) if a != ax)))
-                for ax in range(3)))
-            inside = voxels_of[box]
-            del voxels_of
+        # memory-light on CT-size volumes: whole-volume tests a block of slices at a time, the
+        # centroid from per-axis projections, voxel lists one slice of the candidate's box at a
+        # time
+        label = _focus_label(cand)
+        if label is not None:
+            box = _label_box(cand, label)
+            inside = cand[box] == label
             count = np.count_nonzero(inside)
             centre = np.array([b.start + float(np.dot(
                 inside.sum(axis=tuple(a for a in range(3) if a != ax), dtype=np.int64),
                 np.arange(inside.shape[ax]))) / count for ax, b in enumerate(box)])
             centre = np.rint(centre).astype(int)
             if cand[tuple(centre)] != label:
-                voxels = np.argwhere(inside) + [b.start for b in box]
-                centre = voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))]
+                centre = _nearest_voxel(inside, box, centre)
             return tuple(int(v) for v in centre)
     finite = heat.astype(np.float32, copy=False)
     if not all(np.isfinite(finite[i:i + 8]).all() for i in range(0, len(finite), 8)):
@@ -96,6 +92,52 @@ def default_focus(heatmap: np.ndarray, candidates: np.ndarray | None = None
     if finite.size and finite.max() > 0:
         return tuple(int(v) for v in np.unravel_index(int(np.argmax(finite)), finite.shape))
     return tuple(int(s // 2) for s in heat.shape)
+
+
+def _blocks(n: int, step: int = 32):
+    return ((i, min(n, i + step)) for i in range(0, n, step))
+
+
+def _focus_label(cand: np.ndarray) -> int | None:
+    """Label 1 if present, else the lowest positive label, else None (a block at a time)."""
+    lowest = None
+    for i, j in _blocks(len(cand)):
+        part = cand[i:j]
+        if np.any(part == 1):
+            return 1
+        pos = part[part > 0]
+        if pos.size:
+            lowest = int(pos.min()) if lowest is None else min(lowest, int(pos.min()))
+    return lowest
+
+
+def _label_box(cand: np.ndarray, label: int) -> tuple[slice, ...]:
+    """The bounding box of ``cand == label`` (present), a block of slices at a time."""
+    hit = [np.zeros(n, bool) for n in cand.shape]
+    for i, j in _blocks(len(cand)):
+        part = cand[i:j] == label
+        hit[0][i:j] |= part.any(axis=(1, 2))
+        hit[1] |= part.any(axis=(0, 2))
+        hit[2] |= part.any(axis=(0, 1))
+    return tuple(slice(int(h[0]), int(h[-1]) + 1) for h in (np.flatnonzero(h) for h in hit))
+
+
+def _nearest_voxel(inside: np.ndarray, box: tuple[slice, ...], centre: np.ndarray) -> np.ndarray:
+    """The voxel of ``inside`` (a box at ``box``) nearest ``centre``; on a tie the first in
+    C order, as ``np.argmin`` over ``np.argwhere`` would give, one slice at a time."""
+    best, best_d = None, None
+    for i in range(inside.shape[0]):
+        pts = np.argwhere(inside[i])
+        if not len(pts):
+            continue
+        x = i + box[0].start
+        offset = np.array([box[1].start, box[2].start])
+        d = ((pts + offset - centre[1:]) ** 2).sum(axis=1) + (x - centre[0]) ** 2
+        k = int(np.argmin(d))
+        if best_d is None or d[k] < best_d:
+            best_d = d[k]
+            best = np.array([x, pts[k][0] + box[1].start, pts[k][1] + box[2].start])
+    return best
 
 
 def ortho_panels(shape: tuple[int, int, int], spacing: tuple[float, float, float]

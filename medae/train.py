@@ -238,13 +238,76 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     torch.manual_seed(seed)
 
     # the recipe is checked whole before anything is written or read
-    if os.path.lexists(run) and not run.is_dir():
-        raise MedaeError(run, "--output exists and is not a folder")
     pre = PreprocessConfig.from_dict(config["preprocess"])
     map_cfg = MapConfig.from_dict(config["scoring"], pre.spacing)  # validated before any work
     scored_channels(pre, map_cfg)  # scoring.channels names inputs the model reads
     kwargs = model_kwargs(config)
     model = create_model(**kwargs).to(dev)  # an invalid model fails before any scan is read
+    _open_run(run, config, resume, d)
+
+    if not sources:
+        raise MedaeError("no training scans found")
+    crossfit = dc.calibration == "crossfit"
+    train_items, val_items, by_id, skipped = _load_cases(sources, pre, dc, seed, crossfit,
+                                                         run, d)
+    r = _Run(config, dev, d, seed, precision, pre, kwargs, progress)
+    train_ds, val_ds = r.datasets(train_items, val_items)
+    trainable = any(p.requires_grad for p in model.parameters())
+    calibration = None
+    if crossfit and trainable:
+        calibration = _crossfit_calibration(r, train_items, by_id, map_cfg, run)
+    hist, best_state = _fit(r, model, train_ds, val_ds, run=run, resume=resume)
+
+    if d.main:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        if calibration is None:
+            calibration = _calibrate_holdout(r, model, map_cfg, train_items, val_items, by_id)
+        summary = _summary(r, hist, train_items, val_items, train_ds, val_ds, skipped,
+                           trainable)
+        intensity = [_intensity_entry(it) for it in train_items]
+        save_bundle(run, model, config, training=summary, intensity=intensity,
+                    val_cases=[it["case_id"] for it in val_items], calibration=calibration)
+    if d.world > 1:
+        dist.barrier()
+    return run
+
+
+def _calibrate_holdout(r: _Run, model, map_cfg: MapConfig, train_items: list[dict],
+                       val_items: list[dict], by_id: dict) -> dict:
+    """Thresholds from the trained model's maps of the validation scans (of the training scans
+    when there is no validation set)."""
+    scorer = AnomalyModel(model, r.pre, map_cfg, device=r.dev, batch_size=r.train.batch_size,
+                          precision=r.precision)
+    calib_items = val_items or train_items
+    return calibrate_model(scorer, [by_id[it["case_id"]] for it in calib_items],
+                           "validation" if val_items else "training (no validation set)",
+                           _calibration_margin(r.data))
+
+
+def _summary(r: _Run, hist: History, train_items: list[dict], val_items: list[dict],
+             train_ds: SampleDataset, val_ds: SampleDataset | None, skipped: list[dict],
+             trainable: bool) -> dict:
+    """The bundle's ``training`` record: data, epochs, model selection and settings."""
+    return {
+        "train_subjects": len(train_items), "val_subjects": len(val_items),
+        "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
+        "dropped_lesion_samples": train_ds.dropped_label,
+        "lesion_masked_samples": train_ds.masked_label,
+        "skipped_scans": len(skipped),
+        "epochs_run": len(hist.rows), "best_epoch": hist.best_epoch,
+        "best_loss": hist.best_val if math.isfinite(hist.best_val) else None,
+        "selected_on": ("not trained (no parameters)" if not trainable
+                        else "validation" if val_ds else "training"),
+        "precision": r.precision, "seed": r.seed, "world_size": r.d.world,
+        "device": r.dev.type, "medae_version": __version__,
+    }
+
+
+def _open_run(run: Path, config: dict, resume: bool, d: Dist) -> None:
+    """Check the run folder (a new one, or one to resume) and keep the resolved recipe in it."""
+    if os.path.lexists(run) and not run.is_dir():
+        raise MedaeError(run, "--output exists and is not a folder")
     ckpt_path = run / CHECKPOINT
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
@@ -255,9 +318,13 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     if d.main and not resume:
         atomic_write_bytes(run / "config.yaml", dump_config(config).encode())
 
-    if not sources:
-        raise MedaeError("no training scans found")
-    crossfit = dc.calibration == "crossfit"
+
+def _load_cases(sources: list[ScanSource], pre: PreprocessConfig, dc: DataConfig, seed: int,
+                crossfit: bool, run: Path, d: Dist
+                ) -> tuple[list[dict], list[dict], dict[str, ScanSource], list[dict]]:
+    """Split the subjects (no validation subjects when cross-fitting), read and prepare their
+    scans; the scans that cannot be read are skipped, logged and listed in ``skipped.csv``.
+    Returns the training and validation items, the sources by case id and the skipped rows."""
     train_ids, val_ids = split_subjects([s.case_id for s in sources],
                                         0.0 if crossfit else dc.val_fraction, seed)
     by_id = {s.case_id: s for s in sources}
@@ -272,45 +339,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         _write_rows(run / "skipped.csv", skipped)
     if not train_items:
         raise MedaeError("no training scan could be read (see the skipped scans above)")
-
-    r = _Run(config, dev, d, seed, precision, pre, kwargs, progress)
-    train_ds, val_ds = r.datasets(train_items, val_items)
-    trainable = any(p.requires_grad for p in model.parameters())
-    calibration = None
-    if crossfit and trainable:
-        calibration = _crossfit_calibration(r, train_items, by_id, map_cfg, run)
-    hist, best_state = _fit(r, model, train_ds, val_ds, run=run, resume=resume)
-
-    if d.main:
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        if calibration is None:
-            scorer = AnomalyModel(model, pre, map_cfg, device=dev,
-                                  batch_size=tc.batch_size, precision=precision)
-            calib_items = val_items or train_items
-            calibration = calibrate_model(
-                scorer, [by_id[it["case_id"]] for it in calib_items],
-                "validation" if val_items else "training (no validation set)",
-                _calibration_margin(dc))
-        summary = {
-            "train_subjects": len(train_items), "val_subjects": len(val_items),
-            "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
-            "dropped_lesion_samples": train_ds.dropped_label,
-            "lesion_masked_samples": train_ds.masked_label,
-            "skipped_scans": len(skipped),
-            "epochs_run": len(hist.rows), "best_epoch": hist.best_epoch,
-            "best_loss": hist.best_val if math.isfinite(hist.best_val) else None,
-            "selected_on": ("not trained (no parameters)" if not trainable
-                            else "validation" if val_ds else "training"),
-            "precision": precision, "seed": seed, "world_size": d.world,
-            "device": dev.type, "medae_version": __version__,
-        }
-        intensity = [_intensity_entry(it) for it in train_items]
-        save_bundle(run, model, config, training=summary, intensity=intensity,
-                    val_cases=[it["case_id"] for it in val_items], calibration=calibration)
-    if d.world > 1:
-        dist.barrier()
-    return run
+    return train_items, val_items, by_id, skipped
 
 
 def _calibration_margin(dc: DataConfig) -> float | None:
@@ -367,21 +396,34 @@ def _crossfit_calibration(r: _Run, items: list[dict], by_id: dict, map_cfg: MapC
     return calibration
 
 
-def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, *,
-         run: Path | None, resume: bool, label: str = "") -> tuple[History, dict | None]:
-    """Optimise ``model``: the epoch loop with mixed precision, early stopping on the
-    validation loss and (with ``run``) a log, TensorBoard and an atomic checkpoint per epoch.
-    Returns the history and the best state (None for a model without parameters)."""
-    tc, dc, lc = r.train, r.data, r.loss
-    dev, d, seed, precision = r.dev, r.d, r.seed, r.precision
-    ddp = d.world > 1 and any(p.requires_grad for p in model.parameters())
-    net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+@dataclass
+class _Optimiser:
+    """AdamW with warm-up then cosine (or constant) learning rate, the fp16 loss scaler, and
+    how many epochs of how many steps the run takes."""
+
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    epochs: int
+    steps_per_epoch: int
+
+    def state(self) -> dict:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load(self, ck: dict) -> None:
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+
+
+def _optimiser(r: _Run, model, n_samples: int) -> _Optimiser:
+    tc = r.train
     trainable = [p for p in model.parameters() if p.requires_grad]
     # a model without parameters (the intensity baseline) is only calibrated
     opt = torch.optim.AdamW(trainable or [torch.zeros(1, requires_grad=True)],
                             lr=tc.lr, weight_decay=tc.weight_decay)
-    bs = tc.batch_size
-    steps_per_epoch = math.ceil(len(train_ds) / (bs * d.world))
+    steps_per_epoch = math.ceil(n_samples / (tc.batch_size * r.d.world))
     if tc.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
     epochs = tc.epochs
@@ -399,53 +441,44 @@ def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, 
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(r.dev.type, enabled=r.precision == "fp16")
+    return _Optimiser(opt, sched, scaler, epochs, steps_per_epoch)
+
+
+def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, *,
+         run: Path | None, resume: bool, label: str = "") -> tuple[History, dict | None]:
+    """Optimise ``model``: the epoch loop with mixed precision, early stopping on the
+    validation loss and (with ``run``) a log, TensorBoard and an atomic checkpoint per epoch.
+    Returns the history and the best state (None for a model without parameters)."""
+    tc, lc = r.train, r.loss
+    dev, d, seed, precision = r.dev, r.d, r.seed, r.precision
+    ddp = d.world > 1 and any(p.requires_grad for p in model.parameters())
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+    optim = _optimiser(r, model, len(train_ds))
     hist, start, best_state = History(), 0, None
     ckpt_path = run / CHECKPOINT if run is not None else None
     if resume and ckpt_path is not None:
         ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
+        optim.load(ck)
         hist = History(ck["history"], ck["best_val"], ck["best_epoch"], ck["bad_epochs"])
         best_state, start = ck["best_model"], ck["epoch"] + 1
         _set_rng_state(ck["rng"], dev)
 
     main = d.main and run is not None
     board = _tensorboard(run) if main else None
-    pin = dev.type == "cuda"
     loss_args = {"kind": lc.kind, "beta": lc.beta, "sparsity": lc.sparsity}
     noise = getattr(model, "noise", None)  # denoising models carry their noise settings
     noise_cfg = noise.to_dict() if noise is not None else None
     prefix = f"{label} " if label else ""
-    for epoch in range(start, epochs):
+    for epoch in range(start, optim.epochs):
         if hist.bad_epochs >= tc.patience and val_ds is not None:
             break
-        train_ds.set_epoch(epoch)
-        loader = make_loader(train_ds, bs, True, epoch, seed, d, dc.num_workers, pin)
-        net.train()
-        bar = _Progress(steps_per_epoch, epoch, r.progress and d.main, prefix)
-        t0, seen, sums = time.perf_counter(), 0, {}
-        for step, batch in enumerate(loader):
-            if step >= steps_per_epoch:
-                break
-            parts = train_step(net, model, batch, opt=opt, scaler=scaler, sched=sched,
-                               device=dev, precision=precision, noise=noise_cfg,
-                               noise_seed=sample_seed(seed, "noise", epoch, step),
-                               loss_args=loss_args, masked=lc.masked,
-                               grad_clip=tc.grad_clip or 0.0)
-            if not math.isfinite(parts["total"]):
-                raise MedaeError(f"{prefix}epoch {epoch} step {step}: the loss is not finite "
-                                 f"({parts}); lower train.lr or use --precision 32")
-            x = batch["image"]
-            seen += x.shape[0]
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * x.shape[0]
-            bar.update(step + 1, parts["total"], seen)
+        t0 = time.perf_counter()
+        train_parts, seen, bar = _epoch(r, net, model, train_ds, optim, epoch, noise_cfg,
+                                        loss_args, prefix)
         seconds = time.perf_counter() - t0
-        train_parts = {k: v / max(seen, 1) for k, v in sums.items()}
-        val_loss = _validate(model, val_ds, dev, precision, bs, noise_cfg, seed, lc,
+        val_loss = _validate(model, val_ds, dev, precision, tc.batch_size, noise_cfg, seed, lc,
                              loss_args) if val_ds is not None else None
         if d.world > 1:
             stats = torch.tensor([train_parts.get("total", 0.0), seen], dtype=torch.float64)
@@ -459,7 +492,7 @@ def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, 
         else:
             hist.bad_epochs += 1
         row = {"epoch": epoch, "train_loss": train_parts["total"], "val_loss": val_loss,
-               "lr": sched.get_last_lr()[0], "samples_per_s": seen / max(seconds, 1e-9),
+               "lr": optim.sched.get_last_lr()[0], "samples_per_s": seen / max(seconds, 1e-9),
                "seconds": seconds, **{f"train_{k}": v for k, v in train_parts.items()
                                       if k != "total"}}
         hist.rows.append(row)
@@ -467,21 +500,56 @@ def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, 
         bar.close(f"{prefix}epoch {epoch:3d} train {train_parts['total']:.4g} {val_txt} "
                   f"{row['samples_per_s']:.1f} samples/s")
         if main:
-            _write_rows(run / "log.csv", hist.rows)
-            if board is not None:
-                for key, value in row.items():
-                    if key != "epoch" and value is not None:
-                        board.add_scalar(key, value, epoch)
-                board.flush()
+            _log_epoch(run, hist, row, board)
             _save_checkpoint(ckpt_path, {
-                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "model": model.state_dict(), **optim.state(),
                 "history": hist.rows, "best_val": hist.best_val, "best_epoch": hist.best_epoch,
                 "bad_epochs": hist.bad_epochs, "best_model": best_state,
                 "rng": _rng_state(dev)})
     if board is not None:
         board.close()
     return hist, best_state
+
+
+def _epoch(r: _Run, net, model, train_ds: SampleDataset, optim: _Optimiser, epoch: int,
+           noise_cfg: dict | None, loss_args: dict, prefix: str
+           ) -> tuple[dict, int, _Progress]:
+    """One pass of ``optim.steps_per_epoch`` steps; returns the mean loss parts, the number of
+    samples seen and the progress bar (closed by the caller with the epoch's line)."""
+    tc, d = r.train, r.d
+    train_ds.set_epoch(epoch)
+    loader = make_loader(train_ds, tc.batch_size, True, epoch, r.seed, d, r.data.num_workers,
+                         r.dev.type == "cuda")
+    net.train()
+    bar = _Progress(optim.steps_per_epoch, epoch, r.progress and d.main, prefix)
+    seen, sums = 0, {}
+    for step, batch in enumerate(loader):
+        if step >= optim.steps_per_epoch:
+            break
+        parts = train_step(net, model, batch, opt=optim.opt, scaler=optim.scaler,
+                           sched=optim.sched, device=r.dev, precision=r.precision,
+                           noise=noise_cfg, noise_seed=sample_seed(r.seed, "noise", epoch, step),
+                           loss_args=loss_args, masked=r.loss.masked,
+                           grad_clip=tc.grad_clip or 0.0)
+        if not math.isfinite(parts["total"]):
+            raise MedaeError(f"{prefix}epoch {epoch} step {step}: the loss is not finite "
+                             f"({parts}); lower train.lr or use --precision 32")
+        x = batch["image"]
+        seen += x.shape[0]
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * x.shape[0]
+        bar.update(step + 1, parts["total"], seen)
+    return {k: v / max(seen, 1) for k, v in sums.items()}, seen, bar
+
+
+def _log_epoch(run: Path, hist: History, row: dict, board) -> None:
+    """The epoch's row into ``log.csv`` (and TensorBoard when installed)."""
+    _write_rows(run / "log.csv", hist.rows)
+    if board is not None:
+        for key, value in row.items():
+            if key != "epoch" and value is not None:
+                board.add_scalar(key, value, row["epoch"])
+        board.flush()
 
 
 def _intensity_entry(item: dict) -> dict:

@@ -97,6 +97,26 @@ def test_default_focus():
     assert ring[focus] == 1                                        # snapped onto the candidate
 
 
+def test_default_focus_snaps_like_the_whole_volume_search():
+    """The slice-by-slice snap onto a candidate gives the voxel (ties included) that argmin over
+    the whole candidate's voxel list gives."""
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        cand = np.zeros((40, 30, 20), np.uint16)
+        yy, xx, zz = np.mgrid[:40, :30, :20]
+        c = rng.integers(8, 22, 3)
+        r = np.sqrt((yy - c[0]) ** 2 + (xx - c[1]) ** 2 + (zz - c[2]) ** 2)
+        lo = rng.integers(2, 6)
+        cand[(r >= lo) & (r < lo + rng.integers(1, 3))] = 1   # shells: the centre lies outside
+        cand[rng.random(cand.shape) < 0.002] = 2
+        label = 1 if (cand == 1).any() else 2
+        voxels = np.argwhere(cand == label)
+        centre = np.rint(voxels.mean(axis=0)).astype(int)
+        want = (tuple(int(v) for v in centre) if cand[tuple(centre)] == label else
+                tuple(int(v) for v in voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))]))
+        assert default_focus(np.zeros(cand.shape, np.float32), cand) == want, trial
+
+
 def test_empty_heat_map_and_no_candidates(tmp_path):
     image, _heat, _label, _brain = _phantom()
     with warnings.catch_warnings():

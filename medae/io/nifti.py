@@ -219,25 +219,30 @@ def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,
     path = Path(path)
     if not is_nifti_path(path):
         raise ValueError(f"{path}: output must be named .nii or .nii.gz")
-    data = np.asarray(scan.to_grid(array)).astype(dtype, copy=False)
+    data = np.asarray(scan.to_grid(array))  # a view: write_nifti casts a block at a time
     grid = scan.grid
     if grid.header is not None:
-        return write_nifti(data, path, header=grid.header)
-    return write_nifti(data, path, affine=grid.affine)
+        return write_nifti(data, path, header=grid.header, dtype=dtype, scale=False)
+    return write_nifti(data, path, affine=grid.affine, dtype=dtype, scale=False)
 
 
 def write_nifti(data: np.ndarray, path: str | os.PathLike, *, affine: np.ndarray | None = None,
                 header: nib.Nifti1Header | None = None, dtype: np.dtype | type | None = None,
-                descrip: str = "medae") -> Path:
+                descrip: str = "medae", scale: bool = True) -> Path:
     """Write the 3D array ``data`` as NIfTI: the one NIfTI writer (atomic, reproducible bytes).
 
     The grid is either ``affine`` (voxel index -> RAS+ mm; a new NIfTI-1 header with sform and
     qform set to it, code 1, units mm) or a source ``header`` whose geometry (sform/qform
     matrices and codes, NIfTI-1 or -2) is kept while its free-text fields and extensions are
     dropped (they can hold identifiers).  Voxels are stored as ``dtype`` (default: the array's
-    own); nibabel picks scl_slope/scl_inter only when an integer type has to hold float data.
+    own); nibabel picks scl_slope/scl_inter when an integer type has to hold float data, unless
+    ``scale`` is False (the values are cast as they are: the caller knows they fit).
     ``descrip`` fills the description field.  ``.nii.gz`` is deflated at level 1 with a zero
     time stamp, so the same array gives the same bytes.
+
+    Without scaling the voxels are streamed: the header, then a block of axial slices at a time
+    (in Fortran order a block of z is one contiguous run of the file), each block cast to the
+    stored type on its own, so no full-size copy, cast or serialised, of the volume is held.
     """
     path = Path(path)
     if not is_nifti_path(path):
@@ -265,14 +270,98 @@ def write_nifti(data: np.ndarray, path: str | os.PathLike, *, affine: np.ndarray
             header[text_field] = b""
     if getattr(header, "extensions", None) is not None:
         header.extensions.clear()
-    img = cls(data, None, header=header)
-    # streamed: nibabel writes the voxels in blocks through the compressor into the file, so
-    # no full-size serialised copy of the volume is ever held in memory
+    out_dtype = np.dtype(data.dtype if dtype is None else dtype)
+    gz = path.name.lower().endswith(".gz")
+    if scale and out_dtype.kind in "iu" and data.dtype.kind in "fc":  # nibabel scales
+        img = cls(data, None, header=header)
+        with atomic_open(path) as f:
+            if gz:
+                with _open_gz(f) as z:
+                    img.to_file_map({"image": nib.FileHolder(fileobj=z)})
+            else:
+                img.to_file_map({"image": nib.FileHolder(fileobj=f)})
+        return path
+    head = _header_bytes(cls, header, data.shape, out_dtype)
+    step = max(1, _WRITE_BLOCK // max(1, data.shape[0] * data.shape[1] * out_dtype.itemsize))
     with atomic_open(path) as f:
-        if path.name.lower().endswith(".gz"):  # mtime 0, no file name: reproducible bytes
-            with _gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=f,
-                                mtime=0) as gz:
-                img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
+        if gz:
+            with _open_gz(f) as z:
+                _write_voxels(z, head, data, out_dtype, step)
         else:
-            img.to_file_map({"image": nib.FileHolder(fileobj=f)})
+            _write_voxels(f, head, data, out_dtype, step)
     return path
+
+
+def _open_gz(f):
+    """Deflate level 1, mtime 0 and no file name in the gzip header: reproducible bytes."""
+    return _gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=f, mtime=0)
+
+
+#: bytes of voxel data cast and written at a time
+_WRITE_BLOCK = 8 << 20
+
+
+class _Sink(io.RawIOBase):
+    """Keeps the first ``keep`` bytes written to it and counts the rest (seekable forwards)."""
+
+    def __init__(self, keep: int):
+        self.keep, self.head, self.pos, self.writes = keep, bytearray(), 0, []
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else self.pos + pos if whence == 1 else self.pos
+        return self.pos
+
+    def write(self, b) -> int:
+        n = len(memoryview(b).cast("B"))
+        self.writes.append((self.pos, n))
+        if self.pos < self.keep:
+            end = min(self.keep, self.pos + n)
+            self.head[self.pos:end] = bytes(memoryview(b).cast("B")[:end - self.pos])
+        self.pos += n
+        return n
+
+
+def _header_bytes(cls, header, shape: tuple[int, ...], dtype: np.dtype) -> list[bytes]:
+    """The bytes before the voxel data exactly as nibabel writes them for an array of
+    ``shape`` and ``dtype`` (header, extension flag, padding to the data offset), in the pieces
+    nibabel writes them (a compressor's output depends on how its input is split, so keeping
+    the pieces keeps the file's bytes).  nibabel writes the image into a sink from a
+    zero-strided stand-in array, so nothing full-size is allocated; the sink keeps only what
+    precedes the voxels."""
+    stand_in = np.broadcast_to(np.zeros((), dtype), shape)
+    sink = _Sink(keep=1 << 16)
+    cls(stand_in, None, header=header).to_file_map({"image": nib.FileHolder(fileobj=sink)})
+    offset = sink.pos - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if not 0 < offset <= len(sink.head):
+        raise RuntimeError(f"unexpected NIfTI layout from nibabel (data offset {offset})")
+    pieces, end = [], 0
+    for pos, n in sink.writes:
+        if pos >= offset:
+            break
+        if pos != end:  # a forward seek: nibabel's zero padding up to the data offset
+            pieces.append(bytes(pos - end))
+        pieces.append(bytes(sink.head[pos:min(pos + n, offset)]))
+        end = min(pos + n, offset)
+    if end < offset:
+        pieces.append(bytes(offset - end))
+    return pieces
+
+
+def _write_voxels(f, head: list[bytes], data: np.ndarray, dtype: np.dtype, step: int) -> None:
+    """The header pieces, then the voxels one axial slice per write (as nibabel writes them),
+    cast to ``dtype`` a block of ``step`` slices at a time."""
+    for piece in head:
+        f.write(piece)
+    for z in range(0, data.shape[2], step):
+        block = np.asarray(data[:, :, z:z + step]).astype(dtype, copy=False)
+        for k in range(block.shape[2]):
+            f.write(block[:, :, k].tobytes(order="F"))
