@@ -24,15 +24,16 @@ CHUNK = 1 << 22
 
 
 def label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """``ndimage.label`` into the smallest of uint8 / uint16 / int32 that holds the labels (a
-    quarter of the memory of int32 on CT-size volumes when there are fewer than 256 components,
-    as at a calibrated threshold; scipy stops early when a type is too small)."""
-    for dtype in (np.uint8, np.uint16):
-        try:
-            return ndimage.label(mask, structure, output=dtype)
-        except RuntimeError:  # more components than this type holds
-            continue
-    return ndimage.label(mask, structure, output=np.int32)
+    """``ndimage.label`` into uint16 when the labels fit (half the memory of int32 on CT-size
+    volumes), else int32.
+
+    Not uint8 first: when a type is too small, scipy labels the whole volume again into a
+    pointer-size temporary to check (1.2 GiB on a 512x512x600 CT), so a failed uint8 attempt
+    cost more than it could save (bench_memory: 2799 MiB against 2194)."""
+    try:
+        return ndimage.label(mask, structure, output=np.uint16)
+    except RuntimeError:  # more components than uint16 holds
+        return ndimage.label(mask, structure, output=np.int32)
 
 
 def _chunks(n: int):

@@ -43,12 +43,11 @@ def find_candidates(heat: np.ndarray, affine: np.ndarray, threshold: float,
                     min_volume_mm3: float = 0.0) -> tuple[np.ndarray, list[Candidate]]:
     """Label supra-threshold voxels (26-connectivity), drop small components, sort by max score.
 
-    Returns the label image (1 = strongest candidate; uint8, uint16 or int32: the smallest
-    that holds the supra-threshold components) and the candidates.
+    Returns the label image (1 = strongest candidate; uint16, or int32 when there are 65,536
+    components or more) and the candidates.
     """
-    # labels in uint8 or uint16 when they fit, statistics within each component's bounding box
-    # and the relabelling in place chunk by chunk: no full-size 64-bit temporaries on CT-size
-    # volumes
+    # labels in uint16 when they fit, statistics within each component's bounding box and the
+    # relabelling in place chunk by chunk: no full-size 64-bit temporaries on CT-size volumes
     labels, n = label(heat > threshold, _26)
     if n == 0:
         return labels, []
