@@ -258,3 +258,18 @@ def test_real_ms_las_written_back_on_its_grid(tmp_path):
     np.testing.assert_array_equal(back.affine, src.affine)
     np.testing.assert_allclose(back.get_fdata(dtype=np.float32), src.get_fdata(dtype=np.float32),
                                rtol=1e-6)
+
+
+def test_count_nonfinite_exact_with_a_fast_clean_path():
+    from medae.io.scan import count_nonfinite
+
+    big = np.full((50, 40, 30), 3e38, np.float32)  # finite voxels whose float32 sum overflows
+    assert count_nonfinite(big) == 0
+    assert count_nonfinite(-big) == 0
+    bad = np.zeros((50, 40, 30), np.float32)
+    bad[1, 2, 3], bad[4, 5, 6], bad[7, 8, 9] = np.nan, np.inf, -np.inf
+    assert count_nonfinite(bad) == 3
+    both = np.ones((10, 10, 10), np.float32)
+    both[0, 0, :2] = [np.inf, -np.inf]  # inf + -inf: NaN, still counted one by one
+    assert count_nonfinite(both) == 2
+    assert count_nonfinite(np.arange(24, dtype=np.int16).reshape(2, 3, 4)) == 0

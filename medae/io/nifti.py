@@ -19,7 +19,7 @@ import numpy as np
 from medae.errors import MedaeError, ScanReadError
 from medae.io.atomic import atomic_open
 from medae.io.files import open_regular
-from medae.io.scan import Grid, Scan, check_affine
+from medae.io.scan import Grid, Scan, check_affine, count_nonfinite
 
 try:  # ISA-L: same format as zlib, several times faster inflate
     from isal import igzip as _gzip
@@ -161,8 +161,8 @@ def read_nifti(path: str | os.PathLike) -> Scan:
             array *= np.float32(slope)
         if inter != 0:
             array += np.float32(inter)
-    if not np.isfinite(array).all():
-        n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    n_bad = count_nonfinite(array)
+    if n_bad:
         raise ScanReadError(path, f"{n_bad} voxels are NaN or infinite")
     return scan
 

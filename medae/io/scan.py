@@ -18,6 +18,18 @@ _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 MIN_VOXEL_MM, MAX_VOXEL_MM, MAX_POSITION_MM = 1e-3, 1e3, 1e7
 
 
+def count_nonfinite(array: np.ndarray) -> int:
+    """How many voxels are NaN or infinite.  One pass of float32 addition first: a finite sum
+    means every term is finite (NaN and infinity propagate through addition, and an overflow to
+    infinity only sends the exact count below), so clean volumes skip the boolean image."""
+    if array.dtype.kind != "f":
+        return 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(array, axis=None)):
+            return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
 def check_affine(path: str | os.PathLike, affine: np.ndarray) -> np.ndarray:
     """Refuse an affine that cannot describe a scan: not finite, singular, voxels smaller than
     1 µm or larger than 1 m, or an origin further than 10 km (one line naming ``path``)."""

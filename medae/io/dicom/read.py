@@ -17,7 +17,7 @@ from medae.io.dicom.series import DicomSeries
 from medae.io.dicom.values import _clean
 from medae.io.files import walk_files
 from medae.io.nifti import MAX_VOXELS
-from medae.io.scan import Grid, Scan
+from medae.io.scan import Grid, Scan, count_nonfinite
 
 
 def read_dicom_series(series: DicomSeries) -> Scan:
@@ -75,8 +75,8 @@ def _rescale(frames: tuple[_Frame, ...], stack: np.ndarray) -> None:
 
 def _check_finite(where: Path, data: np.ndarray) -> None:
     """Infinite voxels (a rescale overflowing 32-bit floats) are refused, as for NIfTI."""
-    if not np.isfinite(data).all():
-        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    n_bad = count_nonfinite(data)
+    if n_bad:
         raise ScanReadError(where, f"{n_bad} voxels are NaN or infinite after RescaleSlope/"
                                    "RescaleIntercept")
 
