@@ -10,6 +10,11 @@ given one for BraTS, the computed one for MS) for each outer erosion depth and i
 width.  Then, for each benchmark fold (one test patient), it picks the setting with the best mean
 AP over the *other* patients (each dataset weighted equally: the recipe serves both), and shows
 what that choice gives on the held-out patient next to raw thresholding.
+
+A last table tries, at 4 mm and a 3 mm median, a rim that is not simply left out: its voxels
+keep their value where they connect, through voxels at least as high, to a value inside (grey
+reconstruction by dilation from the interior), so a lesion that reaches the surface continues
+into the rim while the rim never starts a candidate of its own.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import reconstruction
 from sklearn.metrics import average_precision_score
 
 import medae
-from medae.masks import compute_mask, outer_erosion
+from medae.masks import bounding_box, compute_mask, outer_erosion
 
 ROOT = Path(__file__).resolve().parents[1]
 ERODE_MM = (0, 2, 4, 6)
@@ -54,6 +60,13 @@ def sweep(image: Path, label: Path, mask: Path | None) -> dict[tuple[int, int], 
                 h = ndimage.median_filter(h, size=(w, w, 1))
                 h[~inside] = floor
             out[(e, w)] = float(average_precision_score(y[m], h[m]))
+    # the rim continued from the interior instead of left out (4 mm, 3 mm median)
+    inside = outer_erosion(m, 4, (1.0, 1.0, 1.0))
+    full = np.where(m, ndimage.median_filter(np.where(m, a, floor), size=(3, 3, 1)), floor)
+    box = bounding_box(m)
+    seed = np.where(inside, full, floor)
+    seed[box] = reconstruction(seed[box], full[box], method="dilation")
+    out["rim"] = float(average_precision_score(y[m], seed[m]))
     return out
 
 
@@ -66,7 +79,7 @@ def main() -> None:
     for name, (_ds, img, lab, msk) in cases.items():
         aps[name] = sweep(img, lab, msk)
         print(f"measured {name}", file=sys.stderr, flush=True)
-    settings = list(aps[next(iter(aps))])
+    settings = [k for k in aps[next(iter(aps))] if k != "rim"]
     print("Voxel AP of FLAIR thresholding (1 mm, inside the brain mask) by outer erosion "
           "(mm) and in-plane median width (mm):\n")
     print("| patient | " + " | ".join(f"e{e} m{w}" for e, w in settings) + " |")
@@ -87,6 +100,11 @@ def main() -> None:
         best = max(settings, key=value)
         print(f"| {test} | erode {best[0]} mm, median {best[1]} mm | {aps[test][best]:.3f} | "
               f"{aps[test][(0, 0)]:.3f} |")
+    print("\nThe 4 mm rim left out, or continued from the interior (3 mm median both):\n")
+    print("| patient | rim left out | rim continued from the interior |")
+    print("|---|---|---|")
+    for name, r in aps.items():
+        print(f"| {name} | {r[(4, 3)]:.3f} | {r['rim']:.3f} |")
 
 
 if __name__ == "__main__":
