@@ -183,6 +183,68 @@ def _error(path) -> str:
     return msg
 
 
+def _plain_read(img: nib.Nifti1Image, slope: float, inter: float) -> np.ndarray:
+    """The reading rule written plainly: stored values to canonical orientation, float32, then
+    scl_slope and scl_inter in float32."""
+    from nibabel.orientations import apply_orientation, io_orientation
+    raw = np.asarray(img.dataobj.get_unscaled())
+    out = np.array(apply_orientation(raw, io_orientation(img.affine)), dtype=np.float32)
+    out *= np.float32(slope)
+    out += np.float32(inter)
+    return out
+
+
+_SAGITTAL = np.array([[0, 0, -1.2, 90], [-1.0, 0, 0, 100], [0, -1.1, 0, 80], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize("dtype,slope,inter,affine", [
+    ("<i2", 0.5, -3.0, _oblique_affine()),     # LAS oblique, scaled integers
+    (">f8", 1.0, 0.0, _SAGITTAL),             # big-endian doubles, axes permuted and flipped
+    ("<f4", 2.0, 1.0, np.eye(4)),
+    ("u1", 1.0, 0.0, _SAGITTAL)])
+@pytest.mark.parametrize("block", [1, 700, 10**8])
+def test_block_wise_read_equals_the_plain_rule(tmp_path, monkeypatch, dtype, slope, inter, affine,
+                                               block):
+    """Voxels are inflated and converted a block of slices at a time (one slice per block,
+    several, or the whole file); the scan is the same whatever the block size, the orientation
+    or the stored type, including a gzip stream of several members that split a slice."""
+    monkeypatch.setattr("medae.io.nifti.BLOCK_BYTES", block)
+    rng = np.random.default_rng(3)
+    data = (rng.integers(0, 250, size=(13, 11, 9)) * 1.25).astype(dtype)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(np.dtype(dtype))
+    img.header.set_slope_inter(slope, inter)
+    path = tmp_path / "scan.nii.gz"
+    nib.save(img, path)
+    img = nib.load(path)
+    want = _plain_read(img, slope, inter)
+    scan = read_nifti(path)
+    np.testing.assert_array_equal(scan.array, want)
+    assert all(st > 0 for st in scan.array.strides) and scan.array.flags.writeable
+    np.testing.assert_allclose(scan.affine, nib.as_closest_canonical(img).affine, atol=1e-6)
+    # the same bytes as two gzip members, the boundary in the middle of a slice
+    nii = gzip.decompress(path.read_bytes())
+    cut = 352 + 13 * 11 * np.dtype(dtype).itemsize * 4 + 5
+    two = tmp_path / "two members.nii.gz"
+    two.write_bytes(gzip.compress(nii[:cut]) + gzip.compress(nii[cut:]))
+    np.testing.assert_array_equal(read_nifti(two).array, want)
+    plain = tmp_path / "plain.nii"
+    plain.write_bytes(nii)
+    np.testing.assert_array_equal(read_nifti(plain).array, want)
+
+
+@pytest.mark.parametrize("affine", [np.eye(4), _oblique_affine(), _SAGITTAL])
+def test_grid_buffer_becomes_the_scan_without_a_copy(affine):
+    from medae.io.scan import Grid, Scan
+    grid = Grid(shape=(5, 4, 3), affine=affine)
+    buf = grid.buffer()
+    buf[...] = np.arange(60, dtype=np.float32).reshape(5, 4, 3)
+    scan = Scan.from_grid(buf, grid, source="x", kind="nifti")
+    assert np.shares_memory(scan.array, buf)
+    from nibabel.orientations import apply_orientation
+    np.testing.assert_array_equal(scan.array, apply_orientation(np.asarray(buf), grid.ornt))
+
+
 def test_bad_files_give_one_line_errors(tmp_path):
     good = tmp_path / "good.nii.gz"
     _write(good, np.ones((20, 20, 20), np.int16), np.eye(4))
@@ -209,6 +271,26 @@ def test_bad_files_give_one_line_errors(tmp_path):
     assert "truncated" in _error(tmp_path / "short.nii")
 
     assert "no such file" in _error(tmp_path / "missing.nii.gz")
+
+
+def test_a_header_the_file_cannot_hold_or_memory_cannot_take(tmp_path, monkeypatch):
+    """A .nii.gz whose header declares more than deflate can expand its bytes to is truncated,
+    said before any allocation; a volume that memory cannot take is one line, not a traceback."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((400, 400, 400))
+    hdr.set_data_dtype(np.uint8)
+    path = tmp_path / "claims.nii.gz"
+    path.write_bytes(gzip.compress(hdr.binaryblock + b"\0" * 4100))
+    msg = _error(path)
+    assert "truncated gzip stream" in msg and "cannot hold them" in msg
+
+    good = tmp_path / "good.nii.gz"
+    _write(good, np.ones((20, 30, 40), np.int16), np.eye(4))
+
+    def no_memory(self):
+        raise MemoryError
+    monkeypatch.setattr("medae.io.scan.Grid.buffer", no_memory)
+    assert "not enough memory for 20x30x40 voxels (0.0 GiB as float32)" in _error(good)
 
 
 def test_absurd_dimensions_refused_before_allocation(tmp_path):

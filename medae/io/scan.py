@@ -67,6 +67,15 @@ class Grid:
         """nibabel orientation transform from this grid to the closest RAS+ orientation."""
         return io_orientation(self.affine)
 
+    def buffer(self) -> np.ndarray:
+        """An uninitialised float32 array shaped and laid out as this grid (axis 0 fastest, as
+        NIfTI and DICOM store voxels), whose strides already hold the flips to canonical
+        orientation: filling it in the file's order writes the canonical array in memory order,
+        and :meth:`Scan.from_grid` takes it as it is (its canonical view has positive strides)."""
+        base = np.empty(self.shape, dtype=np.float32, order="F")
+        flips = tuple(axis for axis, sign in enumerate(self.ornt[:, 1]) if sign == -1)
+        return np.flip(base, flips) if flips else base
+
 
 @dataclass(eq=False)
 class Scan:

@@ -22,31 +22,31 @@ from medae.io.scan import Grid, Scan, count_nonfinite
 
 def read_dicom_series(series: DicomSeries) -> Scan:
     """Decode the pixels of ``series`` (each file once) and build the scan."""
-    meta = {k: v for k, v in series._meta if not k.startswith("_")}
     if series._mosaic:
         data, affine, mosaic_meta = _read_mosaic(series)
         _check_finite(series.where, data)
         meta = {k: v for k, v in mosaic_meta.items() if not k.startswith("_")}
         meta["NumberOfSlices"] = data.shape[2]
-    else:
-        if series._problem or series._affine is None:
-            raise ScanReadError(series.where, series._problem or "unusable geometry")
-        frames = series._frames
-        n_vox = len(frames) * series.rows * series.cols
-        if n_vox > MAX_VOXELS:  # checked before allocating
-            raise ScanReadError(series.where, f"{len(frames)} frames of {series.rows}x"
-                                              f"{series.cols} ({n_vox:.3g} voxels), more than "
-                                              f"the limit of {MAX_VOXELS:.3g}")
-        stack = np.empty((len(frames), series.rows, series.cols), dtype=np.float32)
-        by_file: dict[Path, list[tuple[int, _Frame]]] = defaultdict(list)
-        for k, f in enumerate(frames):
-            by_file[f.file].append((k, f))
-        _read_planes(by_file, stack)
-        _rescale(frames, stack)
-        _check_finite(series.where, stack)
-        data = stack.transpose(2, 1, 0)   # (frame, row, col) -> (col, row, frame)
-        affine = series._affine
-    grid = Grid(shape=tuple(int(s) for s in data.shape), affine=affine.copy())
+        grid = Grid(shape=tuple(int(s) for s in data.shape), affine=affine.copy())
+        return Scan.from_grid(data, grid, source=series.source, kind="dicom", meta=meta)
+    if series._problem or series._affine is None:
+        raise ScanReadError(series.where, series._problem or "unusable geometry")
+    frames = series._frames
+    n_vox = len(frames) * series.rows * series.cols
+    if n_vox > MAX_VOXELS:  # checked before allocating
+        raise ScanReadError(series.where, f"{len(frames)} frames of {series.rows}x"
+                                          f"{series.cols} ({n_vox:.3g} voxels), more than "
+                                          f"the limit of {MAX_VOXELS:.3g}")
+    grid = Grid(shape=(series.cols, series.rows, len(frames)), affine=series._affine.copy())
+    data = grid.buffer()  # (col, row, frame), the flips to canonical already in its strides
+    stack = data.transpose(2, 1, 0)  # the same memory seen as (frame, row, col)
+    by_file: dict[Path, list[tuple[int, _Frame]]] = defaultdict(list)
+    for k, f in enumerate(frames):
+        by_file[f.file].append((k, f))
+    _read_planes(by_file, stack)
+    _rescale(frames, stack)
+    _check_finite(series.where, stack)
+    meta = {k: v for k, v in series._meta if not k.startswith("_")}
     return Scan.from_grid(data, grid, source=series.source, kind="dicom", meta=meta)
 
 
