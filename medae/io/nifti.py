@@ -2,9 +2,9 @@
 
 Reading takes the whole file in one go and inflates ``.nii.gz`` with ISA-L when available (about
 3× faster than Python's zlib), a block of slices at a time, while a second thread turns the block
-before into float32 in canonical orientation; nibabel parses the header and gives the affine.  The header is
-checked before any large allocation: a header that claims absurd dimensions, a truncated stream or
-a file that is not NIfTI each give one ``ScanReadError`` line naming the file.
+before into float32 in canonical orientation; nibabel parses the header and gives the affine.
+The header is checked before any large allocation: a header that claims absurd dimensions, a
+truncated stream or a file that is not NIfTI each give one ``ScanReadError`` line naming the file.
 """
 
 from __future__ import annotations
