@@ -32,16 +32,26 @@ SECTIONS = [
      "of loading that volume's files alone.  Every timed medae DICOM read starts with the "
      "process's header cache cleared (all headers parsed, as SimpleITK does) except the "
      "'headers cached' column and the multi-volume folder row.  The `.nii.gz` lead comes from "
-     "reading the file in one go and inflating with ISA-L into the buffer that becomes the "
-     "array; the DICOM lead from parsing each header once, in memory, with integer tag filters "
-     "and raw-byte values, and reading uncompressed pixels (12-bit included) straight into the "
-     "array."),
+     "reading the file in one go and inflating it with ISA-L a block of slices at a time while "
+     "a second thread scales and casts the block before into the canonical array (no "
+     "reorientation copy); the DICOM lead from parsing each header once, in memory, with "
+     "integer tag filters and raw-byte values, and reading uncompressed pixels (12-bit "
+     "included) straight into the canonical array."),
     ("Training throughput", "bench_train.py", ["--steps", "20"], ["--steps", "6", "--warmup", "2"],
      "The real training step (autocast, loss, backward, clipping, AdamW) on batches from the "
      "real cached dataset and loader.  'data %' is the time spent waiting for the next batch.  On "
      "a CPU, fp16 is far slower (no fp16 kernels; it is for GPUs) and bf16 pays only where the "
      "CPU has bf16 instructions (this one: see 'vs fp32').  The loss columns agree across "
      "precisions (same seed, batches)."),
+    ("Training options on this device", "bench_train.py",
+     ["--recipes", "brain_flair", "--precisions", "32", "bf16", "--variants", "default",
+      "channels-last", "compile", "threads-1", "--steps", "20"],
+     ["--recipes", "brain_flair", "--precisions", "32", "bf16", "--variants", "default",
+      "channels-last", "compile", "threads-1", "--steps", "6", "--warmup", "2"],
+     "The recommended recipe's training step as above, in what else might pay: channels-last "
+     "memory format, `torch.compile` (its compile time is the warm-up column, paid once per "
+     "run) and one intra-op thread, each in fp32 and bf16, against the step as trained today "
+     "('vs fp32' is against fp32 'default')."),
     ("Scoring", "bench_score.py", ["--copies", "2", "--serial"], ["--copies", "1", "--serial"],
      "The real batch job (`medae score` internals: load, preprocess, reconstruct every slice, "
      "heat map, candidates, NIfTI/CSV/PNG outputs) on the BraTS FLAIR scans with the default "
