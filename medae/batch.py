@@ -17,7 +17,8 @@ Layout of ``OUT`` (scripts rely on it)::
     OUT/index.html   OUT/view.html      the report and the case page (``medae view OUT``)
 
 Loading runs ahead in prefetch threads, and a case's outputs are written in a writer thread
-while the next case is scored (except CT-size volumes, see ``OVERLAP_VOXELS``); ``result.json``
+while the next case is scored (a CT-size volume is loaded, scored and written alone, see
+``OVERLAP_VOXELS``); ``result.json``
 records the seconds each stage took (``stages``: load, reconstruct, heat map, candidates, write
 NIfTI/CSV, overlays).  A case is written into a hidden temporary folder and renamed into place
 when complete, so a killed job never leaves a partial case; ``--continue`` skips finished
@@ -207,19 +208,26 @@ def _load_timed(model: AnomalyModel, src: ScanSource) -> tuple:
 
 def _prefetch(model: AnomalyModel, sources: Sequence[ScanSource], workers: int
               ) -> Iterator[tuple[ScanSource, Future]]:
-    """Load and preprocess ahead of the model in worker threads (bounded look-ahead)."""
+    """Load and preprocess ahead of the model in worker threads (bounded look-ahead).  A case
+    of more than ``OVERLAP_VOXELS`` (its headers say, before any pixel is read) is loaded alone:
+    only once the cases before it are done, and nothing is read ahead while it is scored, so a
+    folder of CT volumes needs the memory of one."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending: list[tuple[ScanSource, Future]] = []
+        pending: list[tuple[ScanSource, Future, bool]] = []
         it = iter(sources)
-        for src in it:
-            pending.append((src, pool.submit(_load_timed, model, src)))
-            if len(pending) > workers:
-                break
-        while pending:
-            yield pending.pop(0)
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_load_timed, model, nxt)))
+        nxt = next(it, None)
+        while pending or nxt is not None:
+            while nxt is not None and len(pending) <= workers:
+                big = nxt.voxels() > OVERLAP_VOXELS
+                if big and pending:
+                    break
+                pending.append((nxt, pool.submit(_load_timed, model, nxt), big))
+                nxt = next(it, None)
+                if big:
+                    break
+            src, future, big = pending.pop(0)
+            yield src, future
+            del future  # the caller holds it for as long as it needs the scan
 
 
 def rebuild_tables(out: Path, save_latent: bool = False) -> tuple[list[dict], list[dict]]:

@@ -36,6 +36,24 @@ def label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.nda
         return ndimage.label(mask, structure, output=np.int32)
 
 
+def label_above(values: np.ndarray, threshold: float,
+                structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """``label(values > threshold)`` without the full-size boolean image: the comparison is
+    written a slab at a time straight into the uint16 image that scipy then labels in place
+    (scipy checks every label before it overwrites a voxel, so a foreground voxel never turns 0
+    and in-place labelling is exact; on a 512x512x600 CT this saves 150 MiB at the scoring peak).
+    More components than uint16 holds: labelled again from ``values`` into int32."""
+    out = np.empty(values.shape, np.uint16)
+    step = max(1, CHUNK // max(1, int(np.prod(values.shape[1:]))))
+    for a in range(0, values.shape[0], step):
+        np.greater(values[a:a + step], threshold, out=out[a:a + step])
+    try:
+        return out, int(ndimage.label(out, structure, output=out))
+    except RuntimeError:  # more components than uint16 holds
+        del out
+        return ndimage.label(values > threshold, structure, output=np.int32)
+
+
 def _chunks(n: int):
     for a in range(0, n, CHUNK):
         yield slice(a, min(n, a + CHUNK))

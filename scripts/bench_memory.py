@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Peak memory of scoring one CT-sized volume (512x512x600) on the CPU.
 
-    python scripts/bench_memory.py [--recipe ae2d] [--shape 512 512 600] [--no-overlays]
+    python scripts/bench_memory.py [--recipe ae2d] [--shape 512 512 600] [--no-overlays] [--where]
+                                   [--copies 1] [--workers 1]
 
 Writes a CT-like int16 NIfTI (0.7x0.7x0.8 mm, a body ellipse of soft tissue around a
 brain-like core, air outside) into a temporary folder, builds a bundle of the recipe's default
@@ -9,6 +10,10 @@ architecture with random weights (as ``scripts/bench_score.py`` does: memory doe
 the weights), and runs the real batch job (``medae.batch.score_sources``: loading,
 preprocessing, reconstruction, heat map, candidates, NIfTI and PNG outputs) in a child process,
 so the peak resident set size printed is the job's own (``ru_maxrss`` of the child).
+``--copies N`` scores a folder of N such volumes with ``--workers`` prefetch threads (``medae
+score`` uses 2): a folder of CT volumes must need the memory of one.  ``--where`` also samples
+the child's resident set every 5 ms and prints where each thread was (its medae frames) when it
+was highest: the place to look for the next saving.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,18 +58,51 @@ def _write_volume(path: Path, shape: tuple[int, int, int], spacing=(0.7, 0.7, 0.
     nib.save(nib.Nifti1Image(vol, affine), path)
 
 
-def _job(run: Path, image: Path, out: Path, overlays: bool) -> dict:
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _medae_frames(frame) -> str:
+    """The medae/ frames of one thread's stack, outermost first ('file:line function')."""
+    import traceback
+    return " > ".join(f"{Path(fs.filename).name}:{fs.lineno} {fs.name}"
+                      for fs in traceback.extract_stack(frame) if "/medae/" in fs.filename)
+
+
+def _sampler(stop, best: dict) -> None:
+    """Every 5 ms: the resident set, and the stacks of every thread when it is the highest."""
+    me = threading.get_ident()
+    while not stop.is_set():
+        rss = _rss_mib()
+        if rss > best.get("mib", 0):
+            best["mib"] = rss
+            best["where"] = [w for t, f in sys._current_frames().items()
+                             if t != me and (w := _medae_frames(f))]
+        time.sleep(0.005)
+
+
+def _job(run: Path, image: Path, out: Path, overlays: bool, where: bool = False,
+         workers: int = 1) -> dict:
     from medae.batch import score_sources
     from medae.io.discover import discover
     from medae.scoring import load_model
 
     model = load_model(run, device="cpu")
     sources = discover(image)
+    best: dict = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sampler, args=(stop, best), daemon=True)
+    if where:
+        sampler.start()
     t0 = time.perf_counter()
-    summary = score_sources(model, sources, out, workers=1, progress=False, overlays=overlays)
+    summary = score_sources(model, sources, out, workers=workers, progress=False,
+                            overlays=overlays)
     wall = time.perf_counter() - t0
+    stop.set()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-    return {"scored": summary.scored, "failed": summary.failed, "wall": wall, "peak_mib": peak}
+    return {"scored": summary.scored, "failed": summary.failed, "wall": wall, "peak_mib": peak,
+            "sampled_peak_mib": best.get("mib"), "where": best.get("where", [])}
 
 
 def main() -> None:
@@ -71,24 +110,34 @@ def main() -> None:
     ap.add_argument("--recipe", default="ae2d")
     ap.add_argument("--shape", type=int, nargs=3, default=[512, 512, 600])
     ap.add_argument("--no-overlays", action="store_true")
+    ap.add_argument("--where", action="store_true",
+                    help="print where each thread was when the resident set was highest")
+    ap.add_argument("--copies", type=int, default=1, help="volumes in the folder scored")
+    ap.add_argument("--workers", type=int, default=1, help="prefetch threads")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         run, image, out = map(Path, args.child)
-        print(json.dumps(_job(run, image, out, not args.no_overlays)))
+        print(json.dumps(_job(run, image, out, not args.no_overlays, args.where, args.workers)))
         return
     from bench_score import _build_bundle
 
     shape = tuple(args.shape)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        image = tmp / "ct.nii.gz"
-        _write_volume(image, shape)
+        image = tmp / "scans"
+        image.mkdir()
+        _write_volume(image / "ct.nii.gz", shape)
+        for k in range(1, args.copies):
+            os.link(image / "ct.nii.gz", image / f"ct{k}.nii.gz")
         _build_bundle(args.recipe, tmp / "run")
         cmd = [sys.executable, __file__, "--child", str(tmp / "run"), str(image),
                str(tmp / "out")]
         if args.no_overlays:
             cmd.append("--no-overlays")
+        if args.where:
+            cmd.append("--where")
+        cmd += ["--workers", str(args.workers)]
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode:
@@ -96,18 +145,24 @@ def main() -> None:
         r = json.loads(res.stdout.strip().splitlines()[-1])
         child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         shutil.rmtree(tmp / "out", ignore_errors=True)
-    if r["scored"] != 1:
+    if r["scored"] != args.copies:
         sys.exit(f"the volume was not scored: {r}")
     voxels = shape[0] * shape[1] * shape[2]
     print(f"CPU ({os.cpu_count()} cores); {datetime.date.today().isoformat()}; "
           f"{platform.machine()}, Python {platform.python_version()}; recipe {args.recipe}, "
-          f"one {'x'.join(map(str, shape))} int16 volume ({voxels / 1e6:.0f} M voxels, "
+          f"{args.copies} {'x'.join(map(str, shape))} int16 volume(s) "
+          f"({voxels / 1e6:.0f} M voxels, "
           f"{voxels * 4 / 2**20:.0f} MiB as float32), overlays "
-          f"{'off' if args.no_overlays else 'on'}.")
+          f"{'off' if args.no_overlays else 'on'}, {args.workers} prefetch thread(s).")
     print()
     print("| wall seconds (load to outputs written) | peak RSS MiB (child) |")
     print("|---|---|")
     print(f"| {r['wall']:.1f} | {max(r['peak_mib'], child_peak):.0f} |")
+    if args.where:
+        print(f"\nHighest sampled resident set: {r['sampled_peak_mib']:.0f} MiB, with the "
+              "threads at:")
+        for w in r["where"]:
+            print(f"- {w}")
 
 
 if __name__ == "__main__":

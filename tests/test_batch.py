@@ -161,3 +161,55 @@ def test_reconstruction_and_api(tiny_model, tmp_path):
     # the reconstruction is in the scan's units, close to the healthy tissue, not the lesion
     assert abs(np.median(recon[brain & ~lesion]) - np.median(img[brain & ~lesion])) < 15
     assert recon[lesion].mean() < img[lesion].mean() - 20
+
+
+def test_ct_size_cases_are_loaded_alone(monkeypatch):
+    """Look-ahead loading never holds a CT-size case beside another one: a big case is read only
+    once the cases before it are done, and nothing is read ahead while it is scored."""
+    import medae.batch as batch_module
+
+    submitted = []
+
+    class Now:  # an executor that runs each load as it is submitted, in order
+        def __init__(self, max_workers):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            submitted.append(args[1].case_id)
+            from concurrent.futures import Future
+            f = Future()
+            f.set_result(None)
+            return f
+
+    class Src:
+        def __init__(self, case_id, voxels):
+            self.case_id, self._voxels = case_id, voxels
+
+        def voxels(self):
+            return self._voxels
+
+    monkeypatch.setattr(batch_module, "ThreadPoolExecutor", Now)
+    big = batch_module.OVERLAP_VOXELS + 1
+    sources = [Src("a", 10), Src("b", 10), Src("C", big), Src("d", 10), Src("e", 10),
+               Src("F", big), Src("G", big)]
+    seen = {}
+    for src, _future in batch_module._prefetch(None, sources, workers=2):
+        seen[src.case_id] = list(submitted)
+    assert seen == {"a": ["a", "b"], "b": ["a", "b"], "C": ["a", "b", "C"],
+                    "d": ["a", "b", "C", "d", "e"], "e": ["a", "b", "C", "d", "e"],
+                    "F": ["a", "b", "C", "d", "e", "F"], "G": ["a", "b", "C", "d", "e", "F", "G"]}
+
+
+def test_source_voxels_from_headers(tmp_path):
+    from medae.io.discover import discover
+    nib.save(nib.Nifti1Image(np.zeros((7, 8, 9), np.int16), np.eye(4)), tmp_path / "s.nii.gz")
+    (tmp_path / "bad.nii.gz").write_bytes(b"not a scan")
+    write_dicom_volume(tmp_path / "dcm", np.zeros((6, 5, 4), np.int16))
+    found = sorted(s.voxels() for s in discover(tmp_path))
+    assert found == [0, 6 * 5 * 4, 7 * 8 * 9]

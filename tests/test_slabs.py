@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from medae.io.scan import Grid, Scan
-from medae.masks import label, lookup, outer_erosion
+from medae.masks import label, label_above, lookup, outer_erosion
 from medae.models import create_model
 from medae.preprocess import Prepared, PreprocessConfig, preprocess, to_scan_space
 from medae.scoring import MapConfig, find_candidates
@@ -115,6 +115,30 @@ def test_labels_small_dtype_and_chunked_lookup():
     assert m == 1000 and few.dtype == np.uint16
     table = (np.arange(m + 1) % 3 == 0)
     np.testing.assert_array_equal(lookup(table, few), table[few])
+
+
+@pytest.mark.parametrize("chunk", [1, 1000, 1 << 22])
+def test_label_above_in_place_equals_labelling_the_boolean_image(monkeypatch, chunk):
+    """Thresholded slab by slab into uint16 and labelled in place: the labels scipy gives the
+    boolean image; too many components for uint16: int32, labelled from the values again."""
+    import medae.masks as masks_module
+    from scipy import ndimage
+    monkeypatch.setattr(masks_module, "CHUNK", chunk)
+    rng = np.random.default_rng(5)
+    s26 = np.ones((3, 3, 3), bool)
+    for sigma, q in ((0.8, 0.6), (1.5, 0.9), (1.0, 0.99)):
+        heat = ndimage.gaussian_filter(rng.random((37, 41, 23)), sigma).astype(np.float32)
+        thr = float(np.quantile(heat, q))
+        labels, n = label_above(heat, thr, s26)
+        want, m = ndimage.label(heat > thr, s26)
+        assert labels.dtype == np.uint16 and n == m > 1
+        np.testing.assert_array_equal(labels, want)
+    heat = np.zeros((100, 100, 60), np.float32)
+    heat[::2, ::2, ::2] = 1.0  # 75,000 isolated voxels: more than uint16 holds
+    labels, n = label_above(heat, 0.5)
+    want, m = ndimage.label(heat > 0.5)
+    assert labels.dtype == np.int32 and n == m == 75_000
+    np.testing.assert_array_equal(labels, want)
 
 
 def test_candidates_centroid_mean_and_relabel_match_numpy():

@@ -16,8 +16,8 @@ import numpy as np
 
 from medae.errors import MedaeError, ScanReadError
 from medae.io import dicom
-from medae.io.files import NOT_REGULAR, is_regular, read_regular, walk_files
-from medae.io.nifti import is_nifti_path, read_nifti
+from medae.io.files import NOT_REGULAR, is_regular, open_regular, read_regular, walk_files
+from medae.io.nifti import is_nifti_path, read_nifti, read_nifti_header
 from medae.io.scan import Scan
 from medae.io.sequences import SequenceRef, nnunet_parts, on_grid
 
@@ -53,6 +53,22 @@ class ScanSource:
     @property
     def sequence_names(self) -> tuple[str, ...]:
         return (self.name, *(s.name for s in self.sequences))
+
+    def voxels(self) -> int:
+        """Voxels of the case's grid times its sequences, from the headers alone (no pixel data
+        is read; 0 when a header cannot tell: loading will say why)."""
+        try:
+            if self.series is not None:
+                n = self.series.rows * self.series.cols * self.series.n_slices
+            elif self.kind != "nifti":
+                return 0
+            else:
+                with open_regular(self.path) as f:
+                    head = f.read(1 << 16)
+                n = int(np.prod(read_nifti_header(self.path, head).get_data_shape()[:3]))
+        except (MedaeError, OSError, ValueError):
+            return 0
+        return n * (1 + len(self.sequences))
 
     def load(self) -> Scan:
         """The first sequence (the case's grid)."""

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from medae.masks import label, lookup
+from medae.masks import label_above, lookup
 
 _26 = np.ones((3, 3, 3), bool)  # 26-connectivity
 
@@ -46,9 +46,10 @@ def find_candidates(heat: np.ndarray, affine: np.ndarray, threshold: float,
     Returns the label image (1 = strongest candidate; uint16, or int32 when there are 65,536
     components or more) and the candidates.
     """
-    # labels in uint16 when they fit, statistics within each component's bounding box and the
-    # relabelling in place chunk by chunk: no full-size 64-bit temporaries on CT-size volumes
-    labels, n = label(heat > threshold, _26)
+    # labels in uint16 when they fit (labelled in place: no boolean image), statistics within
+    # each component's bounding box and the relabelling in place chunk by chunk: no full-size
+    # 64-bit or boolean temporaries on CT-size volumes
+    labels, n = label_above(heat, threshold, _26)
     if n == 0:
         return labels, []
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
