@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medae.device import LARGE_VOXELS, trim_heap
 from medae.errors import MedaeError, failure_reason
 from medae.io.atomic import DIR_MODE, atomic_write_bytes, atomic_write_csv
 from medae.io.discover import ScanSource, is_case_folder, safe_id
@@ -59,7 +60,7 @@ FAILED_DIR = ".failed"
 TABLE_REFRESH_S = 30.0
 #: a case's outputs are written while the next case is scored, except for volumes of more
 #: voxels than this (CT-size: the memory of one case at a time comes first)
-OVERLAP_VOXELS = 1 << 25
+OVERLAP_VOXELS = LARGE_VOXELS
 #: names medae writes at the top of OUT (a case id never takes one of them, see discover)
 TOP_LEVEL = ("scores.csv", "failures.csv", "run.json", "latents.npz", "index.html", "view.html")
 #: temporary names medae leaves when killed: ``.<name>.<8 random characters>.tmp|.old``
@@ -277,7 +278,7 @@ class _Writing:
     src: ScanSource
     fail_path: Path
     t0: float
-    result: ScoreResult
+    result: ScoreResult | None
     row: dict
     future: Future
 
@@ -340,6 +341,7 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
             summary.scored += 1
             msg = (f"score {job.result.score:.4g}, {len(job.result.candidates)} "
                    f"candidate(s), {job.row['seconds']:.1f} s")
+            job.result = None  # its arrays are written: not held while the tables are rebuilt
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
@@ -356,6 +358,8 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
                 result = model.score(scan, prepared=prep, fpr=fpr, threshold=threshold,
                                      with_reconstruction=save_reconstruction,
                                      channel_maps=save_channel_maps, release_input=True)
+                if scan.array.size > OVERLAP_VOXELS:
+                    trim_heap()  # what reconstruction and the map freed, before the writing
                 row = {"case_id": src.case_id, "source": _source_text(src),
                        "score": float(f"{result.score:.6g}"),
                        "flagged": "" if result.flagged is None else int(result.flagged),
@@ -374,13 +378,16 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
                 msg = _record_failure(src, fail_path, exc, t0, summary)
                 _report(k, len(todo), src, msg, progress, out, save_latent, last)
                 continue
+            big = scan.array.size > OVERLAP_VOXELS
+            del scan, prep, result  # the writer and ``job`` hold what is still needed
             if writing is not None:
                 finish(writing)
             writing = job
-            if scan.array.size > OVERLAP_VOXELS:  # CT-size: one case in memory at a time
+            del job
+            if big:  # CT-size: one case in memory at a time
                 finish(writing)
                 writing = None
-            del scan, prep, result, job
+                trim_heap()
         if writing is not None:
             finish(writing)
     finally:

@@ -1,12 +1,29 @@
-"""Devices and numeric precisions: one table, shared by training and scoring."""
+"""Devices and numeric precisions: one table, shared by training and scoring; and the host's C
+heap around CT-size volumes."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 
 import torch
 
 from medae.errors import MedaeError
+
+#: a volume of more than this many voxels (a CT-size scan; BraTS is 9 M) is scored and written
+#: alone, with the C heap trimmed between its big steps
+LARGE_VOXELS = 1 << 25
+
+
+def trim_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc ``malloc_trim``): after a step on
+    a CT-size volume, the threads' malloc arenas otherwise keep what it freed and the next step's
+    arrays add to it (bench_memory: a folder of three CT volumes 2287 -> 2149 MiB).  No-op where
+    the C library has no ``malloc_trim``."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
 
 #: precision name -> autocast dtype (None: plain float32)
 PRECISIONS: dict[str, torch.dtype | None] = {

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from medae.bundle import Bundle, load_bundle
-from medae.device import check_precision, resolve_device
+from medae.device import LARGE_VOXELS, check_precision, resolve_device, trim_heap
 from medae.errors import MedaeError
 from medae.io.discover import ScanSource
 from medae.io.scan import Scan
@@ -237,6 +237,8 @@ class AnomalyModel:
         prep = prepared if prepared is not None else self.prepare(scan, mask)
         m = self.scan_map(scan, prep, channel_maps=channel_maps,
                           with_reconstruction=with_reconstruction, release_input=release_input)
+        if m.heatmap.size > LARGE_VOXELS:
+            trim_heap()  # what reconstruction freed, before the labels are allocated
         t0 = time.perf_counter()
         labels, cands = find_candidates(m.heatmap, scan.affine, thr,
                                         self.map_config.min_volume_mm3)
