@@ -107,6 +107,7 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
         label_dtype = np.uint8 if n < 256 else np.uint16 if n < 65536 else np.int32
         write_on_grid(result.labels, scan, tmp / "candidates.nii.gz", dtype=label_dtype)
         write_on_grid(result.brain_mask, scan, tmp / "brain_mask.nii.gz", dtype=np.uint8)
+        result.brain_mask = None  # written, and nothing below needs it (150 MiB on a CT)
         atomic_write_csv(tmp / "candidates.csv", CANDIDATE_COLUMNS,
                    [c.row() for c in result.candidates])
         if save_image:  # the viewer's background: written by medae, so no source header text
@@ -226,9 +227,8 @@ def _prefetch(model: AnomalyModel, sources: Sequence[ScanSource], workers: int
                 nxt = next(it, None)
                 if big:
                     break
-            src, future, big = pending.pop(0)
-            yield src, future
-            del future  # the caller holds it for as long as it needs the scan
+            # nothing kept here: the caller holds the loaded case for as long as it needs it
+            yield pending.pop(0)[:2]
 
 
 def rebuild_tables(out: Path, save_latent: bool = False) -> tuple[list[dict], list[dict]]:
