@@ -121,8 +121,9 @@ def test_labels_small_dtype_and_chunked_lookup():
 def test_label_above_in_place_equals_labelling_the_boolean_image(monkeypatch, chunk):
     """Thresholded slab by slab into uint16 and labelled in place: the labels scipy gives the
     boolean image; too many components for uint16: int32, labelled from the values again."""
-    import medae.masks as masks_module
     from scipy import ndimage
+
+    import medae.masks as masks_module
     monkeypatch.setattr(masks_module, "CHUNK", chunk)
     rng = np.random.default_rng(5)
     s26 = np.ones((3, 3, 3), bool)
