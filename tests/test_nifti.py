@@ -273,14 +273,19 @@ def test_bad_files_give_one_line_errors(tmp_path):
     assert "no such file" in _error(tmp_path / "missing.nii.gz")
 
 
+def _header_only(path, shape, dtype, pad: int):
+    """A .nii.gz of a header declaring ``shape`` of ``dtype`` and ``pad`` zero bytes after it."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(dtype)
+    path.write_bytes(gzip.compress(hdr.binaryblock + b"\0" * pad))
+    return path
+
+
 def test_a_header_the_file_cannot_hold_or_memory_cannot_take(tmp_path, monkeypatch):
     """A .nii.gz whose header declares more than deflate can expand its bytes to is truncated,
     said before any allocation; a volume that memory cannot take is one line, not a traceback."""
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape((400, 400, 400))
-    hdr.set_data_dtype(np.uint8)
-    path = tmp_path / "claims.nii.gz"
-    path.write_bytes(gzip.compress(hdr.binaryblock + b"\0" * 4100))
+    path = _header_only(tmp_path / "claims.nii.gz", (400, 400, 400), np.uint8, 4100)
     msg = _error(path)
     assert "truncated gzip stream" in msg and "cannot hold them" in msg
 
@@ -294,12 +299,8 @@ def test_a_header_the_file_cannot_hold_or_memory_cannot_take(tmp_path, monkeypat
 
 
 def test_absurd_dimensions_refused_before_allocation(tmp_path):
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape((30000, 30000, 30000))
-    hdr.set_data_dtype(np.float32)
-    path = tmp_path / "huge.nii.gz"
     # header only, no voxel data: reading must stop at the header
-    path.write_bytes(gzip.compress(hdr.binaryblock + b"\0" * 4))
+    path = _header_only(tmp_path / "huge.nii.gz", (30000, 30000, 30000), np.float32, 4)
     msg = _error(path)
     assert "30000x30000x30000" in msg and "limit" in msg
 
