@@ -48,7 +48,10 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             # exploratory (not in the default list): brain_flair on the scans' own 1 mm grid
             # instead of 1.875 mm in-plane, so the reconstruction keeps the detail of the scan
             "brain_flair_1mm": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
-                                                "preprocess.size=[176, 208, null]"])}
+                                                "preprocess.size=[176, 208, null]"]),
+            # exploratory: brain_flair trained under bf16 autocast (2x faster on a CPU with
+            # AVX-512 BF16, scripts/bench_train.py): same detection before it becomes the default?
+            "brain_flair_bf16": ("brain_flair", ["train.precision=bf16"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("best_dice", "[Dice] (upper bound)"),
            ("dice_calibrated", "deployable Dice (≤ 1 FP candidate / healthy scan)"),
