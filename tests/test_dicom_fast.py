@@ -5,6 +5,7 @@ path gives."""
 from __future__ import annotations
 
 import os
+import struct
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def _plain_pydicom(monkeypatch) -> None:
     monkeypatch.setattr(frames, "_raw_pixels", lambda *a: None)
     monkeypatch.setattr(headers, "pruned_header", lambda *a: None)
     monkeypatch.setattr(values, "_fast_tag", lambda name: None)
+    monkeypatch.setattr(headers, "_file_meta", lambda data: None)
 
 
 def _volumes(units: list[list[Path]]) -> dict[str, tuple]:
@@ -219,8 +221,9 @@ def test_pruned_enhanced_headers_give_the_same_records(monkeypatch):
     monkeypatch.setattr(headers, "pruned_header",
                         lambda *a: calls.append(real(*a)) or calls[-1])
     fast = [find._examine(p) for p in paths]
-    done = [c for c in calls if c is not None and c[1] is not None]   # (the Philips header is
-    assert len(done) == len(paths)                  # longer than the first read: tried twice)
+    done = [c for c in calls if c is not None and c[1] is not None]
+    assert len(calls) == len(done) == len(paths)    # the Philips header, longer than the first
+                                                    # read, is pruned once, from the whole file
     assert all(len(c[0]) < c[1] for c in done)      # smaller than the header it replaces
     monkeypatch.setattr(headers, "pruned_header", lambda *a: None)
     assert [find._examine(p) for p in paths] == fast
@@ -239,6 +242,64 @@ def test_pruning_gives_up_on_what_it_does_not_expect():
     at = data.index(b"\x30\x92SQ")                              # per-frame sequence: bad VR
     broken[at + 2:at + 4] = b"s?"
     assert pruned_header(bytes(broken), keep) is None
+
+
+def _elements(ds) -> list[tuple]:
+    return [(int(t), ds[t].VR, repr(ds[t].value)) for t in sorted(ds.keys())]
+
+
+def test_file_meta_read_here_gives_what_pydicom_gives():
+    """Every shared DICOM file with a preamble: the data set after the file meta group read
+    here equals pydicom's own read, element by element, with the same encoding,
+    file meta and stopping point; the files it leaves to pydicom are the ones it should."""
+    import io
+    root = shared("dicom")
+    paths = [p for p in sorted(root.rglob("*")) if p.is_file() and headers.is_dicom_file(p)]
+    taken = 0
+    for path in paths:
+        data = path.read_bytes()
+        if data[128:132] != b"DICM":
+            continue
+        stream = io.BytesIO(data)
+        try:
+            want = headers._parse(stream, True, headers._stop_at_frames)
+        except Exception:
+            continue
+        meta = headers._file_meta(data)
+        syntax = want.file_meta.get("TransferSyntaxUID")
+        plain = (syntax is not None and syntax.is_transfer_syntax and not syntax.is_deflated
+                 and syntax.is_little_endian)
+        assert (meta is not None) == plain, path
+        if meta is None:
+            continue
+        got, tell = headers._parse_data(data, True, headers._stop_at_frames)
+        assert tell == stream.tell(), path
+        assert _elements(got) == _elements(want), path
+        assert got.original_encoding == want.original_encoding, path
+        assert got.file_meta == want.file_meta, path   # values compared converted
+        taken += 1
+    assert taken >= 150
+
+
+def test_file_meta_is_left_to_pydicom_when_unusual(tmp_path):
+    data = shared("dicom", "ct_17_slices", "tests", "image_data", "dicom").iterdir()
+    data = sorted(data)[0].read_bytes()
+    assert headers._file_meta(data) is not None
+    assert headers._file_meta(data[128:]) is None                    # no preamble
+    assert headers._file_meta(data[:140]) is None                    # ends in the meta group
+    bad_vr = bytearray(data)
+    bad_vr[136:138] = b"u?"
+    assert headers._file_meta(bytes(bad_vr)) is None
+    at = data.index(b"1.2.840.10008.1.2\0")                          # implicit VR LE
+
+    def with_syntax(uid: bytes) -> bytes:
+        uid += b"\0" * (len(uid) & 1)
+        return data[:at - 2] + struct.pack("<H", len(uid)) + uid + data[at + 18:]
+
+    assert headers._file_meta(with_syntax(b"1.2.840.10008.1.2.1"))[2] is False   # explicit
+    assert headers._file_meta(with_syntax(b"1.2.840.10008.1.2.2")) is None       # big endian
+    assert headers._file_meta(with_syntax(b"1.2.840.10008.1.2.1.99")) is None    # deflated
+    assert headers._file_meta(with_syntax(b"1.2.3.4")) is None                   # unknown
 
 
 # ------------------------------------------------------------------------------------------------
