@@ -127,10 +127,14 @@ RESULTS = ROOT / "docs" / "benchmark_results.md"  # full mode; --quick: benchmar
 
 
 def _protocol(base: str, sets: list[str], steps: int | None) -> str:
-    """A short hash of what decides a run's result: the recipe file, the benchmark protocol and
-    the overrides; a run of an older protocol is not reused."""
-    text = (ROOT / "configs" / f"{base}.yaml").read_text()
-    blob = json.dumps([text, sets, steps], sort_keys=True).encode()
+    """A short hash of what decides a run's result: the recipe as it resolves with the
+    benchmark's overrides (every setting, defaults filled in) and the steps.  A run is found
+    again under any name whose settings resolve the same (the recipe's default, or a variant
+    that overrides it to the same value); a run of other settings is not reused."""
+    from medae.config import load_config
+
+    config = load_config(ROOT / "configs" / f"{base}.yaml", sets)
+    blob = json.dumps([config, steps], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -142,7 +146,8 @@ def _save_ledger(runs: list[dict]) -> None:
     runs = sorted(runs, key=lambda r: (r["dataset"], r["test"], r["recipe"], r["seed"],
                                        r["protocol"]))
     doc = {"about": "One entry per benchmark run of scripts/benchmark_brain.py (written by it); "
-                    "'protocol' hashes the recipe file, the protocol overrides and the steps; "
+                    "'protocol' hashes the recipe as it resolves with the protocol overrides "
+                    "(every setting) and the steps; 'recipe' is the name it was run under; "
                     "'commit' is the code that trained and scored the model.", "runs": runs}
     tmp = LEDGER.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
@@ -210,8 +215,8 @@ def main() -> None:
                 # (nothing to train) repeat per seed wherever there is a choice of patient
                 one = base == "intensity" and len(train_cases) < 2
                 for seed in args.seeds[:1] if one else args.seeds:
-                    key = dict(dataset=dname, test=test, recipe=recipe, seed=seed,
-                               protocol=protocol)
+                    # found by its settings, whatever name it was run under
+                    key = dict(dataset=dname, test=test, seed=seed, protocol=protocol)
                     row = _find(ledger, **key)
                     if args.table_only or (row and not args.rerun):
                         if row:
@@ -225,7 +230,8 @@ def main() -> None:
                     _one_run(medae, run, base, train_csv, test_csv, seed, args.device,
                              [*sets, *variant_sets, *extra])
                     row = _row(run)
-                    row.update(key, steps=steps if base != "intensity" else None, commit=commit,
+                    row.update(key, recipe=recipe,
+                               steps=steps if base != "intensity" else None, commit=commit,
                                date=datetime.date.today().isoformat(),
                                minutes=round((time.time() - t0) / 60, 1),
                                machine=machine)

@@ -91,3 +91,24 @@ def test_runs_are_kept_and_not_repeated(bench, monkeypatch):
     _main(bench, monkeypatch, "--tests", "pat0001", "--recipes", "brain_multi", "--table-only")
     assert bench._calls == []
     assert "0 runs" in bench.RESULTS.read_text()
+
+
+def test_runs_are_found_by_their_settings_not_their_name(bench, monkeypatch):
+    """A run is the same run under any name whose settings resolve the same (a variant that
+    sets the recipe's own default, or the default after a recipe changes to the variant's
+    value); a setting that differs is another protocol."""
+    monkeypatch.setitem(bench.VARIANTS, "brain_flair_same",
+                        ("brain_flair", ['train.precision="32"']))   # the recipe's default
+    monkeypatch.setitem(bench.VARIANTS, "brain_flair_other",
+                        ("brain_flair", ["train.lr=0.0005"]))
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0")
+    assert len(bench._calls) == 1
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_same", "--seeds", "0")
+    assert len(bench._calls) == 1                       # found: nothing trained again
+    table = bench.RESULTS.with_name("results_quick.md").read_text()
+    assert "| brain_flair_same | 1 | 0.500 |" in table
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_other", "--seeds", "0")
+    assert len(bench._calls) == 2 and "train.lr=0.0005" in bench._calls[1][3]
+    runs = json.loads(bench.LEDGER.read_text())["runs"]
+    assert sorted(r["recipe"] for r in runs) == ["brain_flair", "brain_flair_other"]
+    assert len({r["protocol"] for r in runs}) == 2
