@@ -202,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train this many optimisation steps (wins over train.steps)")
     tr.add_argument("--seed", type=int, help="override train.seed (wins over the recipe)")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    tr.add_argument("--precision", choices=["32", "bf16", "fp16"],
-                    help="override train.precision (wins over the recipe)")
+    tr.add_argument("--precision", choices=["32", "bf16", "fp16", "auto"],
+                    help="override train.precision (wins over the recipe); auto: bf16 where "
+                         "the device computes it natively, else 32")
     tr.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="dotted override, e.g. --set model.latent_size=256 (repeatable)")

@@ -90,7 +90,7 @@ class TrainConfig(_Section):
     schedule: str = "cosine"  # cosine | constant
     grad_clip: float | None = 1.0
     patience: int = 10  # early stopping on the validation loss (epochs without improvement)
-    precision: str = "32"  # 32 | bf16 | fp16
+    precision: str = "32"  # 32 | bf16 | fp16 | auto (bf16 where the device has it natively)
     seed: int = 0
     max_steps_per_epoch: int | None = None
 
@@ -185,7 +185,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "train.grad_clip": (lambda v: v is None or (_num(v) and v >= 0),
                         "null or a finite number >= 0"),
     "train.patience": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "train.precision": (lambda v: str(v) in ("32", "bf16", "fp16"), "32, bf16 or fp16"),
+    "train.precision": (lambda v: str(v) in ("32", "bf16", "fp16", "auto"),
+                        "32, bf16, fp16 or auto"),
     "train.seed": (lambda v: _int(v) and 0 <= v < 2**63, "an integer from 0 to 2**63 - 1"),
     "train.max_steps_per_epoch": (lambda v: v is None or (_int(v) and v >= 1),
                                   "null or an integer >= 1"),

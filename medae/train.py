@@ -29,7 +29,7 @@ from medae.config import (
     dump_config,
     validate_config,
 )
-from medae.device import resolve_device
+from medae.device import resolve_device, resolve_precision
 from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes, atomic_write_csv
 from medae.io.discover import ScanSource
@@ -229,7 +229,9 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     dev = resolve_device(device)
     d = _init_distributed(dev)
     tc, dc = TrainConfig.from_dict(config["train"]), DataConfig.from_dict(config["data"])
-    precision = tc.precision
+    precision = resolve_precision(tc.precision, dev, "train.precision")
+    if tc.precision == "auto":
+        log.info("train.precision auto: %s on this %s", precision, dev.type)
     if precision == "fp16" and dev.type == "cpu":
         log.warning("fp16 on a CPU is very slow (no fp16 kernels): prefer bf16 or 32 there")
     seed = tc.seed

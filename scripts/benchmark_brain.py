@@ -49,8 +49,10 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             # instead of 1.875 mm in-plane, so the reconstruction keeps the detail of the scan
             "brain_flair_1mm": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
                                                 "preprocess.size=[176, 208, null]"]),
-            # exploratory: brain_flair trained under bf16 autocast (2x faster on a CPU with
-            # AVX-512 BF16, scripts/bench_train.py): same detection before it becomes the default?
+            # the recipe in each training precision: brain_flair trains with precision auto
+            # (bf16 where the CPU or GPU has it natively, else float32), so its row holds the
+            # runs of the precision this machine trains in; these rows hold each one's
+            "brain_flair_fp32": ("brain_flair", ['train.precision="32"']),
             "brain_flair_bf16": ("brain_flair", ["train.precision=bf16"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("best_dice", "[Dice] (upper bound)"),
@@ -126,14 +128,18 @@ LEDGER = ROOT / "docs" / "benchmark_runs.json"
 RESULTS = ROOT / "docs" / "benchmark_results.md"  # full mode; --quick: benchmark_results_quick.md
 
 
-def _protocol(base: str, sets: list[str], steps: int | None) -> str:
+def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto") -> str:
     """A short hash of what decides a run's result: the recipe as it resolves with the
-    benchmark's overrides (every setting, defaults filled in) and the steps.  A run is found
-    again under any name whose settings resolve the same (the recipe's default, or a variant
-    that overrides it to the same value); a run of other settings is not reused."""
+    benchmark's overrides (every setting, defaults filled in; ``train.precision: auto`` as the
+    precision it trains in on ``device``) and the steps.  A run is found again under any name
+    whose settings resolve the same (the recipe's default, or a variant that overrides it to
+    the same value); a run of other settings is not reused."""
     from medae.config import load_config
+    from medae.device import resolve_device, resolve_precision
 
     config = load_config(ROOT / "configs" / f"{base}.yaml", sets)
+    config["train"]["precision"] = resolve_precision(config["train"]["precision"],
+                                                     resolve_device(device))
     blob = json.dumps([config, steps], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -210,7 +216,7 @@ def main() -> None:
                 if base == "brain_multi":
                     extra += [f"preprocess.inputs={json.dumps(MULTI_INPUTS[dname])}"]
                 protocol = _protocol(base, [*sets, *variant_sets, *extra],
-                                     steps if base != "intensity" else None)
+                                     steps if base != "intensity" else None, args.device)
                 # the seed also picks the held-out calibration patient, so the thresholding rules
                 # (nothing to train) repeat per seed wherever there is a choice of patient
                 one = base == "intensity" and len(train_cases) < 2

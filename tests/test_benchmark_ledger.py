@@ -98,7 +98,7 @@ def test_runs_are_found_by_their_settings_not_their_name(bench, monkeypatch):
     sets the recipe's own default, or the default after a recipe changes to the variant's
     value); a setting that differs is another protocol."""
     monkeypatch.setitem(bench.VARIANTS, "brain_flair_same",
-                        ("brain_flair", ['train.precision="32"']))   # the recipe's default
+                        ("brain_flair", ["train.lr=0.001"]))   # the recipe's own value
     monkeypatch.setitem(bench.VARIANTS, "brain_flair_other",
                         ("brain_flair", ["train.lr=0.0005"]))
     _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0")

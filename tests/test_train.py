@@ -221,3 +221,41 @@ def test_calibration_margin_is_in_millimetres():
     assert grow_mm(label, 2.9, (2.0, 2.0, 2.0)).sum() == 19  # and the 12 edge ones (2.83)
     assert grow_mm(label, 2.0, (1.0, 1.0, 4.0)).sum() == 13  # 2 voxels in-plane, 0 in z
     assert not grow_mm(np.zeros((3, 3, 3), bool), 5.0, (1, 1, 1)).any()
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, want", [
+    (True, False, "bf16"), (False, True, "bf16"), (False, False, "32"), (None, None, "32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, want):
+    """``auto`` trains in bf16 on a CPU with AVX-512 BF16 or AMX, in float32 elsewhere (where
+    bf16 is emulated and slower), and in float32 when torch cannot tell."""
+    import torch
+
+    from medae.device import resolve_precision
+
+    def probe(value):
+        def f():
+            if value is None:
+                raise RuntimeError("no probe")
+            return value
+        return f
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", probe(avx512_bf16))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", probe(amx))
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == want
+    assert resolve_precision("32", cpu) == "32" and resolve_precision("fp16", cpu) == "fp16"
+    with pytest.raises(MedaeError, match=r"train\.precision: expected one of"):
+        resolve_precision("fp8", cpu, "train.precision")
+
+
+def test_auto_precision_is_recorded_as_what_trained(healthy, tmp_path, monkeypatch):
+    import torch
+
+    from medae.device import native_bf16
+
+    out = tmp_path / "auto"
+    train(_config("train.precision=auto", "train.steps=2"), discover(healthy), out,
+          device="cpu", progress=False)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["training"]["precision"] == ("bf16" if native_bf16(torch.device("cpu"))
+                                             else "32")
