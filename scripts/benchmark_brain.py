@@ -324,6 +324,9 @@ def _table(results: dict, args, steps) -> str:
              f"{', '.join(map(str, args.seeds))}; training steps per model: "
              f"{steps or 'the recipe default'}; mean ± sd over seeds and folds.", ""]
     for dname, per in results.items():
+        # rows in the order the recipes were asked for (not the order their runs were found)
+        per = {r: per[r] for r in sorted(per, key=lambda r: args.recipes.index(r)
+                                         if r in args.recipes else len(args.recipes))}
         tests = sorted({r["test"] for rs in per.values() for r in rs})
         lines += [f"**{dname}**, test patient{'s' if len(tests) > 1 else ''} "
                   f"{', '.join(tests)}", "",
