@@ -54,8 +54,9 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(name: str, device: torch.device, where: str = "precision") -> str:
     """A training precision for ``device``: ``auto`` is bf16 where the device computes it
-    natively (:func:`native_bf16`; the recommended recipe trained 1.6-2x faster there with the
-    same detection, docs/benchmarks.md), else 32; any other name is checked and kept."""
+    natively (:func:`native_bf16`; the recommended recipe trained 1.5-1.9x faster there with
+    the same detection: docs/benchmarks.md, the README's benchmark), else 32; any other name
+    is checked and kept."""
     if str(name) == "auto":
         return "bf16" if native_bf16(device) else "32"
     return check_precision(name, where)

@@ -4,10 +4,10 @@
     python scripts/bench_io.py [--data ../shared/data] [--repeat 5] [--volumes 32 --slices 64]
 
 Prints, per input, the best wall time of at least N reads (more until half a second was
-measured), MB/s (file bytes on
-disk per second) for medae and for SimpleITK, and the ratio medae / SimpleITK (above 1: medae
-is faster), then a markdown table to paste into docs/benchmarks.md.  Both libraries return a
-float32 array of physical values (medae also reorients to RAS+), so they do the same work.
+measured), MB/s (file bytes on disk per second) for medae and for SimpleITK, and the ratio
+medae / SimpleITK (above 1: medae is faster), then a markdown table to paste into
+docs/benchmarks.md.  Both libraries return a float32 array of physical values (medae also
+reorients to RAS+), so they do the same work.
 
 medae keeps the DICOM headers it parsed for the life of the process; every timed medae read
 below starts with that cache cleared (it parses every header, as SimpleITK does), except the
@@ -89,9 +89,9 @@ MAX_RUNS = 200
 
 def _best(fn, path: Path, repeat: int) -> float:
     """Best wall time of ``fn(path)``: at least ``repeat`` reads, more until MIN_SECONDS were
-    measured.  Each library is timed in its own run of reads (its allocator in the steady state
-    of repeated loads; reading the two in turn made medae's .nii.gz reads 1.5-3x slower and
-    erratic here, while SimpleITK's did not change)."""
+    measured.  Each library is timed in its own run of reads, in the steady state of repeated
+    loads: reading the two in turn changed both (here medae's MS FLAIR .nii.gz read went from
+    30-45 ms to 51-119, SimpleITK's from 81-86 to about 50)."""
     fn(path)  # warm the page cache and imports
     times: list[float] = []
     while len(times) < repeat or (sum(times) < MIN_SECONDS and len(times) < MAX_RUNS):

@@ -248,7 +248,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf
         resolve_precision("fp8", cpu, "train.precision")
 
 
-def test_auto_precision_is_recorded_as_what_trained(healthy, tmp_path, monkeypatch):
+def test_auto_precision_is_recorded_as_what_trained(healthy, tmp_path):
     import torch
 
     from medae.device import native_bf16

@@ -17,7 +17,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from medae.errors import MedaeError
-from medae.io.dicom.prune import pruned_header
+from medae.io.dicom.prune import LONG_VRS, meta_group, pruned_header
 from medae.io.dicom.values import HeaderView, _get, _int, _uid_name
 from medae.io.files import open_regular
 
@@ -102,8 +102,6 @@ _WHOLE_LIMIT = 1 << 26
 #: an enhanced multi-frame file up to this size is read whole at once when its header is longer
 #: than the first chunk (reading 16 MB costs less than walking a 128 kB header that ends short)
 _EAGER_WHOLE = 1 << 24
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
-             b"UT", b"UV"}
 
 #: pixel data element as found in the file: (tag, value offset, value length; 0xFFFFFFFF when
 #: encapsulated) or None when the file has none
@@ -150,32 +148,20 @@ def _parse_data(data: bytes, has_preamble: bool, stop: Any = _stop_at_pixels) ->
 
 
 def _file_meta(data: bytes) -> tuple[FileMetaDataset, int, bool] | None:
-    """The file meta group of ``data`` (preamble, ``DICM``, explicit VR little-endian group
-    0002 elements), the offset of the data set after it and whether that is implicit VR; None
-    unless the transfer syntax is a standard little-endian, non-deflated one and the group is
-    well formed (pydicom then reads the file as it is)."""
-    if len(data) < 132 or data[128:132] != b"DICM":
+    """The file meta group of ``data`` (:func:`medae.io.dicom.prune.meta_group`) as pydicom
+    raw elements, the offset of the data set after it and whether that is implicit VR; None
+    unless the group is well formed and the transfer syntax a standard little-endian,
+    non-deflated one (pydicom then reads the file as it is)."""
+    found = meta_group(data)
+    if found is None:
         return None
-    pos, raw, end = 132, {}, len(data)
-    while pos + 8 <= end:
-        group, elem, vr, length = _META_ELEMENT.unpack_from(data, pos)
-        if group != 0x0002:
-            break
-        if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
-            return None
-        head = 8
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                return None
-            length, head = _META_LONG.unpack_from(data, pos + 8)[0], 12
-        if length == 0xFFFFFFFF or pos + head + length > end:
-            return None
-        tag = BaseTag(0x00020000 | elem)
-        raw[tag] = RawDataElement(tag, vr.decode("ascii"), length,
-                                  data[pos + head:pos + head + length], pos + head, False, True)
-        pos += head + length
-    if pos + 8 > end or _META_ELEMENT.unpack_from(data, pos)[0] == 0x0000:   # a command set
+    elements, pos = found
+    if pos + 8 > len(data) or struct.unpack_from("<H", data, pos)[0] == 0x0000:  # command set
         return None
+    raw = {}
+    for tag, (vr, at, length) in elements.items():
+        tag = BaseTag(tag)
+        raw[tag] = RawDataElement(tag, vr, length, data[at:at + length], at, False, True)
     try:
         meta = FileMetaDataset(raw)
         syntax = UID(str(meta.TransferSyntaxUID))
@@ -184,10 +170,6 @@ def _file_meta(data: bytes) -> tuple[FileMetaDataset, int, bool] | None:
     if not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
         return None
     return meta, pos, syntax.is_implicit_VR
-
-
-_META_ELEMENT = struct.Struct("<HH2sH")
-_META_LONG = struct.Struct("<L")
 
 
 _Parsed = tuple[Any, int, bytes]   # data set, offset where parsing stopped, 12 bytes from there
@@ -247,7 +229,7 @@ def _read_header(path: Path) -> tuple[Any, _PixelInfo] | None:
     tag = (group << 16) | elem
     if implicit:
         return ds, (tag, tell + 8, struct.unpack(order + "I", peek[4:8])[0])
-    if peek[4:6] in _LONG_VRS and len(peek) == 12:
+    if peek[4:6] in LONG_VRS and len(peek) == 12:
         return ds, (tag, tell + 12, struct.unpack(order + "I", peek[8:12])[0])
     return ds, (tag, tell + 8, struct.unpack(order + "H", peek[6:8])[0])
 

@@ -26,7 +26,7 @@ ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 UNDEFINED = 0xFFFFFFFF
 SHARED, PER_FRAME = 0x52009229, 0x52009230
 PIXEL_TAGS = frozenset((0x7FE00010, 0x7FE00008, 0x7FE00009))
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
              b"UT", b"UV"}
 #: functional groups the loader reads (frames.py); every *FrameTypeSequence is added
 _GROUPS = ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence",
@@ -44,24 +44,44 @@ def _group_tags() -> frozenset[int]:
                      if keyword in _GROUPS or keyword.endswith("FrameTypeSequence"))
 
 
-def _dataset_start(buf: bytes) -> tuple[int, str] | None:
-    """Offset of the data set after the preamble and file meta group, and the transfer syntax
-    UID; None without a preamble (pydicom guesses the encoding there)."""
+_META_ELEMENT = struct.Struct("<HH2sH")
+_META_LONG = struct.Struct("<L")
+
+
+def meta_group(buf: bytes) -> tuple[dict[int, tuple[str, int, int]], int] | None:
+    """The file meta group (explicit VR little endian group 0002 after the preamble and
+    ``DICM``): per tag its VR, value offset and value length, and the offset of the data set
+    after the group; None without a preamble (pydicom guesses the encoding there) or when an
+    element has an invalid VR, an undefined length or runs past ``buf``."""
     if len(buf) < 132 or buf[128:132] != b"DICM":
         return None
-    pos, syntax = 132, None
-    while pos + 8 <= len(buf):
-        group, elem, vr, length = struct.unpack_from("<HH2sH", buf, pos)
+    pos, out, end = 132, {}, len(buf)
+    while pos + 8 <= end:
+        group, elem, vr, length = _META_ELEMENT.unpack_from(buf, pos)
         if group != 0x0002:
             break
+        if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+            return None
         head = 8
-        if vr in _LONG_VRS:
-            (length,) = struct.unpack_from("<L", buf, pos + 8)
-            head = 12
-        if elem == 0x0010:
-            syntax = buf[pos + head:pos + head + length].decode("ascii", "replace")
+        if vr in LONG_VRS:
+            if pos + 12 > end:
+                return None
+            length, head = _META_LONG.unpack_from(buf, pos + 8)[0], 12
+        if length == UNDEFINED or pos + head + length > end:
+            return None
+        out[0x00020000 | elem] = (vr.decode("ascii"), pos + head, length)
         pos += head + length
-    return (pos, syntax.rstrip("\0 ")) if syntax else None
+    return out, pos
+
+
+def _dataset_start(buf: bytes) -> tuple[int, str] | None:
+    """Offset of the data set after the preamble and file meta group, and the transfer syntax
+    UID; None without them (:func:`meta_group`)."""
+    found = meta_group(buf)
+    if found is None or 0x00020010 not in found[0]:
+        return None
+    _, at, length = found[0][0x00020010]
+    return found[1], buf[at:at + length].decode("ascii", "replace").rstrip("\0 ")
 
 
 class _Walk:
@@ -85,7 +105,7 @@ class _Walk:
             return tag, 8, self._item.unpack_from(self.buf, pos)[2], None
         if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
             raise _Unexpected("invalid VR")
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             if pos + 12 > len(self.buf):
                 raise _Unexpected("truncated")
             length = self._long.unpack_from(self.buf, pos + 8)[0]
