@@ -132,6 +132,57 @@ def _faces(image: np.ndarray) -> np.ndarray:
                            image[:, :, [0, -1]].ravel()])
 
 
+#: volumes of more voxels than this are smoothed for the Otsu rule slab by slab (the same mask
+#: without a full-size float32 smoothed copy; on a 512x512x600 CT that copy is 600 MiB)
+SLAB_ABOVE = 1 << 25
+#: the Otsu rule's Gaussian smoothing (sigma, voxels) and the histogram it thresholds
+SMOOTH_SIGMA, OTSU_BINS = 1.0, 256
+
+
+def _smoothed_slabs(image: np.ndarray, slab: int = 32):
+    """``gaussian_filter(image as float32, SMOOTH_SIGMA)`` slab by slab of axial slices, each
+    read with scipy's kernel radius of neighbours (truncate 4): exactly the whole volume's
+    values.  Yields (slice of axial slices, smoothed float32 slab)."""
+    halo = int(4.0 * SMOOTH_SIGMA + 0.5)
+    nz = image.shape[2]
+    for z0 in range(0, nz, slab):
+        z1 = min(nz, z0 + slab)
+        a, b = max(0, z0 - halo), min(nz, z1 + halo)
+        smooth = ndimage.gaussian_filter(np.asarray(image[:, :, a:b], np.float32), SMOOTH_SIGMA)
+        yield slice(z0, z1), smooth[:, :, z0 - a:z1 - a]
+
+
+def _otsu_foreground(image: np.ndarray, slab_above: int | None = None
+                     ) -> tuple[np.ndarray, float]:
+    """The voxels of the smoothed image above its Otsu threshold, and the threshold.
+
+    Above ``slab_above`` voxels (default :data:`SLAB_ABOVE`) the smoothed image is never held
+    whole: three passes of slabs (its range, its histogram, the comparison), with the histogram
+    skimage's ``threshold_otsu`` builds (``OTSU_BINS`` bins over the smoothed range)."""
+    from skimage.filters import threshold_otsu
+
+    if image.size <= (SLAB_ABOVE if slab_above is None else slab_above):
+        smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), SMOOTH_SIGMA)
+        level = float(threshold_otsu(smooth, nbins=OTSU_BINS))
+        return smooth > level, level
+    lo = hi = None
+    for _, smooth in _smoothed_slabs(image):
+        a, b = smooth.min(), smooth.max()
+        lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
+    fg = np.empty(image.shape, bool)
+    if lo == hi:  # threshold_otsu's answer for a constant image: nothing above it
+        fg[...] = False
+        return fg, float(lo)
+    counts, edges = None, None
+    for _, smooth in _smoothed_slabs(image):
+        c, edges = np.histogram(smooth, bins=OTSU_BINS, range=(lo, hi))
+        counts = c if counts is None else counts + c
+    level = float(threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0)))
+    for z, smooth in _smoothed_slabs(image):
+        np.greater(smooth, level, out=fg[:, :, z])
+    return fg, level
+
+
 def compute_mask(image: np.ndarray) -> tuple[np.ndarray, str]:
     """The foreground (brain) of a scan and the rule that found it.
 
@@ -141,8 +192,6 @@ def compute_mask(image: np.ndarray) -> tuple[np.ndarray, str]:
     below it: background too).  Otherwise an Otsu threshold of the smoothed image.  The largest
     connected component is kept and its holes are filled in 3D and slice by slice.
     """
-    from skimage.filters import threshold_otsu
-
     rule = ""
     faces = _faces(image)
     values, counts = np.unique(faces, return_counts=True)
@@ -158,9 +207,7 @@ def compute_mask(image: np.ndarray) -> tuple[np.ndarray, str]:
             rule = (f"skull-stripped background: values <= {bg:.4g} + {tol:.3g} "
                     f"({100 * share:.1f}% of voxels)")
     if not rule:
-        smooth = ndimage.gaussian_filter(image.astype(np.float32, copy=False), 1.0)
-        level = float(threshold_otsu(smooth))
-        fg = smooth > level
+        fg, level = _otsu_foreground(image)
         rule = f"Otsu threshold {level:.4g} of the smoothed image"
     fg = fill_holes(_largest_component(fg))
     return fg, rule + "; largest component, holes filled (3D and axial slices)"

@@ -304,6 +304,10 @@ class _View:
 
 
 def _finite(a: np.ndarray) -> np.ndarray:
+    """``a`` with NaN and infinities set to 0 (whole-number arrays as they are: a compacted
+    int16 scan stays int16, not a full-size float32 copy)."""
+    if a.dtype.kind in "iu":
+        return a
     a = a.astype(np.float32, copy=False)
     if not all(np.isfinite(a[i:i + 8]).all() for i in range(0, len(a), 8)):  # in slabs
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)

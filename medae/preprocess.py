@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medae.device import LARGE_VOXELS
 from medae.errors import MedaeError, ScanReadError
 from medae.io.discover import ScanSource
 from medae.io.nifti import MAX_VOXELS as _MAX_RESAMPLED
@@ -120,6 +121,10 @@ class Prepared:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mm per model-space voxel
 
 
+#: scans of more voxels than this are held as int16 when scored, where that loses nothing
+COMPACT_ABOVE = LARGE_VOXELS
+
+
 def _resize(array: np.ndarray, shape: tuple[int, int, int], nearest: bool) -> np.ndarray:
     if tuple(array.shape) == tuple(shape):
         return array
@@ -131,9 +136,21 @@ def _resize(array: np.ndarray, shape: tuple[int, int, int], nearest: bool) -> np
     return out[0, 0].numpy()
 
 
+def resize_mask(mask: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A boolean mask resized by nearest neighbour (PyTorch's ``nearest-exact`` rule, as
+    :func:`_resize` does), by indexing: no float32 copy of the mask (600 MiB on a CT)."""
+    if tuple(mask.shape) == tuple(shape):
+        return np.asarray(mask, bool)
+    index = [_axis_sources(n_in, n_out, np.arange(n_out), nearest=True)[0]
+             for n_in, n_out in zip(mask.shape, shape, strict=True)]
+    return np.asarray(mask, bool)[np.ix_(*index)]
+
+
 def intensity_stats(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig) -> dict:
     """The statistics that :func:`apply_normalisation` uses, from the voxels inside ``mask``."""
     inside = image[mask]  # a copy: the percentiles may reorder it (no second copy)
+    if config.normalise == "percentile" and inside.dtype != np.float32:
+        inside = inside.astype(np.float32)  # a compacted scan: the float32 scan's percentiles
     if inside.size == 0:
         raise MedaeError("the foreground mask is empty: nothing to normalise")
     if config.normalise == "percentile":
@@ -217,12 +234,18 @@ def input_names(source: ScanSource, config: PreprocessConfig) -> list[str]:
 
 
 def prepare_source(source: ScanSource, config: PreprocessConfig, *, keep_native: bool = True,
-                   with_label: bool = False) -> tuple[Scan, Prepared]:
+                   with_label: bool = False, compact: bool = False) -> tuple[Scan, Prepared]:
     """Read a case (the sequences the model reads, the mask, and with ``with_label`` the
     label) and preprocess it: the one path from disk to model input, for training, calibration
-    and scoring alike.  Returns the case's first sequence (its grid) and the prepared input."""
+    and scoring alike.  Returns the case's first sequence (its grid) and the prepared input.
+
+    ``compact``: a first sequence of more than :data:`COMPACT_ABOVE` voxels whose values are
+    whole numbers in int16's range is held as int16 (:meth:`Scan.compact`: the same values in
+    half the memory; scoring does this for CT-size volumes)."""
     names = input_names(source, config)
     scan = source.load()
+    if compact and scan.array.size > COMPACT_ABOVE:
+        scan.compact()
     arrays = source.load_sequences(scan, names)
     label = source.load_companion("label", scan) if with_label else None
     prep = preprocess(scan, config, mask=source.load_companion("mask", scan), label=label,
@@ -275,7 +298,7 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
         except MedaeError as exc:
             what = f" (input {c + 1})" if len(channels) > 1 else ""
             raise MedaeError(f"{scan.source}: {exc}{what}") from None
-    fg = _resize(native.astype(np.float32), shape, nearest=True) > 0.5
+    fg = resize_mask(native, shape)
     if not fg.any():
         raise MedaeError(f"{scan.source}: the foreground mask vanishes at "
                          f"{config.spacing} mm")

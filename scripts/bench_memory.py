@@ -2,7 +2,7 @@
 """Peak memory of scoring one CT-sized volume (512x512x600) on the CPU.
 
     python scripts/bench_memory.py [--recipe ae2d] [--shape 512 512 600] [--no-overlays] [--where]
-                                   [--copies 1] [--workers 1]
+                                   [--copies 1] [--workers 1] [--also 300]
 
 Writes a CT-like int16 NIfTI (0.7x0.7x0.8 mm, a body ellipse of soft tissue around a
 brain-like core, air outside) into a temporary folder, builds a bundle of the recipe's default
@@ -13,7 +13,8 @@ so the peak resident set size printed is the job's own (``ru_maxrss`` of the chi
 ``--copies N`` scores a folder of N such volumes with ``--workers`` prefetch threads (``medae
 score`` uses 2): a folder of CT volumes must need the memory of one.  ``--where`` also samples
 the child's resident set every 5 ms and prints where each thread was (its medae frames) when it
-was highest: the place to look for the next saving.
+was highest: the place to look for the next saving.  ``--also 300`` also scores a 512x512x300
+volume and prints how the peak grows per voxel, and the largest volume that fits in 2 GB.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -105,6 +108,31 @@ def _job(run: Path, image: Path, out: Path, overlays: bool, where: bool = False,
             "sampled_peak_mib": best.get("mib"), "where": best.get("where", [])}
 
 
+def _measure(tmp: Path, shape: tuple[int, int, int], args) -> tuple[dict, float]:
+    """Score ``args.copies`` volumes of ``shape`` in a child process: (its result, peak MiB)."""
+    image = tmp / "scans"
+    shutil.rmtree(image, ignore_errors=True)
+    image.mkdir()
+    _write_volume(image / "ct.nii.gz", shape)
+    for k in range(1, args.copies):
+        os.link(image / "ct.nii.gz", image / f"ct{k}.nii.gz")
+    cmd = [sys.executable, __file__, "--child", str(tmp / "run"), str(image), str(tmp / "out")]
+    if args.no_overlays:
+        cmd.append("--no-overlays")
+    if args.where:
+        cmd.append("--where")
+    cmd += ["--workers", str(args.workers)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode:
+        sys.exit(res.stderr)
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    shutil.rmtree(tmp / "out", ignore_errors=True)
+    if r["scored"] != args.copies:
+        sys.exit(f"the volume was not scored: {r}")
+    return r, r["peak_mib"]  # the child's own ru_maxrss (the whole job, loading to outputs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipe", default="ae2d")
@@ -113,6 +141,9 @@ def main() -> None:
     ap.add_argument("--where", action="store_true",
                     help="print where each thread was when the resident set was highest")
     ap.add_argument("--copies", type=int, default=1, help="volumes in the folder scored")
+    ap.add_argument("--also", type=int, nargs="*", default=[], metavar="SLICES",
+                    help="also score volumes of these many slices (same in-plane size): the "
+                         "growth per voxel and the largest volume 2 GB holds")
     ap.add_argument("--workers", type=int, default=1, help="prefetch threads")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -122,42 +153,37 @@ def main() -> None:
         return
     from bench_score import _build_bundle
 
-    shape = tuple(args.shape)
+    shapes = [tuple(args.shape)] + [(*args.shape[:2], k) for k in args.also]
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        image = tmp / "scans"
-        image.mkdir()
-        _write_volume(image / "ct.nii.gz", shape)
-        for k in range(1, args.copies):
-            os.link(image / "ct.nii.gz", image / f"ct{k}.nii.gz")
         _build_bundle(args.recipe, tmp / "run")
-        cmd = [sys.executable, __file__, "--child", str(tmp / "run"), str(image),
-               str(tmp / "out")]
-        if args.no_overlays:
-            cmd.append("--no-overlays")
-        if args.where:
-            cmd.append("--where")
-        cmd += ["--workers", str(args.workers)]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if res.returncode:
-            sys.exit(res.stderr)
-        r = json.loads(res.stdout.strip().splitlines()[-1])
-        child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        shutil.rmtree(tmp / "out", ignore_errors=True)
-    if r["scored"] != args.copies:
-        sys.exit(f"the volume was not scored: {r}")
-    voxels = shape[0] * shape[1] * shape[2]
+        for shape in shapes:
+            results.append((shape, _measure(tmp, shape, args)))
     print(f"CPU ({os.cpu_count()} cores); {datetime.date.today().isoformat()}; "
           f"{platform.machine()}, Python {platform.python_version()}; recipe {args.recipe}, "
-          f"{args.copies} {'x'.join(map(str, shape))} int16 volume(s) "
-          f"({voxels / 1e6:.0f} M voxels, "
-          f"{voxels * 4 / 2**20:.0f} MiB as float32), overlays "
+          f"{args.copies} int16 volume(s) per row, overlays "
           f"{'off' if args.no_overlays else 'on'}, {args.workers} prefetch thread(s).")
     print()
-    print("| wall seconds (load to outputs written) | peak RSS MiB (child) |")
-    print("|---|---|")
-    print(f"| {r['wall']:.1f} | {max(r['peak_mib'], child_peak):.0f} |")
+    print("| volume | M voxels (MiB as float32) | wall seconds (load to outputs written) "
+          "| peak RSS MiB (child) |")
+    print("|---|---|---|---|")
+    for shape, (r, peak) in results:
+        voxels = int(np.prod(shape))
+        print(f"| {'x'.join(map(str, shape))} | {voxels / 1e6:.0f} ({voxels * 4 / 2**20:.0f}) "
+              f"| {r['wall']:.1f} | {peak:.0f} |")
+    if len(results) > 1:  # peak = a + b * voxels through the first two sizes
+        (s0, (_, p0)), (s1, (_, p1)) = results[:2]
+        v0, v1 = int(np.prod(s0)), int(np.prod(s1))
+        if v0 != v1:
+            per_voxel = (p0 - p1) * 2**20 / (v0 - v1)
+            fixed = p0 - per_voxel * v0 / 2**20
+            limit = (2e9 / 2**20 - fixed) * 2**20 / per_voxel if per_voxel > 0 else float("inf")
+            slices = limit / (s0[0] * s0[1])
+            print(f"\nGrowth with the volume: {per_voxel:.1f} bytes per voxel over a fixed "
+                  f"{fixed:.0f} MiB (libraries, model, pictures); 2 GB (1907 MiB) holds up to "
+                  f"{limit / 1e6:.0f} M voxels ({s0[0]}x{s0[1]}x{slices:.0f}).")
+    r = results[0][1][0]
     if args.where:
         print(f"\nHighest sampled resident set: {r['sampled_peak_mib']:.0f} MiB, with the "
               "threads at:")

@@ -165,7 +165,7 @@ class AnomalyModel:
 
     def load(self, source: ScanSource) -> tuple[Scan, Prepared]:
         """Read a case (the sequences this model reads, its mask) and prepare it."""
-        return prepare_source(source, self.preprocess_config)
+        return prepare_source(source, self.preprocess_config, compact=True)
 
     def scan_map(self, scan: Scan, prepared: Prepared, channel_maps: bool = False,
                  with_reconstruction: bool = False, release_input: bool = False) -> ScanMap:
