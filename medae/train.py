@@ -264,8 +264,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         if best_state is not None:
             model.load_state_dict(best_state)
         if calibration is None:
-            calibration = _calibrate_holdout(r, model, map_cfg, train_items, val_items, by_id,
-                                             pooled=not trainable)
+            calibration = _calibrate_holdout(r, model, map_cfg, train_items, val_items, by_id)
         summary = _summary(r, hist, train_items, val_items, train_ds, val_ds, skipped,
                            trainable)
         intensity = [_intensity_entry(it) for it in train_items]
@@ -277,20 +276,14 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
 
 
 def _calibrate_holdout(r: _Run, model, map_cfg: MapConfig, train_items: list[dict],
-                       val_items: list[dict], by_id: dict, pooled: bool = False) -> dict:
+                       val_items: list[dict], by_id: dict) -> dict:
     """Thresholds from the trained model's maps of the validation scans (of the training scans
-    when there is no validation set).  ``pooled`` (a model without parameters, such as the
-    intensity baseline: no scan was fitted, so none needs holding out): every scan, training
-    and validation, which steadies a threshold that one held-out subject sets alone."""
+    when there is no validation set)."""
     scorer = AnomalyModel(model, r.pre, map_cfg, device=r.dev, batch_size=r.train.batch_size,
                           precision=r.precision)
-    if pooled:
-        calib_items = sorted(train_items + val_items, key=lambda it: it["case_id"])
-        source = "pooled training and validation"
-    else:
-        calib_items = val_items or train_items
-        source = "validation" if val_items else "training (no validation set)"
-    return calibrate_model(scorer, [by_id[it["case_id"]] for it in calib_items], source,
+    calib_items = val_items or train_items
+    return calibrate_model(scorer, [by_id[it["case_id"]] for it in calib_items],
+                           "validation" if val_items else "training (no validation set)",
                            _calibration_margin(r.data))
 
 

@@ -4,26 +4,25 @@
     python scripts/benchmark_brain.py            # full: every fold, 3 seeds (hours on a CPU)
     python scripts/benchmark_brain.py --quick    # one fold per dataset, 3 seeds, shorter training
 
-Data (MEDAE_DATA, default ../shared/data): BraTS 2013 pat0001-pat0004 (FLAIR, T1c) and the Lesjak MS
-patients 07 and 19 (FLAIR, T1, T2). One-sequence recipes read FLAIR; brain_multi reads FLAIR +
-T1-weighted (BraTS: T1c), and T2 on MS. There is no healthy FLAIR, so (Kascenas et al.) each fold
-trains on the axial slices of its training patients with the lesions left out (the labels are used
-only for that: the recipe's data.lesion_samples drops or masks them), calibrates thresholds on the
-lesion-free slices of a held-out training patient (MS: of the single training patient, marked
-"train-calibrated"; the thresholding rules, which fit nothing, on every training patient, once: the
-seed changes nothing for them), scores the test patient, and evaluates against its expert mask.
-Folds are over patients; the test patient never influences training, calibration or any setting.
-Every recipe gets the preprocessing and post-processing of configs/brain_flair.yaml, so only the
-model differs; the intensity baseline is scored on the same voxels, and "raw" is the FLAIR value
-itself inside the brain mask at the scan's resolution with no post-processing (the number a reviewer
-computes first). Thresholds are the calibrated default (at most one false-positive candidate per
-healthy calibration scan on average), and Dice is also reported at 1% healthy-voxel FPR. Every
-finished run's figures go into docs/benchmark_runs.json (with the commit, date, machine and a hash
-of the recipe and protocol), which is committed: a run already there is not repeated (--rerun forces
-it), so the full benchmark, days on a CPU, can be done a few runs at a time (--tests, --recipes,
---seeds) on any machine. The tables in docs/benchmark_results.md (--quick:
-docs/benchmark_results_quick.md) and, with --readme, the README's results section are built from
-that file.
+Data (MEDAE_DATA, default ../shared/data): BraTS 2013 pat0001-pat0004 (FLAIR, T1c) and the
+Lesjak MS patients 07 and 19 (FLAIR, T1, T2).  One-sequence recipes read FLAIR; brain_multi reads
+FLAIR + T1-weighted (BraTS: T1c), and T2 on MS.  There is no healthy FLAIR, so (Kascenas et
+al.) each fold trains on the axial slices of its training patients with the lesions left out
+(the labels are used only for that: the recipe's data.lesion_samples drops or masks them),
+calibrates thresholds on the lesion-free slices of a held-out training patient (MS: of the
+single training patient, marked "train-calibrated"), scores the test patient, and evaluates
+against its expert mask.  Folds are over patients; the test patient never influences training,
+calibration or any setting.  Every recipe gets the preprocessing and post-processing of
+configs/brain_flair.yaml, so only the model differs; the intensity baseline is scored on the same
+voxels, and "raw" is the FLAIR value itself inside the brain mask at the scan's resolution with no
+post-processing (the number a reviewer computes first).  Thresholds are the calibrated default
+(at most one false-positive candidate per healthy calibration scan on average), and Dice is also
+reported at 1% healthy-voxel FPR.  Every finished run's figures go into docs/benchmark_runs.json
+(with the commit, date, machine and a hash of the recipe and protocol), which is committed: a run
+already there is not repeated (--rerun forces it), so the full benchmark, days on a CPU, can be
+done a few runs at a time (--tests, --recipes, --seeds) on any machine.  The tables in
+docs/benchmark_results.md (--quick: docs/benchmark_results_quick.md) and, with --readme, the
+README's results section are built from that file.
 """
 
 from __future__ import annotations
@@ -218,9 +217,9 @@ def main() -> None:
                     extra += [f"preprocess.inputs={json.dumps(MULTI_INPUTS[dname])}"]
                 protocol = _protocol(base, [*sets, *variant_sets, *extra],
                                      steps if base != "intensity" else None, args.device)
-                # the thresholding rules train nothing and calibrate on every training patient
-                # (pooled: none needs holding out), so the seed changes nothing: one run
-                one = base == "intensity"
+                # the seed also picks the held-out calibration patient, so the thresholding rules
+                # (nothing to train) repeat per seed wherever there is a choice of patient
+                one = base == "intensity" and len(train_cases) < 2
                 for seed in args.seeds[:1] if one else args.seeds:
                     # found by its settings, whatever name it was run under
                     key = dict(dataset=dname, test=test, seed=seed, protocol=protocol)
