@@ -193,9 +193,10 @@ def _is_output_folder(out: Path) -> bool:
 
 
 def _image_dtype(array: np.ndarray) -> type:
-    """int16 for whole numbers that fit (most CT and MR scans: half the size), else float32."""
-    if array.dtype == np.int16:  # a compacted scan (Scan.compact): checked when compacted
-        return np.int16
+    """int16 for whole numbers that fit (most CT and MR scans: half the size), else float32
+    (a scan held in 16 bits, ``Scan.compact``, in its own type)."""
+    if array.dtype in (np.int16, np.uint16):
+        return array.dtype.type
     step = max(1, (1 << 20) // max(1, array[0].size))  # slabs of ~1 M voxels: no full-size
     for i in range(0, len(array), step):                # temporary (nor copy of a strided view)
         part = array[i:i + step]

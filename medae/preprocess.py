@@ -121,7 +121,7 @@ class Prepared:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mm per model-space voxel
 
 
-#: scans of more voxels than this are held as int16 when scored, where that loses nothing
+#: scans of more voxels than this are held in 16 bits when scored, where that loses nothing
 COMPACT_ABOVE = LARGE_VOXELS
 
 
@@ -240,8 +240,8 @@ def prepare_source(source: ScanSource, config: PreprocessConfig, *, keep_native:
     and scoring alike.  Returns the case's first sequence (its grid) and the prepared input.
 
     ``compact``: a first sequence of more than :data:`COMPACT_ABOVE` voxels whose values are
-    whole numbers in int16's range is held as int16 (:meth:`Scan.compact`: the same values in
-    half the memory; scoring does this for CT-size volumes)."""
+    whole numbers in int16's (or uint16's) range is held in 16 bits (:meth:`Scan.compact`: the
+    same values in half the memory; scoring does this for CT-size volumes)."""
     names = input_names(source, config)
     scan = source.load()
     if compact and scan.array.size > COMPACT_ABOVE:

@@ -37,10 +37,21 @@ def test_compact_keeps_the_values_and_the_layout():
     assert scan.compact()  # already int16
 
 
-@pytest.mark.parametrize("bad", [0.5, 32768.0, -32769.0, np.nan, np.inf])
-def test_compact_refuses_what_int16_cannot_hold(bad):
+def test_compact_to_uint16_when_values_pass_int16():
+    values = np.random.default_rng(2).integers(0, 65536, (12, 11, 9)).astype(np.float32)
+    values[0, 0, 0] = 65535
+    scan = _scan(values)
+    before = scan.array.copy()
+    assert scan.compact(slab_voxels=50) and scan.array.dtype == np.uint16
+    np.testing.assert_array_equal(scan.array, before)
+
+
+@pytest.mark.parametrize("bad", [0.5, 65536.0, -32769.0, np.nan, np.inf, -np.inf])
+def test_compact_refuses_what_16_bits_cannot_hold(bad):
     values = np.zeros((10, 9, 8), np.float32)
     values[3, 4, 7] = bad  # in the last slab: the first ones were already converted
+    if bad == -32769.0:
+        values[0, 0, 0] = 40000  # neither int16's range nor uint16's
     scan = _scan(values)
     held = scan.array
     assert not scan.compact(slab_voxels=90)
@@ -95,17 +106,22 @@ def test_resize_mask_is_torch_nearest_exact(shapes):
     np.testing.assert_array_equal(resize_mask(mask, dst), want)
 
 
-def _write_case(folder, noisy):
+def _write_case(folder, noisy, wide):
     img, _, affine = lesion_phantom()
     rng = np.random.default_rng(7)
     if noisy:  # a background that is not constant: the Otsu rule
         img = img + rng.integers(0, 4, img.shape)
-    nib.save(nib.Nifti1Image(np.round(img).astype(np.int16), affine), folder / "case.nii.gz")
+    dtype = np.int16
+    if wide:  # values past int16's range: held as uint16
+        img, dtype = img * 200, np.uint16
+        assert img.max() > 32767
+    nib.save(nib.Nifti1Image(np.round(img).astype(dtype), affine), folder / "case.nii.gz")
 
 
-@pytest.mark.parametrize("noisy", [True, False])
-def test_a_compacted_scan_scores_as_the_float32_scan(tmp_path, tiny_model, monkeypatch, noisy):
-    """The batch job on a scan held as int16 (compaction and the slab-wise Otsu rule forced
+@pytest.mark.parametrize(("noisy", "wide"), [(True, False), (False, False), (True, True)])
+def test_a_compacted_scan_scores_as_the_float32_scan(tmp_path, tiny_model, monkeypatch, noisy,
+                                                     wide):
+    """The batch job on a scan held in 16 bits (compaction and the slab-wise Otsu rule forced
     on a small scan) writes the same maps, candidates, masks, image and pictures."""
     import matplotlib.image as mpimg
 
@@ -114,7 +130,7 @@ def test_a_compacted_scan_scores_as_the_float32_scan(tmp_path, tiny_model, monke
     from medae.scoring import load_model
 
     (tmp_path / "in").mkdir()
-    _write_case(tmp_path / "in", noisy)
+    _write_case(tmp_path / "in", noisy, wide)
     model = load_model(tiny_model, device="cpu")
     compacted = []
     original = Scan.compact
@@ -133,9 +149,11 @@ def test_a_compacted_scan_scores_as_the_float32_scan(tmp_path, tiny_model, monke
     a, b = tmp_path / "float" / "case", tmp_path / "int16" / "case"
     for name in ("anomaly_map", "candidates", "brain_mask", "image"):
         x, y = nib.load(a / f"{name}.nii.gz"), nib.load(b / f"{name}.nii.gz")
-        assert x.get_data_dtype() == y.get_data_dtype()
+        assert name == "image" or x.get_data_dtype() == y.get_data_dtype()
         np.testing.assert_array_equal(np.asanyarray(x.dataobj), np.asanyarray(y.dataobj))
-    assert nib.load(b / "image.nii.gz").get_data_dtype() == np.int16
+    # the image in 16 bits either way (float32 beyond int16 unless it was held as uint16)
+    held = np.uint16 if wide else np.int16
+    assert nib.load(b / "image.nii.gz").get_data_dtype() == held
     heat = np.asanyarray(nib.load(b / "anomaly_map.nii.gz").dataobj)
     assert heat.max() > 0
     with open(a / "candidates.csv") as f, open(b / "candidates.csv") as g:

@@ -82,7 +82,7 @@ class Scan:
     """A 3D scan ready for processing.
 
     ``array`` is float32 in physical units (rescale applied), oriented closest to RAS+ (int16
-    with the same values after :meth:`compact`, which the scoring path does for CT-size volumes);
+    or uint16 with the same values after :meth:`compact`, which scoring does for CT-size volumes);
     ``affine`` maps its voxel indices to world (RAS+) millimetres.  ``grid`` is the source's own
     grid; :meth:`to_grid` and :func:`medae.io.write_on_grid` put arrays back on it.  ``meta``
     holds acquisition facts only (never patient identifiers).
@@ -114,28 +114,33 @@ class Scan:
 
     def compact(self, slab_voxels: int = 1 << 22) -> bool:
         """Hold ``array`` as int16 when every voxel is a whole number in int16's range (CT in
-        HU, most MR magnitudes): half the memory, exactly the same values.  For volumes of
-        CT size, where the float32 copy is the largest array a scoring job holds; every reader
-        of a scan takes int16 as it takes float32 (values are converted slab by slab where
-        float32 arithmetic is needed).  Checked and converted slab by slab in memory order (no
-        full-size temporary); the layout is kept.  True when the array was compacted."""
+        HU, most MR magnitudes), or as uint16 when they are in 0-65535: half the memory,
+        exactly the same values.  For volumes of CT size, where the float32 copy is the largest
+        array a scoring job holds; every reader of a scan takes these types as it takes float32
+        (values are converted slab by slab where float32 arithmetic is needed).  Checked and
+        converted slab by slab in memory order (no full-size temporary); the layout is kept.
+        True when the array is held in 16 bits."""
         src = self.array
-        if src.dtype == np.int16:
+        if src.dtype in (np.int16, np.uint16):
             return True
         if src.dtype.kind != "f" or src.size == 0:
             return False
-        out = np.empty_like(src, dtype=np.int16)  # same layout (memory order) as src
+        lo, hi = src.min(), src.max()  # NaN fails every test below
+        if lo >= -32768 and hi <= 32767:
+            dtype = np.int16
+        elif lo >= 0 and hi <= 65535:
+            dtype = np.uint16
+        else:
+            return False
+        out = np.empty_like(src, dtype=dtype)  # same layout (memory order) as src
         # slabs along the axis with the largest stride: each one contiguous in memory
         axis = int(np.argmax(src.strides))
         plane = max(1, src.size // src.shape[axis])
         step = max(1, slab_voxels // plane)
         for a in range(0, src.shape[axis], step):
             part = src[(slice(None),) * axis + (slice(a, a + step),)]
-            lo, hi = part.min(), part.max()  # NaN fails both tests below
-            if not (lo >= -32768 and hi <= 32767):
-                return False
             dst = out[(slice(None),) * axis + (slice(a, a + step),)]
-            np.copyto(dst, part, casting="unsafe")  # truncates toward zero: checked next
+            np.copyto(dst, part, casting="unsafe")  # truncates fractions: checked next
             if not np.array_equal(dst, part):
                 return False
         self.array = out
