@@ -53,7 +53,10 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             # (bf16 where the CPU or GPU has it natively, else float32), so its row holds the
             # runs of the precision this machine trains in; these rows hold each one's
             "brain_flair_fp32": ("brain_flair", ['train.precision="32"']),
-            "brain_flair_bf16": ("brain_flair", ["train.precision=bf16"])}
+            "brain_flair_bf16": ("brain_flair", ["train.precision=bf16"]),
+            # the multi-sequence recipe in each precision (it trains in float32 by default)
+            "brain_multi_fp32": ("brain_multi", ['train.precision="32"']),
+            "brain_multi_bf16": ("brain_multi", ["train.precision=bf16"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("best_dice", "[Dice] (upper bound)"),
            ("dice_calibrated", "deployable Dice (≤ 1 FP candidate / healthy scan)"),
