@@ -63,7 +63,7 @@ SECTIONS = [
     ("Peak memory on a CT-size volume", "bench_memory.py", ["--also", "300"], ["--also", "300"],
      "Scoring one 512x512x600 volume on the CPU with the default 2D model (and a 512x512x300 "
      "one, for the growth per voxel).  Target: under 2 GB.  Volumes over 32 M voxels whose "
-     "values are whole numbers are held as int16 while scored (`Scan.compact`), and the brain "
+     "values are whole numbers are held in 16 bits while scored (`Scan.compact`), and the brain "
      "mask's Otsu smoothing runs in slabs; the heat map (float32), the candidate labels and "
      "the masks are still whole arrays, so the peak grows with the volume."),
 ]
