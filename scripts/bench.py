@@ -38,7 +38,9 @@ SECTIONS = [
      "integer tag filters and raw-byte values (the file meta group read without pydicom's "
      "checking pass, an enhanced header pruned to the functional groups read), and reading "
      "uncompressed pixels (12-bit included) straight into the canonical array.  Each time is "
-     "the best of at least the given reads and half a second of them."),
+     "the best of at least the given reads and half a second of them, taken in three rounds that "
+     "alternate medae and SimpleITK (a slow stretch of the machine then cannot fall on one "
+     "library only)."),
     ("Training throughput", "bench_train.py", ["--steps", "20"], ["--steps", "6", "--warmup", "2"],
      "The real training step (autocast, loss, backward, clipping, AdamW) on batches from the "
      "real cached dataset and loader.  'data %' is the time spent waiting for the next batch.  On "
