@@ -54,7 +54,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(name: str, device: torch.device, where: str = "precision") -> str:
     """A training precision for ``device``: ``auto`` is bf16 where the device computes it
-    natively (:func:`native_bf16`; the recommended recipe trained 1.5-1.9x faster there with
+    natively (:func:`native_bf16`; the recommended recipe trained 1.4-1.9x faster there with
     the same detection: docs/benchmarks.md, the README's benchmark), else 32; any other name
     is checked and kept."""
     if str(name) == "auto":

@@ -169,15 +169,14 @@ def _otsu_foreground(image: np.ndarray, slab_above: int | None = None
     for _, smooth in _smoothed_slabs(image):
         a, b = smooth.min(), smooth.max()
         lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
-    fg = np.empty(image.shape, bool)
     if lo == hi:  # threshold_otsu's answer for a constant image: nothing above it
-        fg[...] = False
-        return fg, float(lo)
+        return np.zeros(image.shape, bool), float(lo)
     counts, edges = None, None
     for _, smooth in _smoothed_slabs(image):
         c, edges = np.histogram(smooth, bins=OTSU_BINS, range=(lo, hi))
         counts = c if counts is None else counts + c
     level = float(threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2.0)))
+    fg = np.empty(image.shape, bool)
     for z, smooth in _smoothed_slabs(image):
         np.greater(smooth, level, out=fg[:, :, z])
     return fg, level

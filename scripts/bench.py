@@ -72,18 +72,9 @@ SECTIONS = [
 DEVICE_SCRIPTS = {"bench_train.py", "bench_score.py"}
 
 
-def _commit() -> str:
-    """The short commit of the code measured, ``+changes`` when files other than this run's
-    output differ from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=ROOT).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            ":!docs/benchmarks.md"], capture_output=True, text=True,
-                           cwd=ROOT).stdout.strip()
-    return head + ("+changes" if dirty else "")
-
-
 def main() -> None:
+    from benchmark_brain import commit_of  # (scripts/ is on the path: this is run as a script)
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="auto")
@@ -93,9 +84,9 @@ def main() -> None:
     parts = ["# Benchmarks", "",
              f"Written by `python scripts/bench.py{' --quick' if args.quick else ''}"
              f"{'' if args.device == 'auto' else ' --device ' + args.device}` at commit "
-             f"{_commit()} on {datetime.date.today().isoformat()} ({platform.machine()}, "
-             f"Python {platform.python_version()}).  Each section gives the command that "
-             "produced it and the machine it ran on.", ""]
+             f"{commit_of(['docs/benchmarks.md'])} on {datetime.date.today().isoformat()} "
+             f"({platform.machine()}, Python {platform.python_version()}).  Each section gives "
+             "the command that produced it and the machine it ran on.", ""]
     for title, script, full, quick, note in SECTIONS:
         path = ROOT / "scripts" / script
         if not path.exists():

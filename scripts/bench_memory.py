@@ -108,8 +108,9 @@ def _job(run: Path, image: Path, out: Path, overlays: bool, where: bool = False,
             "sampled_peak_mib": best.get("mib"), "where": best.get("where", [])}
 
 
-def _measure(tmp: Path, shape: tuple[int, int, int], args) -> tuple[dict, float]:
-    """Score ``args.copies`` volumes of ``shape`` in a child process: (its result, peak MiB)."""
+def _measure(tmp: Path, shape: tuple[int, int, int], args, where: bool) -> dict:
+    """Score ``args.copies`` volumes of ``shape`` in a child process; its result, with
+    ``peak_mib`` its own ru_maxrss (the whole job, loading to outputs)."""
     image = tmp / "scans"
     shutil.rmtree(image, ignore_errors=True)
     image.mkdir()
@@ -119,7 +120,7 @@ def _measure(tmp: Path, shape: tuple[int, int, int], args) -> tuple[dict, float]
     cmd = [sys.executable, __file__, "--child", str(tmp / "run"), str(image), str(tmp / "out")]
     if args.no_overlays:
         cmd.append("--no-overlays")
-    if args.where:
+    if where:
         cmd.append("--where")
     cmd += ["--workers", str(args.workers)]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -130,7 +131,7 @@ def _measure(tmp: Path, shape: tuple[int, int, int], args) -> tuple[dict, float]
     shutil.rmtree(tmp / "out", ignore_errors=True)
     if r["scored"] != args.copies:
         sys.exit(f"the volume was not scored: {r}")
-    return r, r["peak_mib"]  # the child's own ru_maxrss (the whole job, loading to outputs)
+    return r
 
 
 def main() -> None:
@@ -158,8 +159,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _build_bundle(args.recipe, tmp / "run")
-        for shape in shapes:
-            results.append((shape, _measure(tmp, shape, args)))
+        for i, shape in enumerate(shapes):  # where the peak was: for the first size only
+            results.append((shape, _measure(tmp, shape, args, args.where and i == 0)))
     print(f"CPU ({os.cpu_count()} cores); {datetime.date.today().isoformat()}; "
           f"{platform.machine()}, Python {platform.python_version()}; recipe {args.recipe}, "
           f"{args.copies} int16 volume(s) per row, overlays "
@@ -168,22 +169,25 @@ def main() -> None:
     print("| volume | M voxels (MiB as float32) | wall seconds (load to outputs written) "
           "| peak RSS MiB (child) |")
     print("|---|---|---|---|")
-    for shape, (r, peak) in results:
+    for shape, r in results:
         voxels = int(np.prod(shape))
         print(f"| {'x'.join(map(str, shape))} | {voxels / 1e6:.0f} ({voxels * 4 / 2**20:.0f}) "
-              f"| {r['wall']:.1f} | {peak:.0f} |")
+              f"| {r['wall']:.1f} | {r['peak_mib']:.0f} |")
     if len(results) > 1:  # peak = a + b * voxels through the first two sizes
-        (s0, (_, p0)), (s1, (_, p1)) = results[:2]
+        (s0, r0), (s1, r1) = results[:2]
+        p0, p1 = r0["peak_mib"], r1["peak_mib"]
         v0, v1 = int(np.prod(s0)), int(np.prod(s1))
-        if v0 != v1:
-            per_voxel = (p0 - p1) * 2**20 / (v0 - v1)
+        per_voxel = (p0 - p1) * 2**20 / (v0 - v1) if v0 != v1 else 0.0
+        if per_voxel <= 0:
+            print("\nNo growth with the volume measured between these sizes (too small?).")
+        else:
             fixed = p0 - per_voxel * v0 / 2**20
-            limit = (2e9 / 2**20 - fixed) * 2**20 / per_voxel if per_voxel > 0 else float("inf")
+            limit = (2e9 / 2**20 - fixed) * 2**20 / per_voxel
             slices = limit / (s0[0] * s0[1])
             print(f"\nGrowth with the volume: {per_voxel:.1f} bytes per voxel over a fixed "
                   f"{fixed:.0f} MiB (libraries, model, pictures); 2 GB (1907 MiB) holds up to "
                   f"{limit / 1e6:.0f} M voxels ({s0[0]}x{s0[1]}x{slices:.0f}).")
-    r = results[0][1][0]
+    r = results[0][1]
     if args.where:
         print(f"\nHighest sampled resident set: {r['sampled_peak_mib']:.0f} MiB, with the "
               "threads at:")

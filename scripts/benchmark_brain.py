@@ -54,7 +54,7 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             # runs of the precision this machine trains in; these rows hold each one's
             "brain_flair_fp32": ("brain_flair", ['train.precision="32"']),
             "brain_flair_bf16": ("brain_flair", ["train.precision=bf16"]),
-            # the multi-sequence recipe in each precision (it trains in float32 by default)
+            # the multi-sequence recipe in each precision (it also trains with precision auto)
             "brain_multi_fp32": ("brain_multi", ['train.precision="32"']),
             "brain_multi_bf16": ("brain_multi", ["train.precision=bf16"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
@@ -196,15 +196,9 @@ def main() -> None:
     machine = None if args.table_only else _machine(args.device)
     ledger = _load_ledger()
     results: dict = {}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip() or "unknown"
     # uncommitted changes to the code mark the runs (the files this script writes do not)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            ":!docs/benchmark_results.md", ":!docs/benchmark_runs.json",
-                            ":!README.md"],
-                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    if dirty and not args.table_only:
-        commit += "+changes"
+    commit = commit_of(None if args.table_only else
+                       ["docs/benchmark_results.md", "docs/benchmark_runs.json", "README.md"])
     for dname, cases in _datasets(args.data).items():
         names = sorted(cases)
         tests = [t for t in names if t in args.tests] if args.tests else (
@@ -256,6 +250,20 @@ def main() -> None:
     print(table)
     if args.readme:
         _update_readme(table)
+
+
+def commit_of(outputs: list[str] | None) -> str:
+    """The short commit of the code measured, with ``+changes`` when tracked files other than
+    ``outputs`` (the files the measuring script writes) differ from it; ``outputs`` None: the
+    commit alone."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=ROOT).stdout.strip() or "unknown"
+    if outputs is None:
+        return head
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            *(f":!{o}" for o in outputs)],
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return head + ("+changes" if dirty else "")
 
 
 def _machine(device: str) -> str:

@@ -139,9 +139,9 @@ def test_a_compacted_scan_scores_as_the_float32_scan(tmp_path, tiny_model, monke
         compacted.append(original(self, *a, **k))
         return compacted[-1]
 
+    monkeypatch.setattr(Scan, "compact", spy)
     score_sources(model, discover(tmp_path / "in"), tmp_path / "float", progress=False)
     assert compacted == []  # a small scan stays float32
-    monkeypatch.setattr(Scan, "compact", spy)
     monkeypatch.setattr(preprocess_module, "COMPACT_ABOVE", 0)
     monkeypatch.setattr(masks_module, "SLAB_ABOVE", 0)
     score_sources(model, discover(tmp_path / "in"), tmp_path / "int16", progress=False)
