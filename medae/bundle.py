@@ -26,6 +26,7 @@ from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes
 from medae.io.files import read_regular
 from medae.models import create_model, list_models
+from medae.models.registry import is_registered
 from medae.preprocess import PreprocessConfig
 from medae.version import __version__
 
@@ -192,7 +193,7 @@ def load_bundle(run: str | os.PathLike, device: str | torch.device = "cpu") -> B
     model_cfg = meta.get("model")
     _check(isinstance(model_cfg, dict) and isinstance(model_cfg.get("name"), str), meta_path,
            "model: missing architecture name")
-    _check(model_cfg["name"] in list_models(), meta_path,
+    _check(is_registered(model_cfg["name"]), meta_path,
            f"model: unknown architecture {model_cfg['name']!r} (known: {', '.join(list_models())})")
     weights = meta.get("weights")
     _check(isinstance(weights, dict) and weights.get("file") == WEIGHTS

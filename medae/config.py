@@ -93,6 +93,9 @@ class TrainConfig(_Section):
     precision: str = "32"  # 32 | bf16 | fp16 | auto (bf16 where the device has it natively)
     seed: int = 0
     max_steps_per_epoch: int | None = None
+    # members trained from seeds seed, seed+1, ... on the same data; the map is the residual of
+    # their mean reconstruction (medae.models.ensemble); 1 = one model
+    ensemble: int = 1
 
 
 def _defaults(cls) -> dict[str, Any]:
@@ -207,6 +210,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "loss.sparsity": (lambda v: _num(v) and v >= 0, "a finite number >= 0"),
     "loss.masked": (lambda v: isinstance(v, bool), "true or false"),
     "model.name": (lambda v: isinstance(v, str) and v in _model_names(), "a registered model"),
+    "train.ensemble": (lambda v: _int(v) and 1 <= v <= 16, "an integer from 1 to 16"),
     "model.spatial_dims": (lambda v: v in (2, 3), "2 or 3"),
 }
 

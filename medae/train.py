@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -245,34 +245,75 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     scored_channels(pre, map_cfg)  # scoring.channels names inputs the model reads
     kwargs = model_kwargs(config)
     model = create_model(**kwargs).to(dev)  # an invalid model fails before any scan is read
+    trainable = any(p.requires_grad for p in model.parameters())
+    crossfit = dc.calibration == "crossfit"
+    if tc.ensemble > 1 and (crossfit or not trainable):
+        raise MedaeError("config: train.ensemble > 1 needs a model with parameters and "
+                         "data.calibration: holdout (cross-fitted calibration trains single "
+                         "fold models, whose maps are not the ensemble's)")
     _open_run(run, config, resume, d)
 
     if not sources:
         raise MedaeError("no training scans found")
-    crossfit = dc.calibration == "crossfit"
     train_items, val_items, by_id, skipped = _load_cases(sources, pre, dc, seed, crossfit,
                                                          run, d)
     r = _Run(config, dev, d, seed, precision, pre, kwargs, progress)
     train_ds, val_ds = r.datasets(train_items, val_items)
-    trainable = any(p.requires_grad for p in model.parameters())
     calibration = None
     if crossfit and trainable:
         calibration = _crossfit_calibration(r, train_items, by_id, map_cfg, run)
-    hist, best_state = _fit(r, model, train_ds, val_ds, run=run, resume=resume)
+    label = f"member 1/{tc.ensemble}" if tc.ensemble > 1 else ""
+    hist, best_state = _fit(r, model, train_ds, val_ds, run=run, resume=resume, label=label)
+    members = [(model, hist, best_state)] + [
+        _member(r, k, train_items, val_items, run, resume) for k in range(1, tc.ensemble)]
 
     if d.main:
-        if best_state is not None:
-            model.load_state_dict(best_state)
+        for member, _hist, state in members:
+            if state is not None:
+                member.load_state_dict(state)
+        network = model if len(members) == 1 else _ensemble([m for m, _, _ in members], dev)
         if calibration is None:
-            calibration = _calibrate_holdout(r, model, map_cfg, train_items, val_items, by_id)
+            calibration = _calibrate_holdout(r, network, map_cfg, train_items, val_items, by_id)
         summary = _summary(r, hist, train_items, val_items, train_ds, val_ds, skipped,
                            trainable)
+        if len(members) > 1:
+            summary["ensemble"] = {
+                "members": len(members), "seeds": [seed + k for k in range(len(members))],
+                "best_epochs": [h.best_epoch for _, h, _ in members],
+                "best_val": [h.best_val if math.isfinite(h.best_val) else None
+                             for _, h, _ in members]}
         intensity = [_intensity_entry(it) for it in train_items]
-        save_bundle(run, model, config, training=summary, intensity=intensity,
+        save_bundle(run, network, config, training=summary, intensity=intensity,
                     val_cases=[it["case_id"] for it in val_items], calibration=calibration)
     if d.world > 1:
         dist.barrier()
     return run
+
+
+def _member(r: _Run, k: int, train_items: list[dict], val_items: list[dict], run: Path,
+            resume: bool) -> tuple[torch.nn.Module, History, dict | None]:
+    """Ensemble member ``k`` (k >= 1): the same architecture and data, seed ``seed + k`` (its
+    initial weights, sample order, augmentation and noise draws); its log and checkpoint in
+    ``run/members/k``, so an interrupted ensemble resumes where it stopped."""
+    rk = replace(r, seed=r.seed + k)
+    torch.manual_seed(rk.seed)
+    model = create_model(**r.kwargs).to(r.dev)
+    train_ds, val_ds = rk.datasets(train_items, val_items)
+    where = run / "members" / str(k)
+    if r.d.main:
+        where.mkdir(parents=True, exist_ok=True)
+    hist, best = _fit(rk, model, train_ds, val_ds, run=where,
+                      resume=resume and (where / CHECKPOINT).exists(),
+                      label=f"member {k + 1}/{r.train.ensemble}")
+    return model, hist, best
+
+
+def _ensemble(models: list[torch.nn.Module], dev: torch.device) -> torch.nn.Module:
+    """The trained members as one network (their mean reconstruction), as a bundle rebuilds it."""
+    net = create_model("ensemble", member=dict(models[0].config), size=len(models)).to(dev)
+    for slot, trained in zip(net.members, models, strict=True):
+        slot.load_state_dict(trained.state_dict())
+    return net.eval()
 
 
 def _calibrate_holdout(r: _Run, model, map_cfg: MapConfig, train_items: list[dict],

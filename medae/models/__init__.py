@@ -8,7 +8,9 @@ Registered models (``create_model(name, spatial_dims=2 | 3, ...)``):
 * ``sae``: sparse autoencoder (the ``ae`` network; the loss adds ``sparsity * mean|z|``);
 * ``vae``: variational autoencoder (dense or spatial Gaussian posterior; the loss adds β·KL);
 * ``dae_unet``: denoising U-Net with skip connections (Kascenas et al. 2022), 2D or 3D;
-* ``intensity``: the intensity-thresholding baseline (zero reconstruction, no parameters).
+* ``intensity``: the intensity-thresholding baseline (zero reconstruction, no parameters);
+* ``ensemble``: K members of one architecture, reconstruction averaged (built by training with
+  ``train.ensemble: K``, not named in a recipe).
 
 Every model is a plain ``nn.Module`` with ``family``, ``spatial_dims``, ``encode(x)``,
 ``decode(z)`` and ``forward(x) -> AEOutput(recon, z, mu, logvar, logits)``.
@@ -16,6 +18,7 @@ Every model is a plain ``nn.Module`` with ``family``, ``spatial_dims``, ``encode
 
 from medae.models import ae as _ae  # noqa: F401  (registers ae, dae, sae)
 from medae.models import baseline as _baseline  # noqa: F401  (registers intensity)
+from medae.models import ensemble as _ensemble  # noqa: F401  (registers ensemble)
 from medae.models import unet as _unet  # noqa: F401  (registers dae_unet)
 from medae.models import vae as _vae  # noqa: F401  (registers vae)
 from medae.models.ae import AEOutput, ConvAutoencoder

@@ -18,15 +18,19 @@ from torch import nn
 from medae.errors import MedaeError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+#: registered names that training builds and bundles record, but recipes do not name
+_UNLISTED: set[str] = set()
 
 Builder = Callable[..., nn.Module]
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
+def register_model(name: str, *, listed: bool = True) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder`` under ``name``.
 
     Args:
         name: Registry name, e.g. ``"ae"``; must be unique.
+        listed: whether :func:`list_models` names it (a model family a recipe may name);
+            ``False`` for what training builds from other models (the ensemble).
 
     Returns:
         The decorator, which returns the builder unchanged.
@@ -36,14 +40,21 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
         if name in _REGISTRY and _REGISTRY[name] is not builder:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = builder
+        if not listed:
+            _UNLISTED.add(name)
         return builder
 
     return decorator
 
 
 def list_models() -> list[str]:
-    """Names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+    """Names of the registered model families (what a recipe's ``model.name`` may be), sorted."""
+    return sorted(n for n in _REGISTRY if n not in _UNLISTED)
+
+
+def is_registered(name: str) -> bool:
+    """Whether :func:`create_model` builds ``name`` (a family, or the ensemble)."""
+    return name in _REGISTRY
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

@@ -9,6 +9,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from medae.device import PRECISIONS
+from medae.models.ensemble import input_config
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -58,7 +59,7 @@ def reconstruct(model: torch.nn.Module, image: np.ndarray, mask: np.ndarray, *,
         has_brain = torch.from_numpy(mask.reshape(-1, mask.shape[2]).any(0))
         code = code[has_brain] if has_brain.any() else code
         return recon.permute(1, 2, 3, 0).numpy(), code.mean(0).numpy()
-    roi = tuple(int(s) for s in model.config.get("in_shape") or image.shape[1:])
+    roi = tuple(int(s) for s in input_config(model).get("in_shape") or image.shape[1:])
     codes: list[torch.Tensor] = []
 
     def predict(x: torch.Tensor) -> torch.Tensor:

@@ -152,7 +152,11 @@ class AnomalyModel:
 
     @property
     def name(self) -> str:
-        return model_config(self.network)["name"]
+        """The architecture's name; an ensemble's says its size and members' (``dae_unet x3``)."""
+        cfg = model_config(self.network)
+        if cfg["name"] == "ensemble":
+            return f'{cfg["member"]["name"]} x{cfg["size"]}'
+        return cfg["name"]
 
     @property
     def channels(self) -> int:
