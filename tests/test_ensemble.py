@@ -96,3 +96,22 @@ def test_ensemble_settings_are_checked(tmp_path):
         create_model("ensemble", member={"name": "ensemble"}, size=2)
     with pytest.raises(MedaeError, match="size"):
         create_model("ensemble", member={"name": "ae", "spatial_dims": 2}, size=0)
+
+
+def test_an_interrupted_ensemble_resumes_each_member_where_it_stopped(tmp_path):
+    write_phantoms(tmp_path / "data", 3, shape=(14, 16, 30))
+    sources = discover(tmp_path / "data")
+    run = train(_config("ae2d", "train.ensemble=3"), sources, tmp_path / "run", progress=False)
+    # member 3 never started: its folder is gone; then resume with a second epoch for everyone
+    for f in (run / "members" / "2").iterdir():
+        f.unlink()
+    run = train(_config("ae2d", "train.ensemble=3", "train.epochs=2"), sources, run,
+                resume=True, progress=False)
+
+    def epochs(folder):
+        return len((folder / "log.csv").read_text().strip().splitlines()) - 1
+
+    assert epochs(run) == 2 and epochs(run / "members" / "1") == 2  # one more epoch each
+    assert epochs(run / "members" / "2") == 2  # trained from the start
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["training"]["ensemble"]["members"] == 3
