@@ -61,6 +61,16 @@ def test_ensemble_trains_saves_and_reconstructs_the_members_mean(tmp_path, recip
     again = calibrate_model(model, val, "validation")
     assert meta["calibration"]["voxel_thresholds"] == again["voxel_thresholds"]
     assert model.name == meta["model"]["member"]["name"] + " x3"
+    # a bundle edited to claim another ensemble is refused in one line
+    for size, why in ((2, "do not fit the architecture"), (99, "size"), ("x", "size")):
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        (tmp_path / "bad" / "model.safetensors").write_bytes(
+            (run / "model.safetensors").read_bytes())
+        bad = json.loads(json.dumps(meta))
+        bad["model"]["size"] = size
+        (tmp_path / "bad" / "model.json").write_text(json.dumps(bad))
+        with pytest.raises(MedaeError, match=why):
+            load_bundle(tmp_path / "bad")
     result = model.score(scan, prepared=prep)
     assert result.heatmap.shape == scan.shape and np.isfinite(result.heatmap).all()
 
