@@ -198,7 +198,10 @@ def test_view_command_refuses_remote_and_stops_on_ctrl_c(tmp_path):
     res = subprocess.run([sys.executable, "-m", "medae", "view", str(tmp_path), "--no-browser"],
                          capture_output=True, text=True)
     assert res.returncode == 1 and "no index.html here" in res.stderr
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal sends it: a job started in the background of a non-interactive shell
+    # inherits SIGINT ignored (POSIX), and Python then never turns it into KeyboardInterrupt
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = proc.stdout.readline()
     url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
     assert _get(url)[0] == 200
