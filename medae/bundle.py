@@ -25,8 +25,7 @@ from medae.config import DataConfig, MapConfig, validate_config
 from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes
 from medae.io.files import read_regular
-from medae.models import create_model, list_models
-from medae.models.registry import is_registered
+from medae.models import create_model, is_registered, list_models
 from medae.preprocess import PreprocessConfig
 from medae.version import __version__
 

@@ -24,7 +24,13 @@ from medae.models import vae as _vae  # noqa: F401  (registers vae)
 from medae.models.ae import AEOutput, ConvAutoencoder
 from medae.models.losses import autoencoder_loss, kl_divergence, reconstruction_loss
 from medae.models.noise import CoarseNoise, apply_coarse_noise, draw_coarse_noise_params
-from medae.models.registry import create_model, list_models, model_config, register_model
+from medae.models.registry import (
+    create_model,
+    is_registered,
+    list_models,
+    model_config,
+    register_model,
+)
 from medae.models.vae import VarAutoencoder
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "autoencoder_loss",
     "create_model",
     "draw_coarse_noise_params",
+    "is_registered",
     "kl_divergence",
     "list_models",
     "model_config",

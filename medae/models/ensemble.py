@@ -36,10 +36,6 @@ class Ensemble(nn.Module):
         self.family = getattr(first, "family", "ae")
         self.spatial_dims = first.spatial_dims
 
-    @property
-    def member_config(self) -> dict[str, Any]:
-        return dict(self.members[0].config)
-
     def forward(self, x: torch.Tensor) -> AEOutput:
         outs = [m(x) for m in self.members]
         recon = torch.stack([o.recon.float() for o in outs]).mean(0)

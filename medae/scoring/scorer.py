@@ -20,6 +20,7 @@ from medae.errors import MedaeError
 from medae.io.discover import ScanSource
 from medae.io.scan import Scan
 from medae.masks import outer_erosion
+from medae.models.ensemble import NAME as ENSEMBLE
 from medae.models.registry import model_config
 from medae.preprocess import (
     Prepared,
@@ -154,7 +155,7 @@ class AnomalyModel:
     def name(self) -> str:
         """The architecture's name; an ensemble's says its size and members' (``dae_unet x3``)."""
         cfg = model_config(self.network)
-        if cfg["name"] == "ensemble":
+        if cfg["name"] == ENSEMBLE:
             return f'{cfg["member"]["name"]} x{cfg["size"]}'
         return cfg["name"]
 
