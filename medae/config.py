@@ -60,7 +60,7 @@ class DataConfig(_Section):
     lesion_samples: str = "drop"
     lesion_margin_mm: float = 4.0
     patch_size: list | None = None  # 3D: patch size in voxels; null = the whole volume
-    augment: dict = field(default_factory=dict)  # Augment fields: flip_lr, intensity_*
+    augment: dict = field(default_factory=dict)  # medae.samples.Augment fields
     cache_workers: int = 0
     num_workers: int = 0
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from monai.data import CacheDataset
 from monai.transforms import Transform
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from medae.errors import MedaeError, failure_reason
@@ -131,11 +132,20 @@ def sample_seed(*parts: int | str) -> int:
 @dataclass(frozen=True)
 class Augment:
     """Random augmentation applied after the cache.  Parameters are drawn per sample from
-    :func:`sample_seed` (seed, epoch, index), so a run (and a resumed run) replays exactly."""
+    :func:`sample_seed` (seed, epoch, index), so a run (and a resumed run) replays exactly.
+
+    ``rotate_deg`` and ``zoom`` transform the sample in the axial plane (spatial axes 0 and 1:
+    a 2D slice, or every slice of a 3D patch alike) about its centre: a rotation by
+    U(-rotate_deg, rotate_deg) degrees and a scaling by 1 + U(-zoom, zoom), linear for the image
+    and nearest for the mask, zeros brought in from outside.  The patients a model learns from
+    are few; this shows it the same anatomy at other angles and head sizes.
+    """
 
     flip_lr: bool = False
     intensity_scale: float = 0.0  # multiply by 1 + U(-s, s)
     intensity_shift: float = 0.0  # add U(-s, s)
+    rotate_deg: float = 0.0  # in-plane rotation by U(-r, r) degrees
+    zoom: float = 0.0  # in-plane scaling by 1 + U(-z, z)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> Augment:
@@ -144,21 +154,52 @@ class Augment:
         unknown = sorted(set(values) - known)
         if unknown:
             raise MedaeError(f"data.augment: unknown key(s) {', '.join(unknown)}")
+        limits = {"intensity_scale": 1.0, "intensity_shift": 10.0, "rotate_deg": 180.0,
+                  "zoom": 0.5}
+        for key, top in limits.items():
+            v = values.get(key, 0.0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= top:
+                raise MedaeError(f"data.augment.{key}: a number from 0 to {top:g}, got {v!r}")
         return cls(**values)
 
     def draw(self, seed: int) -> dict:
         rng = np.random.default_rng(seed)
-        return {"flip_lr": bool(self.flip_lr and rng.random() < 0.5),
-                "scale": float(1 + rng.uniform(-1, 1) * self.intensity_scale),
-                "shift": float(rng.uniform(-1, 1) * self.intensity_shift)}
+        params = {"flip_lr": bool(self.flip_lr and rng.random() < 0.5),
+                  "scale": float(1 + rng.uniform(-1, 1) * self.intensity_scale),
+                  "shift": float(rng.uniform(-1, 1) * self.intensity_shift)}
+        # drawn after the others, and only when asked for: older recipes replay unchanged
+        if self.rotate_deg or self.zoom:
+            params["angle"] = float(rng.uniform(-1, 1) * self.rotate_deg)
+            params["zoom"] = float(1 + rng.uniform(-1, 1) * self.zoom)
+        return params
 
     @staticmethod
     def apply(image: np.ndarray, mask: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
         """``image`` (C, x, ...) and ``mask`` (x, ...): the same draw for every channel."""
         if params["flip_lr"]:  # spatial axis 0 is left-right in the RAS array
             image, mask = image[:, ::-1], mask[::-1]
+        if params.get("angle", 0.0) or params.get("zoom", 1.0) != 1.0:
+            image, mask = _rotate_zoom(image, mask, params["angle"], params["zoom"])
         image = image * params["scale"] + params["shift"] * mask
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(mask)
+
+
+def _rotate_zoom(image: np.ndarray, mask: np.ndarray, angle_deg: float, zoom: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate by ``angle_deg`` and scale by ``zoom`` in the plane of spatial axes 0 and 1, about
+    the array's centre (output voxel -> input voxel: the inverse rotation, divided by zoom)."""
+    t = np.deg2rad(angle_deg)
+    inv = np.eye(mask.ndim)
+    inv[:2, :2] = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]]) / zoom
+    centre = (np.asarray(mask.shape, float) - 1) / 2
+    offset = centre - inv @ centre
+    out = np.empty(image.shape, np.float32)
+    for c in range(image.shape[0]):
+        ndimage.affine_transform(np.asarray(image[c], np.float32), inv, offset, output=out[c],
+                                 order=1, mode="constant", cval=0.0)
+    kept = ndimage.affine_transform(np.asarray(mask, np.float32), inv, offset, order=0,
+                                    mode="constant", cval=0.0) > 0.5
+    return out, kept.astype(mask.dtype)
 
 
 def _lesion_free(prep: Prepared, margin_mm: float, spacing) -> np.ndarray:

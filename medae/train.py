@@ -243,6 +243,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     pre = PreprocessConfig.from_dict(config["preprocess"])
     map_cfg = MapConfig.from_dict(config["scoring"], pre.spacing)  # validated before any work
     scored_channels(pre, map_cfg)  # scoring.channels names inputs the model reads
+    Augment.from_dict(dc.augment)  # data.augment's keys and ranges
     kwargs = model_kwargs(config)
     model = create_model(**kwargs).to(dev)  # an invalid model fails before any scan is read
     trainable = any(p.requires_grad for p in model.parameters())

@@ -59,7 +59,11 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             "brain_multi_bf16": ("brain_multi", ["train.precision=bf16"]),
             # an ensemble of three seeds (train.ensemble: members trained on the same patients;
             # the map is the residual of their mean reconstruction); 3x the training time
-            "brain_flair_x3": ("brain_flair", ["train.ensemble=3"])}
+            "brain_flair_x3": ("brain_flair", ["train.ensemble=3"]),
+            # exploratory: brain_flair with in-plane rotation (±10°) and zoom (±10%) of the
+            # training slices as well as the left-right flip (two training patients are few)
+            "brain_flair_aug": ("brain_flair", ["data.augment={flip_lr: true, rotate_deg: 10, "
+                                                "zoom: 0.1}"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("best_dice", "[Dice] (upper bound)"),
            ("dice_calibrated", "deployable Dice (≤ 1 FP candidate / healthy scan)"),

@@ -110,6 +110,10 @@ def test_refuses_overwrite_and_bad_config(healthy, tmp_path):
     with pytest.raises(MedaeError, match=r"model 'ae': unknown argument 'latent'"):
         train(_config("model.latent=3"), discover(healthy), tmp_path / "r", device="cpu",
               progress=False)
+    with pytest.raises(MedaeError, match=r"data\.augment\.rotate_deg: a number from 0 to 180"):
+        train(_config("data.augment={rotate_deg: -3}"), discover(healthy), tmp_path / "aug",
+              device="cpu", progress=False)
+    assert not (tmp_path / "aug").exists()  # refused before anything is written
     with pytest.raises(MedaeError, match="no checkpoint"):
         train(_config(), discover(healthy), tmp_path / "none", resume=True, device="cpu")
 
