@@ -49,6 +49,10 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             # instead of 1.875 mm in-plane, so the reconstruction keeps the detail of the scan
             "brain_flair_1mm": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
                                                 "preprocess.size=[176, 208, null]"]),
+            # ... as it ran in the quick benchmark, before recipes trained in bf16
+            "brain_flair_1mm_fp32": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
+                                                     "preprocess.size=[176, 208, null]",
+                                                     'train.precision="32"']),
             # the recipe in each training precision: brain_flair trains with precision auto
             # (bf16 where the CPU or GPU has it natively, else float32), so its row holds the
             # runs of the precision this machine trains in; these rows hold each one's
@@ -207,7 +211,8 @@ def main() -> None:
     results: dict = {}
     # uncommitted changes to the code mark the runs (the files this script writes do not)
     commit = commit_of(None if args.table_only else
-                       ["docs/benchmark_results.md", "docs/benchmark_runs.json", "README.md"])
+                       ["docs/benchmark_results.md", "docs/benchmark_results_quick.md",
+                        "docs/benchmark_runs.json", "README.md"])
     for dname, cases in _datasets(args.data).items():
         names = sorted(cases)
         tests = [t for t in names if t in args.tests] if args.tests else (
