@@ -154,6 +154,8 @@ class Augment:
         unknown = sorted(set(values) - known)
         if unknown:
             raise MedaeError(f"data.augment: unknown key(s) {', '.join(unknown)}")
+        if not isinstance(values.get("flip_lr", False), bool):  # "no" would be truthy
+            raise MedaeError(f"data.augment.flip_lr: true or false, got {values['flip_lr']!r}")
         limits = {"intensity_scale": 1.0, "intensity_shift": 10.0, "rotate_deg": 180.0,
                   "zoom": 0.5}
         for key, top in limits.items():

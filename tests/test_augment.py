@@ -46,8 +46,8 @@ def test_zoom_scales_areas_and_keeps_the_centre():
     out, kept = Augment.apply(image, disc, params)
     assert kept.sum() / disc.sum() == pytest.approx(1.44, rel=0.05)
     assert out[0].sum() / image.sum() == pytest.approx(1.44, rel=0.05)
-    weights = np.argwhere(out[0] > 0), out[0][out[0] > 0]
-    centre = (weights[0] * weights[1][:, None]).sum(axis=0) / weights[1].sum()
+    where, value = np.argwhere(out[0] > 0), out[0][out[0] > 0]
+    centre = (where * value[:, None]).sum(axis=0) / value.sum()
     assert tuple(centre) == pytest.approx((20, 20), abs=0.01)  # linear: exact about the centre
     assert tuple(np.argwhere(kept).mean(axis=0)) == pytest.approx((20, 20), abs=0.1)
     # a rotation keeps a centred disc where it is
@@ -59,7 +59,7 @@ def test_zoom_scales_areas_and_keeps_the_centre():
 
 @pytest.mark.parametrize("values, word", [
     ({"rotate_deg": -5}, "rotate_deg"), ({"zoom": 0.9}, "zoom"), ({"zoom": "a"}, "zoom"),
-    ({"rotate_deg": True}, "rotate_deg"), ({"spin": 1}, "spin")])
+    ({"rotate_deg": True}, "rotate_deg"), ({"spin": 1}, "spin"), ({"flip_lr": "no"}, "flip_lr")])
 def test_bad_settings_are_refused_by_name(values, word):
     with pytest.raises(MedaeError, match=word):
         Augment.from_dict(values)
