@@ -146,6 +146,11 @@ def _check_calibration(cal: Any, path: Path) -> None:
     cand = cal.get("candidate_threshold")  # absent in bundles calibrated before the rule
     _check(cand is None or _finite(cand), path,
            "calibration.candidate_threshold: expected null or a finite number")
+    point = cal.get("default_threshold")  # absent in bundles calibrated before the rules
+    _check(point is None or _finite(point), path,
+           "calibration.default_threshold: expected null or a finite number")
+    _check(isinstance(cal.get("warnings", []), list), path,
+           "calibration.warnings: expected a list of strings")
 
 
 def _check(cond: bool, path: Path, reason: str) -> None:

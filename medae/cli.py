@@ -72,7 +72,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = train(config, sources, args.output, resume=args.resume, device=args.device,
                 progress=not args.quiet)
     print(f"model bundle: {run}")
+    _print_operating_point(run)
     return 0
+
+
+def _print_operating_point(run) -> None:
+    """What ``medae score`` will flag by default, as the bundle records it (its warnings were
+    logged by training)."""
+    import json
+    from pathlib import Path
+
+    meta = json.loads((Path(run) / "model.json").read_text())
+    cal = meta.get("calibration") or {}
+    if cal.get("default_threshold") is not None:
+        print(f"operating point ({cal['default']}): threshold {cal['default_threshold']:.4g}, "
+              f"{cal.get('default_rule', '')}")
 
 
 def _check_flags(args: argparse.Namespace) -> None:

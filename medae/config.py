@@ -252,6 +252,8 @@ def dump_config(config: dict) -> str:
 
 
 RESIDUALS = ("abs", "squared", "positive")
+#: default threshold rules (``scoring.operating_point``; see :mod:`medae.scoring.threshold`)
+OPERATING_POINTS = ("auto", "dice", "froc", "candidates", "fpr")
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,14 @@ class MapConfig:
             residuals make the map (``None``: every input).  E.g. ``[flair, t2]``: lesions are
             bright there, while a T1-weighted input helps the reconstruction but its positive
             residual (bright vessels, enhancement) is not a lesion sign.
+        operating_point: the default threshold rule, calibrated at training (see
+            :mod:`medae.scoring.threshold`): ``auto`` (calibration scans with lesion labels:
+            ``dice``; truly healthy ones: ``candidates`` with at least 3 of them, else ``fpr``),
+            ``dice`` (the best pooled Dice of the candidates on labelled calibration scans),
+            ``froc`` (the most lesions touched at <= ``froc_fp`` false candidates per scan),
+            ``candidates`` (<= 1 false candidate per healthy scan), ``fpr`` (1% of healthy
+            voxels above it).
+        froc_fp: false candidates per calibration scan that ``froc`` allows.
 
     Bundles written before maps were computed at the scan's resolution used ``erode`` and
     ``median`` in voxels of the model grid: :meth:`from_dict` converts them with the model's
@@ -285,8 +295,13 @@ class MapConfig:
     min_volume_mm3: float = 20.0
     scan_percentile: float = 99.0
     channels: tuple[str, ...] | None = None
+    operating_point: str = "auto"
+    froc_fp: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.operating_point not in OPERATING_POINTS:
+            raise MedaeError(f"scoring.operating_point: expected one of {OPERATING_POINTS}, "
+                             f"got {self.operating_point!r}")
         if self.channels is not None and (
                 not isinstance(self.channels, tuple) or not self.channels
                 or not all(isinstance(c, str) and c for c in self.channels)):
@@ -301,7 +316,7 @@ class MapConfig:
                 for m in widths):
             raise MedaeError("scoring.median_mm: one or three widths in mm (0 <= w < 1000), "
                              f"got {self.median_mm!r}")
-        for key in ("erode_mm", "min_volume_mm3"):
+        for key in ("erode_mm", "min_volume_mm3", "froc_fp"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or \
                     not 0 <= value < 1e9:

@@ -70,9 +70,18 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
                                                 "zoom: 0.1}"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("best_dice", "[Dice] (upper bound)"),
-           ("dice_calibrated", "deployable Dice (≤ 1 FP candidate / healthy scan)"),
+           ("dice_calibrated", "deployable Dice (default operating point)"),
+           ("dice_gap", "deployable − [Dice]"),
+           ("dice_candidates_rule", "Dice, ≤ 1 FP candidate / calibration scan (former default)"),
            ("dice_fpr01", "Dice @ 1% healthy voxel FPR"),
            ("lesion_recall", "lesion recall"), ("fp_per_scan", "FP candidates / scan")]
+#: measured at the default operating point: a run recorded before the operating point followed
+#: the calibration data (no 'operating_point' in its row) measured them at the candidate rule,
+#: so its figures count in that rule's column and not in these
+AT_DEFAULT = ("dice_calibrated", "dice_gap", "lesion_recall", "fp_per_scan")
+#: recipe settings that choose only the default threshold, not the model or its maps: left out
+#: of a run's protocol hash (each run records the rule its default was calibrated with)
+THRESHOLD_ONLY = ("operating_point", "froc_fp")
 
 
 #: per dataset, the sequences the multi-sequence recipe reads (FLAIR + T1-weighted, and T2
@@ -156,6 +165,8 @@ def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto
                                                      resolve_device(device))
     if config["train"].get("ensemble") == 1:  # one model, as before the setting existed
         del config["train"]["ensemble"]
+    for key in THRESHOLD_ONLY:  # the threshold rule is recorded per run instead
+        config["scoring"].pop(key, None)
     blob = json.dumps([config, steps], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -199,6 +210,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--rerun", action="store_true",
                     help="train again even where docs/benchmark_runs.json has the run")
+    ap.add_argument("--refresh-operating-point", action="store_true",
+                    help="run again the runs recorded before the default operating point "
+                         "followed the calibration data (their deployable Dice is the "
+                         "candidate rule's)")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: build the table from docs/benchmark_runs.json")
     ap.add_argument("--readme", action="store_true", help="also update the README's table")
@@ -235,7 +250,9 @@ def main() -> None:
                     # found by its settings, whatever name it was run under
                     key = dict(dataset=dname, test=test, seed=seed, protocol=protocol)
                     row = _find(ledger, **key)
-                    if args.table_only or (row and not args.rerun):
+                    stale = bool(row) and args.refresh_operating_point and \
+                        "operating_point" not in row
+                    if args.table_only or (row and not args.rerun and not stale):
                         if row:
                             results.setdefault(dname, {}).setdefault(recipe, []).append(row)
                         continue
@@ -257,7 +274,8 @@ def main() -> None:
                     _save_ledger(ledger)
                     results.setdefault(dname, {}).setdefault(recipe, []).append(row)
                     print(f"{dname} test {test} {recipe} seed {seed}: " + ", ".join(
-                        f"{k} {row[k]:.3f}" for k, _ in METRICS), flush=True)
+                        f"{k} {_value(row, k):.3f}" for k, _ in METRICS
+                        if _value(row, k) is not None), flush=True)
     table = _table(results, args, steps)
     out = RESULTS.with_name(RESULTS.stem + "_quick.md") if args.quick else RESULTS
     out.write_text(table)
@@ -300,8 +318,13 @@ def _one_run(medae: list[str], run: Path, base: str, train_csv: Path, test_csv: 
         _run([*medae, "train", "--config", str(ROOT / "configs" / f"{base}.yaml"),
               "--data", str(train_csv), "--output", str(run), "--seed", str(seed),
               "--device", device, "-q", *[a for s in sets for a in ("--set", s)]], log)
-    for scores, report, extra in (("scores", "report", []),
-                                  ("scores-fpr01", "report-fpr01", ["--fpr", "0.01"])):
+    cal = json.loads((run / "model.json").read_text()).get("calibration") or {}
+    runs = [("scores", "report", []), ("scores-fpr01", "report-fpr01", ["--fpr", "0.01"])]
+    if cal.get("default", "candidates") != "candidates" and \
+            cal.get("candidate_threshold") is not None:  # the former default, for comparison
+        runs.append(("scores-candidates", "report-candidates",
+                     ["--threshold", repr(float(cal["candidate_threshold"]))]))
+    for scores, report, extra in runs:
         if not (run / report / "metrics.json").exists():
             _run([*medae, "score", "--model", str(run), "--input", str(test_csv),
                   "--output", str(run / scores), "--device", device, "--no-overlays",
@@ -316,7 +339,20 @@ def _row(run: Path) -> dict:
     row = {key: _metric(m, key) for key, _ in METRICS if key != "dice_fpr01"}
     m01 = json.loads((run / "report-fpr01" / "metrics.json").read_text())
     row["dice_fpr01"] = _metric(m01, "dice_calibrated")
-    row["calibration"] = bundle["calibration"]["source"]
+    cal = bundle["calibration"]
+    row["calibration"] = cal["source"]
+    row["operating_point"] = cal.get("default", "candidates")
+    row["dice_gap"] = row["dice_calibrated"] - row["best_dice"]
+    if row["operating_point"] == "candidates":
+        row["dice_candidates_rule"] = row["dice_calibrated"]
+    else:
+        mc = json.loads((run / "report-candidates" / "metrics.json").read_text())
+        row["dice_candidates_rule"] = _metric(mc, "dice_calibrated")
+    point = cal.get("operating_point") or {}
+    row["calibration_figures"] = {k: point.get(k) for k in
+                                  ("threshold", "dice", "sensitivity", "lesion_recall",
+                                   "fp_per_scan", "labelled_scans", "lesion_voxels")}
+    row["calibration_warnings"] = len(cal.get("warnings", []))
     return row
 
 
@@ -329,10 +365,28 @@ def _metric(m: dict, key: str) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _fmt(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+def _value(row: dict, key: str) -> float | None:
+    """A row's figure for the table's column ``key`` (None where the run did not measure it:
+    the default operating point's figures of a run recorded before the rule followed the
+    calibration data belong to the former candidate rule's column)."""
+    current = "operating_point" in row
+    if key in AT_DEFAULT and not current:
+        return None
+    if key == "dice_candidates_rule" and not current:
+        return row.get("dice_calibrated")
+    if key == "dice_gap" and "dice_gap" not in row:
+        return row["dice_calibrated"] - row["best_dice"]
+    return row.get(key)
+
+
+def _fmt(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    note = f" (n={len(known)})" if len(known) < len(values) and known else ""
+    if not known:
+        return "–"
+    if len(known) == 1:
+        return f"{known[0]:.3f}{note}"
+    return f"{statistics.mean(known):.3f} ± {statistics.stdev(known):.3f}{note}"
 
 
 def _table(results: dict, args, steps) -> str:
@@ -358,12 +412,13 @@ def _table(results: dict, args, steps) -> str:
                   "| recipe | n | " + " | ".join(label for _, label in METRICS) + " |",
                   "|---|---|" + "---|" * len(METRICS)]
         for recipe, rs in per.items():
-            cells = [_fmt([r[k] for r in rs]) for k, _ in METRICS]
+            cells = [_fmt([_value(r, k) for r in rs]) for k, _ in METRICS]
             note = " (train-calibrated)" if rs[0]["calibration"].startswith("training") else ""
             lines.append(f"| {recipe}{note} | {len(rs)} | " + " | ".join(cells) + " |")
         lines.append("")
         if len(tests) > 1:  # whether a recipe wins on every patient, not only on average
-            lines += ["Per test patient (mean over seeds): voxel AP / [Dice] / deployable Dice",
+            lines += ["Per test patient (mean over seeds): voxel AP / [Dice] / deployable Dice "
+                      "(default operating point) / Dice at the former candidate rule",
                       "", "| recipe | " + " | ".join(tests) + " |",
                       "|---|" + "---|" * len(tests)]
             for recipe, rs in per.items():
@@ -371,11 +426,17 @@ def _table(results: dict, args, steps) -> str:
                 for t in tests:
                     mine = [r for r in rs if r["test"] == t]
                     cells.append(" / ".join(
-                        f"{statistics.mean(r[k] for r in mine):.3f}"
-                        for k in ("voxel_ap", "best_dice", "dice_calibrated")) if mine else "-")
+                        _mean([_value(r, k) for r in mine])
+                        for k in ("voxel_ap", "best_dice", "dice_calibrated",
+                                  "dice_candidates_rule")) if mine else "-")
                 lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)
+
+
+def _mean(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.mean(known):.3f}" if known else "–"
 
 
 def _update_readme(table: str) -> None:

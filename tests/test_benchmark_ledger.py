@@ -36,7 +36,8 @@ def bench(tmp_path, monkeypatch):
         seed = int(run.name.split("seed")[1].split("-")[0])
         return {"voxel_ap": 0.5 + seed / 10, "voxel_auroc": 0.9, "best_dice": 0.4,
                 "dice_calibrated": 0.3, "dice_fpr01": 0.2, "lesion_recall": 1.0,
-                "fp_per_scan": 0.0, "calibration": "held-out validation scans"}
+                "fp_per_scan": 0.0, "calibration": "held-out validation scans",
+                "operating_point": "dice", "dice_gap": -0.1, "dice_candidates_rule": 0.05}
 
     monkeypatch.setattr(mod, "_one_run", fake_run)
     monkeypatch.setattr(mod, "_row", fake_row)
@@ -84,7 +85,7 @@ def test_runs_are_kept_and_not_repeated(bench, monkeypatch):
     table = bench.RESULTS.read_text()
     assert "| raw | 2 | 0.500 ± 0.000 |" in table
     assert "| recipe | pat0001 | pat0002 |" in table
-    assert "| raw | 0.500 / 0.400 / 0.300 | 0.500 / 0.400 / 0.300 |" in table
+    assert "| raw | 0.500 / 0.400 / 0.300 / 0.050 | 0.500 / 0.400 / 0.300 / 0.050 |" in table
 
     # --table-only runs nothing and reports only the runs of the asked protocol
     bench._calls.clear()
@@ -112,3 +113,36 @@ def test_runs_are_found_by_their_settings_not_their_name(bench, monkeypatch):
     runs = json.loads(bench.LEDGER.read_text())["runs"]
     assert sorted(r["recipe"] for r in runs) == ["brain_flair", "brain_flair_other"]
     assert len({r["protocol"] for r in runs}) == 2
+
+
+def test_runs_from_before_the_operating_point_rules(bench, monkeypatch):
+    """A run recorded before the default operating point followed the calibration data measured
+    its deployable figures at the candidate rule: they count in that rule's column, not in the
+    default's, and --refresh-operating-point runs it again (the threshold rule is not part of
+    the protocol hash, so the same run is found and replaced)."""
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0")
+    runs = json.loads(bench.LEDGER.read_text())["runs"]
+    for key in ("operating_point", "dice_gap", "dice_candidates_rule"):
+        del runs[0][key]
+    bench._save_ledger(runs)
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0",
+          "--table-only")
+    table = bench.RESULTS.with_name("results_quick.md").read_text()
+    # AP and [Dice] count; the default's Dice, gap, recall and FP are not known; 0.3 was the
+    # candidate rule's
+    assert "| brain_flair | 1 | 0.500 | 0.900 | 0.400 | – | – | 0.300 | 0.200 | – | – |" in table
+    bench._calls.clear()
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0")
+    assert bench._calls == []  # found: the operating point's settings are not in the hash
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0",
+          "--refresh-operating-point")
+    assert len(bench._calls) == 1
+    runs = json.loads(bench.LEDGER.read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["operating_point"] == "dice"
+    table = bench.RESULTS.with_name("results_quick.md").read_text()
+    assert "| brain_flair | 1 | 0.500 | 0.900 | 0.400 | 0.300 | -0.100 | 0.050 | 0.200 | " \
+           "1.000 | 0.000 |" in table
+    monkeypatch.setitem(bench.VARIANTS, "brain_flair_froc",
+                        ("brain_flair", ["scoring.operating_point=froc"]))
+    assert bench._protocol("brain_flair", ["scoring.operating_point=froc"], 400) == \
+        bench._protocol("brain_flair", [], 400)

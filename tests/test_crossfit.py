@@ -68,7 +68,7 @@ def test_healthy_map_takes_each_slab_from_the_model_that_did_not_see_it(tmp_path
     absolute = AnomalyModel(net, pre, MapConfig(residual="abs", erode_mm=0, median_mm=0))
     squared = AnomalyModel(net, pre, MapConfig(residual="squared", erode_mm=0, median_mm=0))
     f0, f1 = crossfit_folds(["x"], 2, 0)
-    hm, _ = healthy_map(absolute, source, [(absolute, f0), (squared, f1)])
+    hm, _, _ = healthy_map(absolute, source, [(absolute, f0), (squared, f1)])
     scan, prep = absolute.load(source)
     by_abs, by_sq = absolute.scan_map(scan, prep), squared.scan_map(scan, prep)
     z0 = f0.scan_slices(scan.shape, scan.spacing)

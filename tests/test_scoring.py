@@ -11,7 +11,7 @@ import medae
 from medae import MedaeError
 from medae.masks import outer_erosion
 from medae.scoring import MapConfig, anomaly_map, calibrate, find_candidates, pick_threshold
-from medae.scoring.threshold import HealthyMap, candidate_threshold
+from medae.scoring.threshold import HealthyMap, LabelledMap, candidate_threshold
 
 
 def test_candidates_components_sizes_and_world_centroids():
@@ -55,10 +55,16 @@ def test_calibration_quantiles_and_threshold_choice():
     thr, _ = pick_threshold(cal, fpr=0.02)  # interpolated on the stored curve
     assert thr == pytest.approx(0.98, abs=0.005)
     assert pick_threshold(cal, threshold=0.5) == (0.5, "set by hand (--threshold)")
-    thr, rule = pick_threshold(cal)  # the default: the candidate rule
+    # two healthy scans are too few for the candidate rule: the 1% voxel rule, with a warning
+    assert cal["default"] == "fpr" and len(cal["warnings"]) == 1
+    assert "only 2 healthy validation scan(s)" in cal["warnings"][0]
+    thr, rule = pick_threshold(cal)
+    assert thr == cal["voxel_thresholds"]["0.01"] and "1% of the healthy brain voxels" in rule
+    older = {k: v for k, v in cal.items() if not k.startswith("default")}
+    thr, rule = pick_threshold(older)  # bundles from before the operating-point rules
     assert thr == cal["candidate_threshold"] and "candidate" in rule
-    legacy = {k: v for k, v in cal.items() if not k.startswith("candidate")}
-    assert pick_threshold(legacy)[0] == cal["voxel_thresholds"]["0.01"]  # older bundles
+    legacy = {k: v for k, v in older.items() if not k.startswith("candidate")}
+    assert pick_threshold(legacy)[0] == cal["voxel_thresholds"]["0.01"]  # older still
     with pytest.raises(MedaeError, match="outside the calibrated range"):
         pick_threshold(cal, fpr=0.9)
     with pytest.raises(MedaeError, match="no calibrated threshold"):
@@ -90,6 +96,86 @@ def test_candidate_rule_allows_one_false_candidate_per_healthy_scan():
     assert cal["candidate_fp_per_scan"] <= 1.0 and "4 healthy validation" in \
         cal["candidate_rule"]
     assert cal["candidate_threshold"] < 3.0  # the strongest blobs still count as one each
+    # four truly healthy scans (no labels): the candidate rule is the default, no warning
+    assert cal["default"] == "candidates" and cal["warnings"] == []
+    assert pick_threshold(cal)[0] == cal["candidate_threshold"]
+    assert cal["operating_point"]["fp_per_scan"] <= 1.0
+
+
+def _patients(n: int = 2, seed: int = 3) -> tuple[list, list]:
+    """Calibration patients whose Dice-optimal threshold is known: on noise in [0, 0.5), each
+    has a lesion (a 6x6x6 cube) scoring 1.0 in its core and 0.7 in its outer shell, and a
+    healthy hot spot of 0.9 (27 voxels) that is not a lesion (candidates are voxels above the
+    threshold).  A threshold in [0.5, 0.7) finds the whole lesion plus the spot: Dice
+    2*216/(216+27+216) = 0.94; in [0.7, 0.9) the core and the spot, 0.44; in [0.9, 1.0) the
+    core alone, 0.46; below 0.5 the noise.  The best is in [0.5, 0.7)."""
+    rng = np.random.default_rng(seed)
+    healthy, labelled = [], []
+    for k in range(n):
+        heat = (rng.random((40, 40, 30)) * 0.5).astype(np.float32)
+        lesion = np.zeros(heat.shape, bool)
+        lesion[10 + k:16 + k, 10:16, 10:16] = True
+        heat[lesion] = 0.7
+        heat[11 + k:15 + k, 11:15, 11:15] = 1.0
+        heat[30:33, 30:33, 20:23] = 0.9
+        brain = np.ones(heat.shape, bool)
+        healthy.append(HealthyMap.crop(heat, ~lesion, 1.0))
+        labelled.append(LabelledMap.crop(heat, brain, brain, lesion, 1.0))
+    return healthy, labelled
+
+
+def test_labelled_calibration_picks_the_dice_optimal_threshold():
+    healthy, labelled = _patients()
+    cal = calibrate(healthy, [0.0, 0.0], "validation", min_volume_mm3=5, labelled=labelled)
+    assert cal["default"] == "dice" and cal["warnings"] == []
+    thr, rule = pick_threshold(cal)
+    assert 0.5 <= thr < 0.7
+    point = cal["operating_point"]
+    assert point["dice"] == pytest.approx(2 * 432 / (2 * 216 + 2 * 27 + 2 * 216), abs=1e-6)
+    assert point["sensitivity"] == 1.0 and point["lesion_recall"] == 1.0
+    assert point["fp_per_scan"] == 1.0  # the hot spot on each scan
+    assert point["labelled_scans"] == 2 and point["lesion_voxels"] == 432
+    assert "highest Dice with the lesion labels of 2 labelled validation scan(s)" in rule
+    assert "dice 0.941" in rule and "1.00 false candidates/scan" in rule
+    # what evaluation would compute on the candidates at that threshold
+    m = labelled[0]
+    called = (m.heat > thr)
+    assert 2 * (called & m.lesion).sum() / (called.sum() + m.lesion.sum()) == \
+        pytest.approx(point["dice"], abs=1e-6)
+
+
+def test_froc_rule_and_degenerate_calibration_reported():
+    healthy, labelled = _patients()
+    # no false candidate allowed: the hot spot (0.9) must stay below; the cores are found
+    cal = calibrate(healthy, [0.0, 0.0], "validation", min_volume_mm3=5, labelled=labelled,
+                    operating_point="froc", froc_fp=0.0)
+    point = cal["operating_point"]
+    assert cal["default"] == "froc" and 0.9 <= point["threshold"] < 1.0
+    assert point["lesion_recall"] == 1.0 and point["fp_per_scan"] == 0.0
+    assert point["sensitivity"] == pytest.approx(64 / 216)
+    # under half of the lesion voxels caught: said, in the bundle's warnings
+    assert len(cal["warnings"]) == 1 and "degenerate calibration" in cal["warnings"][0]
+    assert "catches 30% of the 432 labelled lesion voxels" in cal["warnings"][0]
+    # the healthy candidate rule on patients puts the threshold above the lesions: reported
+    cal = calibrate(healthy, [0.0, 0.0], "validation", min_volume_mm3=5, labelled=labelled,
+                    operating_point="candidates")
+    assert any("candidate rule on only 2" in w for w in cal["warnings"])
+    # dice asked for without labels: the voxel rule, with a warning
+    cal = calibrate(healthy, [0.0, 0.0], "validation", operating_point="dice")
+    assert cal["default"] == "fpr" and "needs calibration scans with lesion labels" in \
+        cal["warnings"][0]
+
+
+def test_degenerate_when_nothing_is_flagged_on_the_patients():
+    healthy, labelled = _patients()
+    for m in labelled:  # the lesions score below the healthy noise's top: nothing to find
+        m.heat[m.lesion] = 0.2
+    cal = calibrate(healthy, [0.0, 0.0], "validation", min_volume_mm3=5, labelled=labelled,
+                    operating_point="candidates")
+    assert any("no candidate touches the 2 labelled" in w or "catches" in w
+               for w in cal["warnings"])
+    with pytest.raises(MedaeError, match="operating_point"):
+        calibrate(healthy, [0.0, 0.0], "validation", operating_point="best")
 
 
 def test_anomaly_map_residuals_erosion_and_median():

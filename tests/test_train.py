@@ -210,8 +210,8 @@ def test_lesion_samples_masked_instead_of_dropped(tmp_path):
     assert "lesion labels grown by 4 mm excluded" in meta["calibration"]["voxel_rule"]
     scorer = load_model(run, device="cpu")
     src = discover(man)[0]
-    by_slices, _ = healthy_map(scorer, src)
-    by_margin, _ = healthy_map(scorer, src, lesion_margin_mm=2.0)
+    by_slices, _, _ = healthy_map(scorer, src)
+    by_margin, _, _ = healthy_map(scorer, src, lesion_margin_mm=2.0)
     # (on this phantom the lesion touches every analysed slice: dropping slices leaves nothing)
     assert by_margin.healthy.sum() > by_slices.healthy.sum()
 

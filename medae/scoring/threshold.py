@@ -1,9 +1,21 @@
-"""Thresholds that need no lesion labels, from heat maps of healthy validation scans.
+"""Thresholds from heat maps of calibration scans: the operating point that decides what
+``medae score`` flags.
 
-Two operating points are calibrated: a voxel rule (the threshold that a chosen fraction of healthy
-brain voxels exceeds) and the default, a candidate rule as the field reports detection (the
-lowest threshold at which healthy scans average at most one false-positive candidate of at least
-``min_volume_mm3``).
+The default rule follows the calibration data (``scoring.operating_point: auto``):
+
+- calibration scans with lesion labels (patients, where no healthy scans exist): the threshold
+  whose candidates have the highest Dice with the labels, pooled over every calibration scan
+  (``dice``), or the FROC point (``froc``: the most lesions touched at no more than
+  ``scoring.froc_fp`` false candidates per scan);
+- truly healthy scans (no labels): the candidate rule as the field reports detection
+  (``candidates``: the lowest threshold at which they average at most one false candidate of
+  at least ``min_volume_mm3``), only with at least :data:`MIN_HEALTHY_SCANS` of them; with fewer,
+  a warning and the voxel rule at 1% false-positive rate (``fpr``).
+
+Voxel rules (the threshold that a chosen fraction of healthy voxels exceeds) are always
+calibrated too, for ``--fpr``.  Every rule's figures on the calibration scans (Dice, lesion
+voxels caught, lesions touched, false candidates per scan) are kept with it, and a point that
+catches under half of the labelled lesion voxels is reported, never silent.
 """
 
 from __future__ import annotations
@@ -14,13 +26,20 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from medae.config import OPERATING_POINTS
 from medae.errors import MedaeError
 from medae.masks import bounding_box
 
 FPRS = (0.01, 0.05, 0.1)
 SCAN_PERCENTILE = 95.0
-#: false-positive candidates per healthy scan allowed by the default operating point
+#: false-positive candidates per healthy scan allowed by the candidate rule
 MAX_FP_PER_SCAN = 1.0
+#: false candidates per calibration scan allowed by the FROC rule (``scoring.froc_fp``)
+FROC_FP_PER_SCAN = 2.0
+#: the candidate rule needs at least this many healthy calibration scans
+MIN_HEALTHY_SCANS = 3
+#: below this share of the labelled lesion voxels caught, a calibration is reported as degenerate
+MIN_SENSITIVITY = 0.5
 _CURVE = np.geomspace(1e-4, 0.5, 61)
 _GRID = np.geomspace(1e-7, 0.3, 96)  # voxel FPRs whose thresholds the candidate rule searches
 _26 = np.ones((3, 3, 3), bool)
@@ -46,6 +65,119 @@ class HealthyMap:
             return 0
         sizes = np.bincount(labels.ravel())[1:] * self.voxel_mm3
         return int((sizes >= min_volume_mm3).sum())
+
+
+@dataclass
+class LabelledMap:
+    """One calibration scan with its lesion label: the map over the analysed region and the
+    lesion voxels inside the brain (cropped to the brain), so an operating point can be judged
+    as evaluation judges it: lesion voxels caught, false candidates, Dice.
+
+    A calibration scan without a label counts as lesion-free here (every candidate on it is a
+    false one)."""
+
+    heat: np.ndarray  # float32, 0 outside the analysed region
+    lesion: np.ndarray  # bool, lesion voxels inside the brain
+    voxel_mm3: float
+    lesion_voxels: int = 0
+    lesions: int = 0  # 26-connected lesion components
+
+    def __post_init__(self) -> None:
+        comp, n = ndimage.label(self.lesion, structure=_26)
+        self._lesion_at = np.flatnonzero(self.lesion)
+        self._lesion_comp = comp.reshape(-1)[self._lesion_at]
+        self.lesion_voxels, self.lesions = int(self._lesion_at.size), int(n)
+
+    @classmethod
+    def crop(cls, heat: np.ndarray, analysed: np.ndarray, brain: np.ndarray,
+             lesion: np.ndarray | None, voxel_mm3: float) -> LabelledMap:
+        region = brain | analysed
+        box = bounding_box(region) or tuple(slice(0, 0) for _ in heat.shape)
+        inside = np.zeros(region[box].shape, bool) if lesion is None else \
+            np.asarray(lesion[box], bool) & region[box]
+        return cls(np.where(analysed[box], heat[box], 0).astype(np.float32), inside,
+                   float(voxel_mm3))
+
+    def counts(self, threshold: float, min_volume_mm3: float) -> tuple[int, int, int, int]:
+        """At ``threshold``, the candidates medae would write (26-connected components of at
+        least ``min_volume_mm3``): (lesion voxels caught, voxels called, false candidates,
+        lesions touched by a candidate)."""
+        labels, n = ndimage.label(self.heat > threshold, structure=_26)
+        if n == 0:
+            return 0, 0, 0, 0
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = sizes * self.voxel_mm3 >= min_volume_mm3
+        keep[0] = False
+        at_lesion = labels.reshape(-1)[self._lesion_at]
+        kept_at_lesion = keep[at_lesion]
+        hits = np.bincount(at_lesion[kept_at_lesion], minlength=n + 1)
+        false = int((keep & (hits == 0)).sum())
+        touched = int(np.unique(self._lesion_comp[kept_at_lesion]).size)
+        return int(kept_at_lesion.sum()), int(sizes[keep].sum()), false, touched
+
+
+def _figures(maps: list[LabelledMap], threshold: float, min_volume_mm3: float) -> dict:
+    """Pooled over ``maps``: Dice, lesion-voxel sensitivity, lesion recall and false candidates
+    per scan of the candidates at ``threshold``."""
+    tp = called = false = touched = 0
+    flagged_labelled = 0
+    for m in maps:
+        t, c, f, h = m.counts(threshold, min_volume_mm3)
+        tp, called, false, touched = tp + t, called + c, false + f, touched + h
+        flagged_labelled += int(m.lesion_voxels > 0 and c > 0)
+    positives = sum(m.lesion_voxels for m in maps)
+    lesions = sum(m.lesions for m in maps)
+    return {
+        "threshold": float(threshold),
+        "dice": 2.0 * tp / (called + positives) if called + positives else 0.0,
+        "sensitivity": tp / positives if positives else None,
+        "lesion_recall": touched / lesions if lesions else None,
+        "fp_per_scan": false / len(maps),
+        "voxels_called": int(called),
+        "labelled_scans_flagged": flagged_labelled,
+    }
+
+
+def labelled_threshold(maps: list[LabelledMap], min_volume_mm3: float, rule: str = "dice",
+                       max_fp: float = FROC_FP_PER_SCAN, points: int = 48, refine: int = 16
+                       ) -> dict:
+    """The operating point from labelled calibration scans, pooled over all of them (never one
+    scan's best): ``dice``, the threshold whose candidates have the highest Dice with the
+    labels; ``froc``, the one that touches the most lesions while the scans average at most
+    ``max_fp`` false candidates (walking down from the top, stopping where that first fails:
+    far below, the brain merges into few components and the count falls again).  A coarse
+    grid of quantiles of the analysed voxels' scores, then a finer one around the best.
+    Returns :func:`_figures` at the chosen threshold."""
+    pooled = np.concatenate([m.heat[m.heat > 0].astype(np.float64) for m in maps] or
+                            [np.zeros(0)])
+    if pooled.size == 0:
+        raise MedaeError("calibration: the calibration scans' maps are all zero")
+    grid = np.unique(np.quantile(pooled, 1 - np.geomspace(1e-5, 0.5, points)))[::-1]
+
+    def best(thresholds) -> tuple[int, list[dict]]:
+        rows = []
+        for t in thresholds:
+            row = _figures(maps, float(t), min_volume_mm3)
+            if rule == "froc" and row["fp_per_scan"] > max_fp:
+                break
+            rows.append(row)
+        if not rows:
+            return -1, rows
+        key = "dice" if rule == "dice" else "lesion_recall"
+        values = [r[key] or 0.0 for r in rows]
+        return int(np.argmax(values)), rows  # ties: the first, i.e. the highest threshold
+
+    i, rows = best(grid)
+    if i < 0:  # even the top of the grid gives too many false candidates
+        return _figures(maps, float(pooled.max()), min_volume_mm3)
+    hi = grid[max(0, i - 1)]
+    lo = grid[min(len(grid) - 1, i + 1)] if rule == "dice" or i + 1 < len(rows) else grid[i]
+    fine = np.unique(np.r_[np.linspace(lo, hi, refine), grid[i]])[::-1]
+    j, fine_rows = best(fine)
+    if j < 0:
+        return rows[i]
+    key = "dice" if rule == "dice" else "lesion_recall"
+    return fine_rows[j] if (fine_rows[j][key] or 0) >= (rows[i][key] or 0) else rows[i]
 
 
 def candidate_threshold(maps: list[HealthyMap], thresholds: np.ndarray, min_volume_mm3: float,
@@ -86,17 +218,25 @@ def candidate_threshold(maps: list[HealthyMap], thresholds: np.ndarray, min_volu
 
 def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
               min_volume_mm3: float = 0.0,
-              lesions: str = "lesion-labelled slices excluded") -> dict:
-    """Voxel thresholds for target false-positive rates, the candidate-rule threshold and a
-    scan-level threshold, from healthy calibration scans.
+              lesions: str = "lesion-labelled slices excluded",
+              labelled: list[LabelledMap] | None = None, operating_point: str = "auto",
+              froc_fp: float = FROC_FP_PER_SCAN) -> dict:
+    """Every threshold of a model, and its default operating point, from calibration scans.
 
     Args:
         maps: per scan, its heat map and healthy voxels (:class:`HealthyMap`).
         scan_scores: per scan, its scan-level score computed on healthy tissue.
-        source: where the healthy data came from (``"validation"`` or ``"training"``).
+        source: where the calibration scans came from (``"validation"``, ``"training"``...).
         min_volume_mm3: the smallest candidate the model reports (scoring.min_volume_mm3).
         lesions: how labelled lesions were left out of the healthy voxels (for the rule text).
+        labelled: per scan, its whole map and lesion label (:class:`LabelledMap`), when the
+            calibration scans carry labels (None: truly healthy scans).
+        operating_point: the default rule (:data:`OPERATING_POINTS`; see the module docstring).
+        froc_fp: false candidates per scan the ``froc`` rule allows.
     """
+    if operating_point not in OPERATING_POINTS:
+        raise MedaeError(f"scoring.operating_point: expected one of {OPERATING_POINTS}, "
+                         f"got {operating_point!r}")
     if not maps or sum(int(m.healthy.sum()) for m in maps) == 0:
         raise MedaeError("calibration: no healthy voxels to calibrate thresholds on")
     pooled = np.concatenate([m.heat[m.healthy].astype(np.float64) for m in maps])
@@ -111,8 +251,69 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
     if not all(math.isfinite(v) for v in values):
         raise MedaeError("calibration: the healthy heat maps hold non-finite values")
     n = len(maps)
+    labelled = list(labelled or [])
+    n_lesion = sum(m.lesion_voxels for m in labelled)
+    n_patients = sum(m.lesion_voxels > 0 for m in labelled)
+    warnings: list[str] = []
+    rule = operating_point
+    if rule == "auto":
+        rule = "dice" if n_lesion else "candidates" if n >= MIN_HEALTHY_SCANS else "fpr"
+        if rule == "fpr":
+            warnings.append(f"only {n} healthy {source} scan(s) without lesion labels: the "
+                            f"candidate rule needs at least {MIN_HEALTHY_SCANS}, so the default "
+                            "is the 1% healthy-voxel rule (give more healthy scans, or "
+                            "calibration scans with lesion labels)")
+    elif rule in ("dice", "froc") and not n_lesion:
+        warnings.append(f"scoring.operating_point {rule} needs calibration scans with lesion "
+                        f"labels and {source} has none: the default is the 1% healthy-voxel "
+                        "rule")
+        rule = "fpr"
+    elif rule == "candidates" and n < MIN_HEALTHY_SCANS:
+        warnings.append(f"the candidate rule on only {n} {source} scan(s) (at least "
+                        f"{MIN_HEALTHY_SCANS} are advised): one scan's bright spots decide it")
+    mv = f"{min_volume_mm3:g}"
+    if rule in ("dice", "froc"):
+        point = labelled_threshold(labelled, min_volume_mm3, rule, froc_fp)
+        what = (f"{n_patients} labelled {source} scan(s) with {n_lesion} lesion voxels"
+                + (f" and {len(labelled) - n_patients} without lesions"
+                   if len(labelled) > n_patients else ""))
+        text = ("threshold whose candidates (>= " + mv + " mm3) have the highest Dice with the "
+                f"lesion labels of {what}, pooled" if rule == "dice" else
+                f"threshold whose candidates (>= {mv} mm3) touch the most lesions of {what} at "
+                f"<= {froc_fp:g} false candidate(s) per scan")
+    else:
+        point_thr = cand_thr if rule == "candidates" else voxel["0.01"]
+        point = (_figures(labelled, point_thr, min_volume_mm3) if labelled else
+                 {"threshold": point_thr, "dice": None, "sensitivity": None,
+                  "lesion_recall": None, "fp_per_scan": cand_fp if rule == "candidates" else
+                  None})
+        text = (f"lowest voxel threshold at which {n} healthy {source} scan(s) average "
+                f"<= {MAX_FP_PER_SCAN:g} candidate(s) of >= {mv} mm3" if rule == "candidates"
+                else f"1% of the healthy brain voxels of {n} {source} scan(s) above it")
+    point.update(rule=rule, requested=operating_point, scans=len(labelled) or n,
+                 labelled_scans=int(n_patients), lesion_voxels=int(n_lesion),
+                 lesions=int(sum(m.lesions for m in labelled)))
+    if n_lesion:
+        sens = point["sensitivity"] or 0.0
+        if point.get("labelled_scans_flagged", 0) == 0:
+            warnings.append(f"degenerate calibration: at the {rule} operating point "
+                            f"({point['threshold']:.4g}) no candidate touches the "
+                            f"{n_patients} labelled calibration scan(s)")
+        elif sens < MIN_SENSITIVITY:
+            warnings.append(f"degenerate calibration: the {rule} operating point "
+                            f"({point['threshold']:.4g}) catches {sens:.0%} of the {n_lesion} "
+                            "labelled lesion voxels of the calibration scans (under "
+                            f"{MIN_SENSITIVITY:.0%})")
+    figures = [f"{k} {point[k]:.3f}" for k in ("dice", "sensitivity", "lesion_recall")
+               if point.get(k) is not None]
+    if point.get("fp_per_scan") is not None:
+        figures.append(f"{point['fp_per_scan']:.2f} false candidates/scan")
     return {
-        "default": "candidates",
+        "default": rule,
+        "default_threshold": float(point["threshold"]),
+        "default_rule": text + (f" ({', '.join(figures)})" if figures else ""),
+        "operating_point": point,
+        "warnings": warnings,
         "candidate_threshold": cand_thr,
         "candidate_fp_per_scan": cand_fp,
         "candidate_min_volume_mm3": float(min_volume_mm3),
@@ -135,13 +336,17 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
 def pick_threshold(calibration: dict | None, fpr: float | None = None,
                    threshold: float | None = None) -> tuple[float, str]:
     """The voxel threshold to use: a hand-set value, the calibrated one for ``fpr``, or by
-    default the candidate rule (bundles calibrated before it existed: 1% voxel FPR)."""
+    default the calibrated operating point (bundles calibrated before it existed: the candidate
+    rule, and before that the 1% voxel rule)."""
     if threshold is not None:
         if not math.isfinite(threshold):
             raise MedaeError(f"--threshold {threshold}: expected a finite number")
         return float(threshold), "set by hand (--threshold)"
     if not calibration:
         raise MedaeError("this model has no calibrated threshold: pass --threshold")
+    if fpr is None and calibration.get("default_threshold") is not None:
+        return (float(calibration["default_threshold"]),
+                "calibrated: " + str(calibration.get("default_rule", calibration["default"])))
     if fpr is None and calibration.get("candidate_threshold") is not None:
         return (float(calibration["candidate_threshold"]),
                 "calibrated: " + str(calibration.get("candidate_rule", "candidate rule")))
