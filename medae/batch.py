@@ -129,6 +129,7 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
         record = {"row": row, "threshold": result.threshold,
                   "threshold_rule": result.threshold_rule, "mask_rule": result.mask_rule,
                   "min_volume_mm3": result.min_volume_mm3, "inputs": list(inputs),
+                  "operating_point": result.operating_point,
                   "stages": {k: round(v, 4) for k, v in stages.items()},
                   "latent": [float(v) for v in np.ravel(result.latent)]}
         atomic_write_bytes(tmp / "result.json", json.dumps(record, allow_nan=False).encode())
@@ -323,6 +324,8 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
         "medae_version": __version__, "python": platform.python_version(),
         "model": str(model.bundle.path), "model_name": model.name,
         "arguments": arguments or {}, "shard": f"{index + 1}/{count}", "n_scans": len(mine),
+        "operating_point": model.operating_point(fpr, threshold),
+        "calibration_warnings": list((model.calibration or {}).get("warnings", [])),
     }, indent=2, allow_nan=False).encode())
     summary = BatchSummary()
     todo = []

@@ -117,6 +117,19 @@ def _settings_html(out: Path, cases: Sequence[dict]) -> str:
     items = [("model", f'{run.get("model_name", "?")} ({run.get("model", "?")})')]
     items += [("voxel threshold", f"{_fmt(t, 6)} ({rule})") for t, rule in rules] or \
              [("voxel threshold", "–")]
+    point = run.get("operating_point")
+    if isinstance(point, dict):
+        figures = [f"{name} {_fmt(_num(point.get(key)), 3)}" for key, name in
+                   (("dice", "Dice"), ("sensitivity", "lesion voxels caught"),
+                    ("lesion_recall", "lesions touched"),
+                    ("fp_per_scan", "false candidates per scan"))
+                   if _num(point.get(key)) is not None]
+        scans = _num(point.get("scans"))
+        items.append(("operating point", f'{point.get("rule", "?")}, on its '
+                      f'{_fmt(scans, 6)} calibration scan(s): ' + (", ".join(figures) or "–")))
+    warnings = run.get("calibration_warnings")
+    for warning in warnings if isinstance(warnings, list) else []:
+        items.append(("calibration warning", str(warning)))
     for key in ("fpr", "threshold", "shard"):
         if args.get(key) is not None:
             items.append((f"--{key}", str(args[key])))

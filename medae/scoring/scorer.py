@@ -66,7 +66,9 @@ class ScoreResult:
         candidates: the lesion candidates, strongest first.
         score: scan-level anomaly score; ``flagged``: score above the calibrated scan
             threshold (None when the bundle has none).
-        threshold: the voxel threshold used, and ``threshold_rule`` how it was chosen.
+        threshold: the voxel threshold used, and ``threshold_rule`` how it was chosen;
+            ``operating_point``: at the calibrated default, its rule and its figures on the
+            calibration scans (Dice, lesion voxels caught, false candidates per scan), else None.
         latent: the scan's latent code (mean over slices or windows).
         analysed: the region the map covers (brain mask, outer rim eroded); brain_mask: the
             whole brain mask, and ``mask_rule`` the rule that made it.
@@ -91,6 +93,7 @@ class ScoreResult:
     reconstruction: np.ndarray | None = None
     channel_maps: dict[str, np.ndarray] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    operating_point: dict | None = None
 
 
 def scored_channels(preprocess: PreprocessConfig, map_config: MapConfig) -> list[int]:
@@ -228,6 +231,14 @@ class AnomalyModel:
                           ) -> tuple[float, str]:
         return pick_threshold(self.calibration, fpr, threshold)
 
+    def operating_point(self, fpr: float | None = None, threshold: float | None = None
+                        ) -> dict | None:
+        """The calibrated default operating point's rule and figures, when it is the one used
+        (no ``fpr``, no ``threshold``) and the bundle records them."""
+        if fpr is not None or threshold is not None:
+            return None
+        return (self.calibration or {}).get("operating_point")
+
     def score(self, scan: Scan, *, mask: np.ndarray | None = None, fpr: float | None = None,
               threshold: float | None = None, prepared: Prepared | None = None,
               with_reconstruction: bool = False, channel_maps: bool = False,
@@ -259,7 +270,7 @@ class AnomalyModel:
                            analysed=m.analysed, brain_mask=m.brain_mask, mask_rule=m.mask_rule,
                            min_volume_mm3=self.map_config.min_volume_mm3,
                            reconstruction=recon_scan, channel_maps=m.channel_maps,
-                           timings=timings)
+                           timings=timings, operating_point=self.operating_point(fpr, threshold))
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
