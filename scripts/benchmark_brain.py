@@ -64,6 +64,14 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             # an ensemble of three seeds (train.ensemble: members trained on the same patients;
             # the map is the residual of their mean reconstruction); 3x the training time
             "brain_flair_x3": ("brain_flair", ["train.ensemble=3"]),
+            # each scan normalised by its brain's median and interquartile range (normalise:
+            # robust) instead of its 0.5th/99.5th percentiles, which a large bright lesion moves:
+            # maps on one scale from scan to scan, so one threshold holds across them (issue 26)
+            "raw_robust": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0",
+                                         "preprocess.normalise=robust"]),
+            "intensity_robust": ("intensity", ["preprocess.normalise=robust"]),
+            "brain_flair_robust": ("brain_flair", ["preprocess.normalise=robust"]),
+            "brain_multi_robust": ("brain_multi", ["preprocess.normalise=robust"]),
             # exploratory: brain_flair with in-plane rotation (±10°) and zoom (±10%) of the
             # training slices as well as the left-right flip (two training patients are few)
             "brain_flair_aug": ("brain_flair", ["data.augment={flip_lr: true, rotate_deg: 10, "

@@ -212,3 +212,32 @@ def test_mask_rule_recorded(tmp_path):
         "none")
     prep = preprocess(scan, cfg, keep_native=False)
     assert prep.native_mask is None and prep.mask_rule
+
+
+def test_robust_normalisation_ignores_a_large_bright_lesion():
+    """normalise: robust maps median - 3.5 IQR and median + 2 IQR to 0 and 1; a bright lesion
+    in 15% of the brain barely moves it, while the 99.5th percentile jumps into the lesion."""
+    from medae.preprocess import ROBUST_RANGE, apply_normalisation, intensity_stats
+
+    rng = np.random.default_rng(0)
+    brain = rng.normal(100.0, 10.0, (40, 40, 20)).astype(np.float32)
+    mask = np.ones(brain.shape, bool)
+    q1, med, q3 = np.percentile(brain, (25, 50, 75))
+    robust = PreprocessConfig(normalise="robust")
+    stats = intensity_stats(brain, mask, robust)
+    assert stats["low"] == pytest.approx(med - ROBUST_RANGE[0] * (q3 - q1), rel=1e-5)
+    assert stats["high"] == pytest.approx(med + ROBUST_RANGE[1] * (q3 - q1), rel=1e-5)
+    norm = apply_normalisation(brain, stats)
+    assert np.median(norm) == pytest.approx(3.5 / 5.5, abs=1e-3)
+    lesioned = brain.copy()
+    lesioned[:, :6] = 300.0  # 15% of the brain, far brighter than tissue
+    with_lesion = intensity_stats(lesioned, mask, robust)
+    healthy = (slice(None), slice(6, None))
+    shift = apply_normalisation(lesioned, with_lesion)[healthy] - norm[healthy]
+    assert np.median(np.abs(shift)) < 0.06  # healthy tissue nearly keeps its values
+    pct = PreprocessConfig(normalise="percentile")
+    before = apply_normalisation(brain, intensity_stats(brain, mask, pct))[healthy]
+    after = apply_normalisation(lesioned, intensity_stats(lesioned, mask, pct))[healthy]
+    assert np.median(np.abs(after - before)) > 0.25  # the percentile rule rescales it all
+    with pytest.raises(MedaeError, match="no spread"):
+        intensity_stats(np.ones((5, 5, 5), np.float32), np.ones((5, 5, 5), bool), robust)
