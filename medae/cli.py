@@ -240,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--fpr", type=float,
                     help="a voxel rule instead of the default: the threshold calibrated for "
                          "this false-positive rate on healthy brain voxels (e.g. 0.01); by "
-                         "default the threshold at which healthy calibration scans average at "
-                         "most one false-positive candidate")
+                         "default the calibrated operating point (labelled calibration "
+                         "patients: the best pooled Dice of the candidates; healthy scans: at "
+                         "most one false candidate per scan; see model.json)")
     sc.add_argument("--threshold", type=float, help="voxel threshold set by hand")
     sc.add_argument("--shard", help="i/n: score only the i-th of n parts (SLURM arrays, GPUs)")
     sc.add_argument("--continue", dest="resume", action="store_true",
