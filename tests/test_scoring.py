@@ -160,6 +160,11 @@ def test_froc_rule_and_degenerate_calibration_reported():
     cal = calibrate(healthy, [0.0, 0.0], "validation", min_volume_mm3=5, labelled=labelled,
                     operating_point="candidates")
     assert any("candidate rule on only 2" in w for w in cal["warnings"])
+    # one labelled calibration scan: said, with the way to pool more
+    cal = calibrate(healthy[:1], [0.0], "validation", min_volume_mm3=5, labelled=labelled[:1])
+    assert cal["warnings"] == ["one labelled validation scan decides the dice threshold: its "
+                               "maps alone set it (data.calibration=crossfit calibrates on "
+                               "every training scan, pooled)"]
     # dice asked for without labels: the voxel rule, with a warning
     cal = calibrate(healthy, [0.0, 0.0], "validation", operating_point="dice")
     assert cal["default"] == "fpr" and "needs calibration scans with lesion labels" in \

@@ -293,6 +293,10 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
     point.update(rule=rule, requested=operating_point, scans=len(labelled) or n,
                  labelled_scans=int(n_patients), lesion_voxels=int(n_lesion),
                  lesions=int(sum(m.lesions for m in labelled)))
+    if rule in ("dice", "froc") and n_patients == 1:
+        warnings.append(f"one labelled {source} scan decides the {rule} threshold: its "
+                        "maps alone set it (data.calibration=crossfit calibrates on every "
+                        "training scan, pooled)")
     if n_lesion:
         sens = point["sensitivity"] or 0.0
         if point.get("labelled_scans_flagged", 0) == 0:
