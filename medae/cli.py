@@ -89,6 +89,23 @@ def _print_operating_point(run) -> None:
               f"{cal.get('default_rule', '')}")
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from medae.calibrate import recalibrate
+    from medae.io.discover import discover_with_notes
+
+    sources, notes = discover_with_notes(args.data)
+    for note in notes:
+        print(f"note: skipped {note}", file=sys.stderr)
+    run, cal = recalibrate(args.model, sources, args.output,
+                           operating_point=args.operating_point, froc_fp=args.froc_fp,
+                           device=args.device)
+    for warning in cal.get("warnings", []):
+        logging.getLogger("medae").warning("calibration: %s", warning)
+    print(f"model bundle: {run}")
+    _print_operating_point(run)
+    return 0
+
+
 def _check_flags(args: argparse.Namespace) -> None:
     """Every score flag checked once, before the model or any scan is read."""
     if args.threshold is not None and not math.isfinite(args.threshold):
@@ -183,6 +200,8 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medae.config import OPERATING_POINTS
+
     parser = argparse.ArgumentParser(
         prog="medae",
         description="Unsupervised anomaly detection in medical images with autoencoders.")
@@ -224,6 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dotted override, e.g. --set model.latent_size=256 (repeatable)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     tr.set_defaults(func=_cmd_train)
+
+    ca = sub.add_parser(
+        "calibrate", help="calibrate a trained model again on other scans (a new bundle)",
+        description="Compute a trained model's thresholds and default operating point again on "
+                    "--data (e.g. a few labelled patients of your own site: a manifest with a "
+                    "label column; or healthy scans) and write the model with them into "
+                    "--output; --model is not modified.")
+    ca.add_argument("--model", required=True, help="run folder with model.json")
+    ca.add_argument("--data", required=True, help="calibration scans: folder or CSV manifest")
+    ca.add_argument("--output", required=True, help="new run folder for the calibrated model")
+    ca.add_argument("--operating-point", choices=OPERATING_POINTS,
+                    help="the default threshold rule (default: the recipe's, usually auto: "
+                         "labelled scans -> dice, healthy scans -> candidates)")
+    ca.add_argument("--froc-fp", type=float,
+                    help="false candidates per scan that the froc rule allows")
+    ca.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    ca.set_defaults(func=_cmd_calibrate)
 
     sc = sub.add_parser(
         "score", help="heat maps, lesion candidates and overlays for a folder of scans",

@@ -30,7 +30,7 @@ PACKAGE = ROOT / "medae"
 LAYERS: list[tuple[str, ...]] = [
     ("medae", "medae.__main__"),
     ("medae.cli",),
-    ("medae.demo", "medae.convert"),
+    ("medae.demo", "medae.convert", "medae.calibrate"),
     ("medae.batch", "medae.train", "medae.evaluation"),
     ("medae.overlay", "medae.report", "medae.synthetic"),
     ("medae.scoring", "medae.samples"),

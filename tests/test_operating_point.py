@@ -84,3 +84,43 @@ def test_one_healthy_calibration_scan_falls_back_with_a_warning(tmp_path, caplog
     assert any("only 1 healthy validation scan(s)" in w for w in warned)
     assert "operating point (fpr)" in capsys.readouterr().out
     assert np.isfinite(cal["default_threshold"])
+
+
+def test_medae_calibrate_gives_an_old_model_the_labelled_rule(tmp_path, capsys):
+    """A model calibrated on one healthy scan (voxel rule) is calibrated again on labelled
+    patients with `medae calibrate`: a new bundle with the Dice rule; the old one untouched."""
+    healthy = write_phantoms(tmp_path / "healthy", 3, seed=5)
+    assert main(["train", "--config", str(ROOT / "configs" / "intensity.yaml"),
+                 "--data", str(_manifest(tmp_path / "h.csv", healthy, labels=False)),
+                 "--output", str(tmp_path / "run"), "--device", "cpu", "-q",
+                 "--set", "data.val_fraction=0.34", "--set", "preprocess.size=[24, 28, 20]"]) == 0
+    before = (tmp_path / "run" / "model.json").read_bytes()
+    patients = write_phantoms(tmp_path / "pat", 2, lesion=True, seed=4)
+    labelled = _manifest(tmp_path / "p.csv", patients)
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(tmp_path / "run"), "--data", str(labelled),
+                 "--output", str(tmp_path / "site"), "--device", "cpu"]) == 0
+    assert "operating point (dice)" in capsys.readouterr().out
+    assert (tmp_path / "run" / "model.json").read_bytes() == before
+    meta = json.loads((tmp_path / "site" / "model.json").read_text())
+    cal = meta["calibration"]
+    assert cal["default"] == "dice" and cal["operating_point"]["labelled_scans"] == 2
+    assert cal["operating_point"]["sensitivity"] > 0.8
+    assert meta["training"]["recalibrated_from"]["cases"] == ["p0", "p1"]
+    model = medae.load_model(tmp_path / "site", device="cpu")
+    assert model.resolve_threshold()[0] == cal["default_threshold"]
+    # the FROC rule asked for by flag; the recipe in the new bundle says so
+    assert main(["calibrate", "--model", str(tmp_path / "run"), "--data", str(labelled),
+                 "--output", str(tmp_path / "froc"), "--device", "cpu",
+                 "--operating-point", "froc", "--froc-fp", "0"]) == 0
+    meta = json.loads((tmp_path / "froc" / "model.json").read_text())
+    assert meta["calibration"]["default"] == "froc"
+    assert meta["config"]["scoring"]["operating_point"] == "froc"
+    assert meta["calibration"]["operating_point"]["fp_per_scan"] == 0
+    # never over a model, the calibrated one included
+    for out in ("run", "site"):
+        assert main(["calibrate", "--model", str(tmp_path / "run"), "--data", str(labelled),
+                     "--output", str(tmp_path / out), "--device", "cpu"]) != 0
+    err = capsys.readouterr().err
+    assert "is the model being calibrated" in err and "already holds a model" in err
+    assert (tmp_path / "run" / "model.json").read_bytes() == before
