@@ -136,7 +136,8 @@ def test_labelled_calibration_picks_the_dice_optimal_threshold():
     assert point["fp_per_scan"] == 1.0  # the hot spot on each scan
     assert point["labelled_scans"] == 2 and point["lesion_voxels"] == 432
     assert "highest Dice with the lesion labels of 2 labelled validation scan(s)" in rule
-    assert "dice 0.941" in rule and "1.00 false candidates/scan" in rule
+    assert "(Dice 0.941, share of lesion voxels caught 1.000, share of lesions touched 1.000, " \
+        "1.00 false candidates/scan)" in rule
     # what evaluation would compute on the candidates at that threshold
     m = labelled[0]
     called = (m.heat > thr)

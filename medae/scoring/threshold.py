@@ -277,8 +277,9 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
         what = (f"{n_patients} labelled {source} scan(s) with {n_lesion} lesion voxels"
                 + (f" and {len(labelled) - n_patients} without lesions"
                    if len(labelled) > n_patients else ""))
+        across = ", pooled" if len(labelled) > 1 else ""
         text = ("threshold whose candidates (>= " + mv + " mm3) have the highest Dice with the "
-                f"lesion labels of {what}, pooled" if rule == "dice" else
+                f"lesion labels of {what}{across}" if rule == "dice" else
                 f"threshold whose candidates (>= {mv} mm3) touch the most lesions of {what} at "
                 f"<= {froc_fp:g} false candidate(s) per scan")
     else:
@@ -308,8 +309,9 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
                             f"({point['threshold']:.4g}) catches {sens:.0%} of the {n_lesion} "
                             "labelled lesion voxels of the calibration scans (under "
                             f"{MIN_SENSITIVITY:.0%})")
-    figures = [f"{k} {point[k]:.3f}" for k in ("dice", "sensitivity", "lesion_recall")
-               if point.get(k) is not None]
+    figures = [f"{name} {point[k]:.3f}" for k, name in
+               (("dice", "Dice"), ("sensitivity", "share of lesion voxels caught"),
+                ("lesion_recall", "share of lesions touched")) if point.get(k) is not None]
     if point.get("fp_per_scan") is not None:
         figures.append(f"{point['fp_per_scan']:.2f} false candidates/scan")
     return {
