@@ -3,18 +3,24 @@ bundles and checkpoints as hostile input, and one-line errors where tracebacks w
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import socket
 import threading
+import time
 
 import pytest
 from conftest import PHANTOM_SHAPE, write_phantoms
 from test_hostile import intensity_model  # noqa: F401  (a fixture)
-from test_reliability import _rows
+from test_reliability import _medae, _rows
+from test_report import _get, fake_scored_folder
 
 import medae
 from medae.batch import score_sources
 from medae.evaluation.evaluate import evaluate
+from medae.report import write_index
+from medae.report.server import TIMEOUT_S, Handler, make_server, url_of
 
 N_CASES = 6
 CASE_FILES = {"anomaly_map.nii.gz", "candidates.nii.gz", "brain_mask.nii.gz", "candidates.csv",
@@ -78,3 +84,85 @@ def test_concurrent_shards_on_one_output_folder(intensity_model, lesion_cases,  
         assert not list((out / ".failed").iterdir())
     metrics = evaluate(out, labels)
     assert metrics["n_scans"] == N_CASES
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. the viewer serves nothing outside OUT; 9. Host check on loopback, timeout, CSP
+
+@pytest.fixture()
+def view_folder(tmp_path):
+    out = tmp_path / "out"
+    fake_scored_folder(out, 2)
+    write_index(out)
+    (tmp_path / "secret.txt").write_text("outside")
+    return out
+
+
+def _serve(out, **kw):
+    srv = make_server(out, "127.0.0.1", 0, **kw)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_viewer_never_serves_a_file_outside_out_through_a_linked_index(view_folder, tmp_path):
+    out = view_folder
+    (out / "sub").mkdir()
+    os.symlink(tmp_path / "secret.txt", out / "sub" / "index.html")
+    (out / "sub2").mkdir()
+    os.symlink(tmp_path, out / "sub2" / "up")
+    os.mkfifo(out / "pipe.html")
+    srv = _serve(out)
+    try:
+        url = url_of(srv)
+        for bad in ("sub/", "sub", "sub/index.html", "sub2/up/secret.txt", "sub2/up/",
+                    "pipe.html"):
+            status, _, body = _get(url + bad)
+            assert status == 404 and b"outside" not in body, bad
+        assert _get(url)[0] == 200
+        (out / "index.html").rename(out / "real_index.html")
+        os.symlink(tmp_path / "secret.txt", out / "index.html")  # the top page, linked out
+        status, _, body = _get(url)
+        assert status == 404 and b"outside" not in body
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_viewer_csp_host_check_on_loopback_and_timeout(view_folder, monkeypatch):
+    out = view_folder
+    assert Handler.timeout == TIMEOUT_S
+    monkeypatch.setattr(Handler, "timeout", 1)
+    (out / "evil.html").write_text("<script>alert(1)</script>")
+    (out / "evil.js").write_text("alert(1)")
+    srv = _serve(out, allow_remote=True)  # on a loopback address: the Host check stays
+    try:
+        url = url_of(srv)
+        assert _get(url, {"Host": "evil.example:80"})[0] == 403
+        status, headers, _ = _get(url)
+        page = headers["Content-Security-Policy"]
+        assert status == 200 and "'unsafe-inline'" not in page.split("script-src")[1].split(";")[0]
+        assert "frame-ancestors 'none'" in page and "'sha256-" in page
+        status, headers, _ = _get(url + "evil.html")
+        assert status == 200 and headers["Content-Security-Policy"].startswith("sandbox;")
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        status, headers, _ = _get(url + "evil.js")
+        assert headers["Content-Type"] == "application/octet-stream"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        status, headers, _ = _get(url + "_medae/viewer.js")
+        assert status == 200 and headers["Content-Type"] == "text/javascript"
+        # a half-sent request is dropped after the timeout, not held for ever
+        with socket.create_connection(srv.server_address[:2]) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            sock.settimeout(20)
+            t0 = time.monotonic()
+            assert sock.recv(100) == b""
+            assert time.monotonic() - t0 < 10
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_view_bad_port_is_one_line(view_folder):
+    res = _medae("view", view_folder, "--no-browser", "--port", "70000")
+    assert res.returncode == 1 and res.stderr == (
+        "medae: error: --port 70000: expected a port number from 0 to 65535 (0: any free one)\n")
