@@ -3,21 +3,28 @@ bundles and checkpoints as hostile input, and one-line errors where tracebacks w
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from conftest import PHANTOM_SHAPE, write_phantoms
+import torch
+from conftest import PHANTOM_SHAPE, ROOT, TINY_2D, write_phantoms
 from test_hostile import intensity_model  # noqa: F401  (a fixture)
 from test_reliability import _medae, _rows
 from test_report import _get, fake_scored_folder
 
 import medae
+import medae.bundle as bundle_mod
 from medae.batch import score_sources
+from medae.bundle import load_bundle
+from medae.cli import main
+from medae.errors import MedaeError
 from medae.evaluation.evaluate import evaluate
 from medae.report import write_index
 from medae.report.server import TIMEOUT_S, Handler, make_server, url_of
@@ -166,3 +173,118 @@ def test_view_bad_port_is_one_line(view_folder):
     res = _medae("view", view_folder, "--no-browser", "--port", "70000")
     assert res.returncode == 1 and res.stderr == (
         "medae: error: --port 70000: expected a port number from 0 to 65535 (0: any free one)\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. bundle and checkpoint files read with the input rules; 7. sizes checked before building
+
+@pytest.fixture
+def bundle_copy(tiny_model, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.safetensors", "model.json", "config.yaml"):
+        shutil.copy(tiny_model / name, run / name)
+    return run
+
+
+def _replace_weights(run: Path, kind: str) -> None:
+    weights = run / "model.safetensors"
+    weights.unlink()
+    if kind == "fifo":
+        os.mkfifo(weights)
+    elif kind == "dev-zero":
+        os.symlink("/dev/zero", weights)
+    else:
+        weights.mkdir()
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("fifo", "not a regular file"), ("dev-zero", "not a regular file"),
+    ("folder", "is a folder, not a file")])
+def test_weights_that_are_no_regular_file_are_one_line(bundle_copy, kind, reason):
+    _replace_weights(bundle_copy, kind)
+    with pytest.raises(MedaeError) as err:
+        load_bundle(bundle_copy)
+    message = str(err.value)
+    assert message.startswith(f"{bundle_copy / 'model.safetensors'}: unreadable model weights (")
+    assert reason in message and "\n" not in message
+
+
+def test_weights_larger_than_the_limit_are_refused(bundle_copy, monkeypatch):
+    monkeypatch.setattr(bundle_mod, "MAX_WEIGHTS_BYTES", 1000)
+    with pytest.raises(MedaeError, match=r"unreadable model weights \(larger than 1000 bytes"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("channels", [[1024, 2048, 4096, 8192], [10**6, 10**7, 10**8, 10**9]])
+def test_edited_network_sizes_refused_before_anything_is_built(bundle_copy, monkeypatch,
+                                                               channels):
+    meta = json.loads((bundle_copy / "model.json").read_text())
+    meta["model"]["channels"] = channels
+    (bundle_copy / "model.json").write_text(json.dumps(meta))
+    devices = []
+    real = bundle_mod.create_model
+
+    def spy(**kw):
+        devices.append(str(torch.get_default_device()))
+        return real(**kw)
+
+    monkeypatch.setattr(bundle_mod, "create_model", spy)
+    with pytest.raises(MedaeError) as err:
+        load_bundle(bundle_copy)
+    assert devices == ["meta"]  # only the memory-free skeleton was built
+    message = str(err.value)
+    assert message.startswith(f"{bundle_copy / 'model.safetensors'}: weights do not fit the "
+                              "architecture in model.json (")
+    assert "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    """A finished tiny training run's folder made resumable (no model.json) and its data."""
+    from medae.config import load_config
+    from medae.train import train
+
+    root = tmp_path_factory.mktemp("resume")
+    write_phantoms(root / "healthy", 3, shape=PHANTOM_SHAPE, seed=9)
+    cfg = load_config(ROOT / "configs" / "ae2d.yaml",
+                      [*(s for s in TINY_2D if not s.startswith("train.epochs")),
+                       "train.epochs=1"])
+    run = train(cfg, medae.discover(root / "healthy"), root / "run", device="cpu",
+                progress=False)
+    return run, root / "healthy"
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("fifo", "unreadable checkpoint (not a regular file"),
+    ("dev-zero", "unreadable checkpoint (not a regular file"),
+    ("folder", "unreadable checkpoint (is a folder, not a file"),
+    ("truncated", "unreadable checkpoint ("),
+    ("not-a-dict", "not a medae checkpoint"),
+    ("missing-keys", "checkpoint does not fit this run ("),
+])
+def test_bad_checkpoints_are_one_line_on_resume(resumable, tmp_path, capsys, damage, reason):
+    run0, data = resumable
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(run0 / "config.yaml", run / "config.yaml")
+    ckpt = run / "checkpoint.pt"
+    if damage == "fifo":
+        os.mkfifo(ckpt)
+    elif damage == "dev-zero":
+        os.symlink("/dev/zero", ckpt)
+    elif damage == "folder":
+        ckpt.mkdir()
+    elif damage == "truncated":
+        ckpt.write_bytes((run0 / "checkpoint.pt").read_bytes()[:5000])
+    elif damage == "not-a-dict":
+        torch.save([1, 2, 3], ckpt)
+    else:
+        torch.save({"model": {}}, ckpt)
+    rc = main(["train", "--config", str(run / "config.yaml"), "--data", str(data), "--output",
+               str(run), "--resume", "--device", "cpu", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"medae: error: {ckpt}: {reason}"), err
+    assert "Traceback" not in err

@@ -37,7 +37,10 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ScanReadError(path, "is a folder, not a file: not read")
+        if not stat.S_ISREG(mode):
             raise ScanReadError(path, NOT_REGULAR)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -51,7 +54,13 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
     with open_regular(path) as f:
         if limit is None:
             return f.read()
-        data = f.read(limit + 1)
+        # never a buffer of ``limit`` bytes up front: the file's size (+1 to see it grow)
+        data = f.read(min(limit, os.fstat(f.fileno()).st_size) + 1)
+        while len(data) <= limit:  # it grew while read: the rest, in bounded pieces
+            more = f.read(min(1 << 20, limit + 1 - len(data)))
+            if not more:
+                break
+            data += more
     if len(data) > limit:
         raise ScanReadError(path, f"larger than {limit} bytes: not read")
     return data
