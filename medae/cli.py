@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -327,13 +329,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # never printed: library warnings quote file text
-            return int(args.func(args) or 0)
+            rc = int(args.func(args) or 0)
+            sys.stdout.flush()  # a reader gone (| head) is seen here, not at exit
+            return rc
     except MedaeError as exc:
         print(f"medae: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("medae: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `medae info DIR | head`: the reader has gone, so has our output
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # a file-system refusal no closer check caught: one line still
+        where = exc.filename if exc.filename is not None else "medae"
+        print(f"medae: error: {MedaeError(where, exc.strerror or type(exc).__name__)}",
+              file=sys.stderr)
+        return 1
+    except RecursionError:
+        print("medae: error: an input is nested too deeply (folders, JSON or YAML) to be read",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

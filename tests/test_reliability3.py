@@ -3,11 +3,14 @@ bundles and checkpoints as hostile input, and one-line errors where tracebacks w
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,16 +19,19 @@ import pytest
 import torch
 from conftest import PHANTOM_SHAPE, ROOT, TINY_2D, write_phantoms
 from test_hostile import intensity_model  # noqa: F401  (a fixture)
-from test_reliability import _medae, _rows
+from test_reliability import ENV, _medae, _rows
 from test_report import _get, fake_scored_folder
 
 import medae
 import medae.bundle as bundle_mod
+import medae.io.atomic as atomic
 from medae.batch import score_sources
 from medae.bundle import load_bundle
 from medae.cli import main
 from medae.errors import MedaeError
 from medae.evaluation.evaluate import evaluate
+from medae.io import locks
+from medae.io.discover import discover_with_notes
 from medae.report import write_index
 from medae.report.server import TIMEOUT_S, Handler, make_server, url_of
 
@@ -288,3 +294,89 @@ def test_bad_checkpoints_are_one_line_on_resume(resumable, tmp_path, capsys, dam
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"medae: error: {ckpt}: {reason}"), err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. one line, never a traceback; 5. linked folders of an input tree are named
+
+def _deep_tree(root: Path, depth: int) -> Path:
+    """``root/a/a/.../a`` ``depth`` folders deep (made relative to each folder: no path is
+    over PATH_MAX while making it); returns the deepest folder's path."""
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    for _ in range(depth):
+        os.mkdir("a", dir_fd=fd)
+        nfd = os.open("a", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+    return root.joinpath(*["a"] * depth)
+
+
+def test_input_tree_1100_deep_is_walked(tmp_path):
+    try:
+        deepest = _deep_tree(tmp_path / "deep", 1100)
+        write_phantoms(deepest, 1, shape=PHANTOM_SHAPE, seed=3)
+        sources, notes = discover_with_notes(tmp_path / "deep")
+        assert [s.path for s in sources] == [deepest / "sub00.nii.gz"] and not notes
+    finally:  # (pytest's own clean-up of old temporary folders recurses: it would fail)
+        subprocess.run(["rm", "-rf", str(tmp_path / "deep")], check=True)
+
+
+def test_symlinked_folders_are_named_not_followed(tmp_path):
+    inp = tmp_path / "in"
+    write_phantoms(inp / "a", 1, shape=PHANTOM_SHAPE, seed=4)
+    write_phantoms(tmp_path / "elsewhere", 1, shape=PHANTOM_SHAPE, seed=5)
+    os.symlink(tmp_path / "elsewhere", inp / "b")
+    os.symlink(inp, inp / "a" / "loop")
+    sources, notes = discover_with_notes(inp)
+    assert [s.path for s in sources] == [inp / "a" / "sub00.nii.gz"]
+    assert notes == [f"{inp / 'b'}: skipped, a link to a folder (not followed; give the folder "
+                     "itself)",
+                     f"{inp / 'a' / 'loop'}: skipped, a link to a folder (not followed; give "
+                     "the folder itself)"]
+
+
+def test_paths_over_the_limits_are_one_line(tmp_path):
+    for path in (tmp_path / ("x" * 300), tmp_path / ("x" * 200) / ("y" * 4100)):
+        res = _medae("info", path)
+        assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+        assert res.stderr.startswith(f"medae: error: {path}: File name too long"), res.stderr[:400]
+
+
+def test_info_into_a_closed_pipe_is_silent(lesion_cases):
+    inp, _ = lesion_cases
+    proc = subprocess.Popen([sys.executable, "-m", "medae", "info", str(inp), str(inp)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=ROOT)
+    proc.stdout.close()  # `| head` that has read what it wanted
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert b"Traceback" not in err and b"Exception" not in err and not err.strip(), err
+
+
+def test_continue_into_a_read_only_output_is_one_line(intensity_model, lesion_cases,  # noqa: F811
+                                                      tmp_path, monkeypatch, capsys):
+    inp, _ = lesion_cases
+    out = tmp_path / "out"
+    args = ["score", "--model", str(intensity_model), "--input", str(inp), "--output", str(out),
+            "--device", "cpu", "-q", "--no-overlays"]
+    assert main(args) == 0
+    capsys.readouterr()
+    real_open = locks.os.open
+
+    def read_only(path, *a, **kw):  # (root ignores permissions: the refusal is simulated)
+        if str(path).startswith(str(out)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(locks.os, "open", read_only)
+    assert main([*args, "--continue"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"medae: error: {out / '.medae.lock'}: cannot create a lock file: "
+                   "Permission denied\n")
+    monkeypatch.undo()
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(
+        PermissionError(errno.EROFS, os.strerror(errno.EROFS))))
+    with pytest.raises(MedaeError) as exc:
+        atomic.atomic_write_bytes(out / "run.json", b"{}")
+    assert str(exc.value) == f"{out / 'run.json'}: cannot write: Read-only file system"

@@ -39,8 +39,11 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     same-folder temporary file, synced and renamed into place when the block ends (removed if
     it raises), so large outputs can be streamed without holding them in memory."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a read-only folder, a name too long, ...
+        raise MedaeError(path, f"cannot write: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
