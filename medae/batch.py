@@ -12,7 +12,8 @@ Layout of ``OUT`` (scripts rely on it)::
     OUT/<case_id>/reconstruction.nii.gz  (--save-reconstruction)
     OUT/<case_id>/anomaly_map_<sequence>.nii.gz  per input sequence (multi-sequence models,
                                        --save-channel-maps)
-    OUT/<case_id>/result.json          the case's score row (marks the case as finished)
+    OUT/<case_id>/result.json          the case's score row (marks the case as finished) and
+                                       the SHA-256 of the model that scored it
     OUT/scores.csv   OUT/failures.csv   OUT/run.json   OUT/latents.npz (--save-latent)
     OUT/index.html   OUT/view.html      the report and the case page (``medae view OUT``)
 
@@ -29,6 +30,7 @@ one job can share ``OUT``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -50,6 +52,7 @@ from medae.errors import MedaeError, failure_reason
 from medae.io import locks
 from medae.io.atomic import DIR_MODE, atomic_write_bytes, atomic_write_csv
 from medae.io.discover import ScanSource, is_case_folder, safe_id
+from medae.io.files import read_regular
 from medae.io.nifti import write_on_grid
 from medae.scoring.scorer import AnomalyModel, ScoreResult
 from medae.version import __version__
@@ -102,7 +105,7 @@ def _source_text(src: ScanSource) -> str:
 def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict, *,
                 save_reconstruction: bool, overlays: bool, t0: float,
                 save_image: bool = True, inputs: tuple[str, ...] = (),
-                stages: dict[str, float] | None = None) -> None:
+                stages: dict[str, float] | None = None, model_sha: str | None = None) -> None:
     """Write every output of a case into a temporary folder, then rename it into place
     (``stages``: seconds per stage so far, recorded with the ones spent here)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{src.case_id}.", suffix=".tmp", dir=out))
@@ -138,6 +141,7 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
         record = {"row": row, "threshold": result.threshold,
                   "threshold_rule": result.threshold_rule, "mask_rule": result.mask_rule,
                   "min_volume_mm3": result.min_volume_mm3, "inputs": list(inputs),
+                  "model_sha256": model_sha,
                   "stages": {k: round(v, 4) for k, v in stages.items()},
                   "latent": [float(v) for v in np.ravel(result.latent)]}
         atomic_write_bytes(tmp / "result.json", json.dumps(record, allow_nan=False).encode())
@@ -170,6 +174,48 @@ def _check_whole(tmp: Path, made: int, save_image: bool) -> None:
     if not same or missing:
         raise MedaeError(tmp, "the temporary case folder was removed or emptied while being "
                               "written (another job in this output folder?); nothing published")
+
+
+def model_identity(model: AnomalyModel) -> str:
+    """SHA-256 of the bundle's whole ``model.json`` (which holds its weights' SHA-256, its
+    settings and its calibrated thresholds): two bundles that could score differently differ."""
+    text = json.dumps(model.bundle.meta, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_same_model(out: Path, model: AnomalyModel, model_sha: str, settings: dict) -> None:
+    """``--continue`` goes on only with the model and threshold settings that scored the cases
+    already in ``out`` (as its run.json records them): refused in one line otherwise."""
+    try:
+        run = json.loads(read_regular(out / "run.json", limit=1 << 24))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, RecursionError, MedaeError):
+        run = None
+    if not isinstance(run, dict):
+        raise MedaeError(out / "run.json", "unreadable: --continue cannot tell which model "
+                                           "scored the cases there; score without --continue")
+    fix = "score into a new --output, or without --continue to score every case again"
+    before = run.get("model_sha256")
+    if before is None:  # written before medae recorded the hash: the path and name tell
+        same = (run.get("model") == str(model.bundle.path)
+                and run.get("model_name") == model.name)
+    else:
+        same = before == model_sha
+    if not same:
+        raise MedaeError(out, f"--continue: the cases there were scored with another model "
+                              f"({run.get('model')!s}, sha256 {str(before)[:12]}; now "
+                              f"{model.bundle.path}, sha256 {model_sha[:12]}): {fix}")
+    old = run.get("threshold_settings")
+    if old is None:
+        args = run.get("arguments") if isinstance(run.get("arguments"), dict) else {}
+        old = {"fpr": args.get("fpr"), "threshold": args.get("threshold")}
+    if old != settings:
+        def text(s):
+            return ", ".join(f"--{k} {v}" for k, v in sorted(s.items()) if v is not None) or (
+                "the calibrated default")
+        raise MedaeError(out, f"--continue: the cases there were scored with other threshold "
+                              f"settings ({text(old)}; now {text(settings)}): {fix}")
 
 
 def check_output(out: Path) -> bool:
@@ -410,9 +456,14 @@ def _score_locked(model: AnomalyModel, sources: Sequence[ScanSource], out: Path,
                   save_channel_maps) -> BatchSummary:
     index, count = shard
     mine = sorted(sources, key=lambda s: s.case_id)[index::count]
+    model_sha = model_identity(model)
+    settings = {"fpr": fpr, "threshold": threshold}
+    if resume:
+        _check_same_model(out, model, model_sha, settings)
     atomic_write_bytes(out / "run.json", json.dumps({
         "medae_version": __version__, "python": platform.python_version(),
-        "model": str(model.bundle.path), "model_name": model.name,
+        "model": str(model.bundle.path), "model_name": model.name, "model_sha256": model_sha,
+        "threshold_settings": settings,
         "arguments": arguments or {}, "shard": f"{index + 1}/{count}", "n_scans": len(mine),
     }, indent=2, allow_nan=False).encode())
     summary = BatchSummary()
@@ -461,7 +512,7 @@ def _score_locked(model: AnomalyModel, sources: Sequence[ScanSource], out: Path,
                 job = _Writing(k, src, fail_path, t0, result, row, writer.submit(
                     _write_case, out, src, scan, result, row,
                     save_reconstruction=save_reconstruction, overlays=overlays, t0=t0,
-                    save_image=save_image, inputs=prep.inputs,
+                    save_image=save_image, inputs=prep.inputs, model_sha=model_sha,
                     stages={"load": load_s, **result.timings}))
             except (KeyboardInterrupt, SystemExit):
                 raise

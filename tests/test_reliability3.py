@@ -380,3 +380,40 @@ def test_continue_into_a_read_only_output_is_one_line(intensity_model, lesion_ca
     with pytest.raises(MedaeError) as exc:
         atomic.atomic_write_bytes(out / "run.json", b"{}")
     assert str(exc.value) == f"{out / 'run.json'}: cannot write: Read-only file system"
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. --continue with another model or other threshold settings
+
+def test_continue_with_another_model_is_refused(intensity_model, tiny_model,  # noqa: F811
+                                                lesion_cases, tmp_path, capsys):
+    inp, _ = lesion_cases
+    out = tmp_path / "out"
+    base = ["score", "--input", str(inp), "--output", str(out), "--device", "cpu", "-q",
+            "--no-overlays", "--no-image"]
+    assert main([*base, "--model", str(intensity_model), "--shard", "1/2"]) == 0
+    capsys.readouterr()
+    run = json.loads((out / "run.json").read_text())
+    sha = run["model_sha256"]
+    assert len(sha) == 64 and run["threshold_settings"] == {"fpr": None, "threshold": None}
+    for case in out.glob("sub*/result.json"):
+        assert json.loads(case.read_text())["model_sha256"] == sha
+    before = {p.name: p.read_bytes() for p in out.glob("sub*/result.json")}
+
+    assert main([*base, "--model", str(tiny_model), "--continue"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"medae: error: {out}: --continue: the cases there were scored with "
+                          f"another model ({intensity_model}, sha256 {sha[:12]}; now "
+                          f"{tiny_model}, sha256 ") and err.count("\n") == 1, err
+    assert main([*base, "--model", str(intensity_model), "--continue", "--fpr", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"medae: error: {out}: --continue: the cases there were scored with other "
+                   "threshold settings (the calibrated default; now --fpr 0.01): score into a "
+                   "new --output, or without --continue to score every case again\n")
+    assert {p.name: p.read_bytes() for p in out.glob("sub*/result.json")} == before
+    assert json.loads((out / "run.json").read_text())["model_sha256"] == sha  # untouched
+
+    assert main([*base, "--model", str(intensity_model), "--continue"]) == 0  # the same: goes on
+    assert "skipped 3 (already done)" in capsys.readouterr().out
+    rows = _rows(out / "scores.csv")
+    assert len(rows) == N_CASES and {r["status"] for r in rows} == {"ok"}
