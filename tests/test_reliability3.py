@@ -31,7 +31,7 @@ from medae.cli import main
 from medae.errors import MedaeError
 from medae.evaluation.evaluate import evaluate
 from medae.io import locks
-from medae.io.discover import discover_with_notes
+from medae.io.discover import discover_with_notes, read_manifest
 from medae.report import write_index
 from medae.report.server import TIMEOUT_S, Handler, make_server, url_of
 
@@ -417,3 +417,35 @@ def test_continue_with_another_model_is_refused(intensity_model, tiny_model,  # 
     assert "skipped 3 (already done)" in capsys.readouterr().out
     rows = _rows(out / "scores.csv")
     assert len(rows) == N_CASES and {r["status"] for r in rows} == {"ok"}
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. manifest columns without regard to letter case; 9. a quoted path holding a line break
+
+def test_manifest_columns_in_any_letter_case(lesion_cases, tmp_path):
+    inp, labels = lesion_cases
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"Case_ID,Image,Mask,LABEL\nsub00,{inp / 'sub00.nii.gz'},"
+                        f"{labels / 'sub01.nii.gz'},{labels / 'sub00.nii.gz'}\n")
+    (src,) = read_manifest(manifest)
+    assert (src.case_id, src.name, src.sequences) == ("sub00", "Image", ())
+    assert src.mask == labels / "sub01.nii.gz" and src.label == labels / "sub00.nii.gz"
+    for header in ("case_id,T1,t1", "case_id,image,mask,Mask", "case_id,CASE_ID,image"):
+        manifest.write_text(f"{header}\n")
+        with pytest.raises(MedaeError) as err:
+            read_manifest(manifest)
+        assert "unique without regard to letter case" in str(err.value), header
+
+
+def test_manifest_path_with_a_line_break_is_refused(lesion_cases, tmp_path):
+    inp, _ = lesion_cases
+    (tmp_path / "a").mkdir()
+    shutil.copy(inp / "sub00.nii.gz", tmp_path / "a" / "sub00.nii.gz")
+    shutil.copy(inp / "sub01.nii.gz", tmp_path / "sub01.nii.gz")
+    manifest = tmp_path / "m.csv"
+    # split on lines, the quoted cell made another row naming sub01.nii.gz
+    manifest.write_text('case_id,image\nx,"a/sub00.nii.gz\nsub01.nii.gz"\n')
+    with pytest.raises(MedaeError) as err:
+        read_manifest(manifest)
+    assert str(err.value) == (f"{manifest}: line 3: image holds a line break (a quoted cell): "
+                              "refused")
