@@ -3,6 +3,7 @@ bundles and checkpoints as hostile input, and one-line errors where tracebacks w
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -15,9 +16,11 @@ import threading
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
-from conftest import PHANTOM_SHAPE, ROOT, TINY_2D, write_phantoms
+from conftest import PHANTOM_SHAPE, ROOT, TINY_2D, lesion_phantom, write_phantoms
 from test_hostile import intensity_model  # noqa: F401  (a fixture)
 from test_reliability import ENV, _medae, _rows
 from test_report import _get, fake_scored_folder
@@ -32,6 +35,7 @@ from medae.errors import MedaeError
 from medae.evaluation.evaluate import evaluate
 from medae.io import locks
 from medae.io.discover import discover_with_notes, read_manifest
+from medae.preprocess import PreprocessConfig, prepare_source
 from medae.report import write_index
 from medae.report.server import TIMEOUT_S, Handler, make_server, url_of
 
@@ -449,3 +453,33 @@ def test_manifest_path_with_a_line_break_is_refused(lesion_cases, tmp_path):
         read_manifest(manifest)
     assert str(err.value) == (f"{manifest}: line 3: image holds a line break (a quoted cell): "
                               "refused")
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. smaller: CSV cells, a constant second sequence, medae info from headers
+
+def test_csv_cells_cannot_run_as_formulas_or_reorder_text(tmp_path):
+    target = tmp_path / "t.csv"
+    atomic.atomic_write_csv(target, ["a", "b"], [
+        ["=HYPERLINK(\"http://x\")", "@SUM(A1)"], ["+1+2", "-2+3"], ["-0.5", -0.5],
+        ["evil\u202egpj.exe", "plain \u2066x\u2069"], [3, None]])
+    with open(target, newline="") as f:
+        back = list(csv.reader(f))
+    assert back == [["a", "b"], ["'=HYPERLINK(\"http://x\")", "'@SUM(A1)"], ["'+1+2", "'-2+3"],
+                    ["-0.5", "-0.5"], ["evil\\u202egpj.exe", "plain \\u2066x\\u2069"],
+                    ["3", ""]]
+
+
+def test_constant_second_sequence_is_named_by_its_own_file(tmp_path):
+    img, _, aff = lesion_phantom(seed=12)
+    nib.save(nib.Nifti1Image(img, aff), tmp_path / "flair.nii.gz")
+    nib.save(nib.Nifti1Image(np.full_like(img, 7.0), aff), tmp_path / "t1.nii.gz")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("case_id,flair,t1\nc1,flair.nii.gz,t1.nii.gz\n")
+    (src,) = read_manifest(manifest)
+    config = PreprocessConfig.from_dict({"inputs": ["flair", "t1"], "spacing": [2, 2, 2],
+                                         "size": list(PHANTOM_SHAPE)})
+    with pytest.raises(MedaeError) as err:
+        prepare_source(src, config)
+    assert str(err.value) == (f"{tmp_path / 't1.nii.gz'}: constant intensity inside the mask: "
+                              "cannot normalise (input 2)")
