@@ -17,8 +17,14 @@ from medae.version import __version__
 log = logging.getLogger("medae")
 
 
+#: ``medae info`` reads the voxels of a NIfTI volume up to this size (and so finds NaN or a
+#: truncated gzip stream); a larger one is described from its header alone
+INFO_HEADER_ONLY_VOXELS = 1 << 25
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from medae.io.discover import discover_with_notes
+    from medae.io.nifti import read_nifti_geometry
 
     failed = 0
     for target in args.paths:
@@ -29,19 +35,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(f"note: {target}: no NIfTI file or DICOM image series found", file=sys.stderr)
         for src in sources:
             try:
-                scan = src.load()
-                if src.sequences:
-                    src.load_sequences(scan)  # co-registered? (refused when not)
+                if (src.kind == "nifti" and not src.sequences and not src.problem
+                        and src.voxels() > INFO_HEADER_ONLY_VOXELS):
+                    # a large volume: its header says it all (no 4 GB of pixels for a shape)
+                    shape, (sx, sy, sz), codes = read_nifti_geometry(src.path)
+                    kind = src.kind
+                else:
+                    scan = src.load()
+                    if src.sequences:
+                        src.load_sequences(scan)  # co-registered? (refused when not)
+                    shape, (sx, sy, sz), codes = scan.shape, scan.spacing, scan.grid_orientation
+                    kind = scan.kind
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # one scan never stops the listing
                 failed += 1
                 print(f"{src.case_id}\t{src.kind}\tFAILED\t{failure_reason(src.path, exc)}")
                 continue
-            sx, sy, sz = scan.spacing
             seqs = (f"\tsequences {','.join(src.sequence_names)}" if src.sequences else "")
-            print(f"{src.case_id}\t{scan.kind}\t{'x'.join(map(str, scan.shape))}\t"
-                  f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm\t{scan.grid_orientation}{seqs}")
+            print(f"{src.case_id}\t{kind}\t{'x'.join(map(str, shape))}\t"
+                  f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm\t{codes}{seqs}")
     return 1 if failed else 0
 
 

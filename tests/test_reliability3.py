@@ -27,7 +27,9 @@ from test_report import _get, fake_scored_folder
 
 import medae
 import medae.bundle as bundle_mod
+import medae.cli as cli
 import medae.io.atomic as atomic
+import medae.io.nifti as nifti_mod
 from medae.batch import score_sources
 from medae.bundle import load_bundle
 from medae.cli import main
@@ -483,3 +485,27 @@ def test_constant_second_sequence_is_named_by_its_own_file(tmp_path):
         prepare_source(src, config)
     assert str(err.value) == (f"{tmp_path / 't1.nii.gz'}: constant intensity inside the mask: "
                               "cannot normalise (input 2)")
+
+
+def test_info_describes_a_large_volume_from_its_header(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 10, (20, 24, 16)).astype(np.float32)
+    affine = np.array([[0, 0, -1.5, 30], [-2.0, 0, 0, 20], [0, 2.5, 0, -10], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "oblique.nii.gz")
+    nib.save(nib.Nifti1Image(data, np.diag([-1.0, 1.0, 3.0, 1.0])), tmp_path / "plain.nii")
+    short = tmp_path / "short.nii"
+    short.write_bytes((tmp_path / "plain.nii").read_bytes()[:2000])
+    assert main(["info", str(tmp_path)]) == 1
+    full = capsys.readouterr().out
+    monkeypatch.setattr(cli, "INFO_HEADER_ONLY_VOXELS", 0)
+
+    def no_pixels(*a, **kw):
+        raise AssertionError("voxels read")
+
+    monkeypatch.setattr(nifti_mod, "read_nifti", no_pixels)
+    monkeypatch.setattr(sys.modules["medae.io.discover"], "read_nifti", no_pixels)
+    assert main(["info", str(tmp_path)]) == 1
+    header_only = capsys.readouterr().out
+    assert header_only == full  # the same lines, the truncated file's FAILED line included
+    assert "oblique\tnifti\t16x20x24\t1.5x2x2.5 mm\tPSL" in full  # what loading gives
+    assert f"short\tnifti\tFAILED\t{short}: truncated: header needs" in full
