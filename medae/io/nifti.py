@@ -247,11 +247,14 @@ def read_nifti_geometry(path: str | os.PathLike) -> tuple[tuple[int, int, int],
         raise ScanReadError(path, f"cannot read: {exc.strerror or exc}") from exc
     header = read_nifti_header(path, head)
     spatial = _spatial_shape(path, tuple(int(d) for d in header.get_data_shape()))
-    if head[:2] != b"\x1f\x8b":
-        needed = (int(header.get_data_offset()) + int(np.prod(header.get_data_shape()))
-                  * header.get_data_dtype().itemsize)
-        if size < needed:
-            raise ScanReadError(path, f"truncated: header needs {needed} bytes, file holds {size}")
+    needed = (int(header.get_data_offset()) + int(np.prod(header.get_data_shape()))
+              * header.get_data_dtype().itemsize)
+    if head[:2] == b"\x1f\x8b":  # the check read_nifti makes before inflating
+        if needed > MAX_INFLATE_RATIO * size:
+            raise ScanReadError(path, f"truncated gzip stream: header needs {needed} bytes, "
+                                      f"{size} compressed bytes cannot hold them")
+    elif size < needed:
+        raise ScanReadError(path, f"truncated: header needs {needed} bytes, file holds {size}")
     _scaling(path, header)
     grid = Grid(shape=spatial, affine=_affine(path, header), header=header)
     ornt = grid.ornt
