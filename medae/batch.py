@@ -12,7 +12,8 @@ Layout of ``OUT`` (scripts rely on it)::
     OUT/<case_id>/reconstruction.nii.gz  (--save-reconstruction)
     OUT/<case_id>/anomaly_map_<sequence>.nii.gz  per input sequence (multi-sequence models,
                                        --save-channel-maps)
-    OUT/<case_id>/result.json          the case's score row (marks the case as finished)
+    OUT/<case_id>/result.json          the case's score row (marks the case as finished) and
+                                       the SHA-256 of the model that scored it
     OUT/scores.csv   OUT/failures.csv   OUT/run.json   OUT/latents.npz (--save-latent)
     OUT/index.html   OUT/view.html      the report and the case page (``medae view OUT``)
 
@@ -29,6 +30,7 @@ one job can share ``OUT``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -47,8 +49,10 @@ import numpy as np
 
 from medae.device import LARGE_VOXELS, trim_heap
 from medae.errors import MedaeError, failure_reason
+from medae.io import locks
 from medae.io.atomic import DIR_MODE, atomic_write_bytes, atomic_write_csv
 from medae.io.discover import ScanSource, is_case_folder, safe_id
+from medae.io.files import read_regular
 from medae.io.nifti import write_on_grid
 from medae.scoring.scorer import AnomalyModel, ScoreResult
 from medae.version import __version__
@@ -57,6 +61,10 @@ SCORE_COLUMNS = ["case_id", "source", "score", "flagged", "n_candidates", "statu
 CANDIDATE_COLUMNS = ["id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm",
                      "centroid_z_mm", "bbox", "max_score", "mean_score"]
 FAILED_DIR = ".failed"
+#: what every case folder holds (with image.nii.gz unless --no-image, pictures unless
+#: --no-overlays)
+CASE_FILES = ("anomaly_map.nii.gz", "candidates.nii.gz", "brain_mask.nii.gz", "candidates.csv",
+              "result.json")
 TABLE_REFRESH_S = 30.0
 #: a case's outputs are written while the next case is scored, except for volumes of more
 #: voxels than this (CT-size: the memory of one case at a time comes first)
@@ -65,6 +73,9 @@ OVERLAP_VOXELS = LARGE_VOXELS
 TOP_LEVEL = ("scores.csv", "failures.csv", "run.json", "latents.npz", "index.html", "view.html")
 #: temporary names medae leaves when killed: ``.<name>.<8 random characters>.tmp|.old``
 _LEFTOVER = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")
+#: locks held by the jobs writing into OUT (removed by the last one, see ``_OutputLock``)
+LOCK_FILE = ".medae.lock"
+TABLES_LOCK_FILE = ".medae.tables.lock"
 
 
 @dataclass
@@ -94,10 +105,11 @@ def _source_text(src: ScanSource) -> str:
 def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict, *,
                 save_reconstruction: bool, overlays: bool, t0: float,
                 save_image: bool = True, inputs: tuple[str, ...] = (),
-                stages: dict[str, float] | None = None) -> None:
+                stages: dict[str, float] | None = None, model_sha: str | None = None) -> None:
     """Write every output of a case into a temporary folder, then rename it into place
     (``stages``: seconds per stage so far, recorded with the ones spent here)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{src.case_id}.", suffix=".tmp", dir=out))
+    made = os.stat(tmp).st_ino
     stages = dict(stages or {})
     t_write = time.perf_counter()
     try:
@@ -130,9 +142,11 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
                   "threshold_rule": result.threshold_rule, "mask_rule": result.mask_rule,
                   "min_volume_mm3": result.min_volume_mm3, "inputs": list(inputs),
                   "operating_point": result.operating_point,
+                  "model_sha256": model_sha,
                   "stages": {k: round(v, 4) for k, v in stages.items()},
                   "latent": [float(v) for v in np.ravel(result.latent)]}
         atomic_write_bytes(tmp / "result.json", json.dumps(record, allow_nan=False).encode())
+        _check_whole(tmp, made, save_image)
         final = out / src.case_id
         if os.path.lexists(final):  # a previous run's output (not --continue): replace it whole
             if not is_case_folder(final):
@@ -147,6 +161,62 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_whole(tmp: Path, made: int, save_image: bool) -> None:
+    """A case folder is published only when whole: still the folder made for it (not one a
+    write re-created after something removed it), holding every output."""
+    try:
+        same = os.stat(tmp).st_ino == made
+        names = set(os.listdir(tmp))
+    except OSError:
+        same, names = False, set()
+    missing = sorted((set(CASE_FILES) | ({"image.nii.gz"} if save_image else set())) - names)
+    if not same or missing:
+        raise MedaeError(tmp, "the temporary case folder was removed or emptied while being "
+                              "written (another job in this output folder?); nothing published")
+
+
+def model_identity(model: AnomalyModel) -> str:
+    """SHA-256 of the bundle's whole ``model.json`` (which holds its weights' SHA-256, its
+    settings and its calibrated thresholds): two bundles that could score differently differ."""
+    text = json.dumps(model.bundle.meta, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_same_model(out: Path, model: AnomalyModel, model_sha: str, settings: dict) -> None:
+    """``--continue`` goes on only with the model and threshold settings that scored the cases
+    already in ``out`` (as its run.json records them): refused in one line otherwise."""
+    try:
+        run = json.loads(read_regular(out / "run.json", limit=1 << 24))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, RecursionError, MedaeError):
+        run = None
+    if not isinstance(run, dict):
+        raise MedaeError(out / "run.json", "unreadable: --continue cannot tell which model "
+                                           "scored the cases there; score without --continue")
+    fix = "score into a new --output, or without --continue to score every case again"
+    before = run.get("model_sha256")
+    if before is None:  # written before medae recorded the hash: the path and name tell
+        same = (run.get("model") == str(model.bundle.path)
+                and run.get("model_name") == model.name)
+    else:
+        same = before == model_sha
+    if not same:
+        raise MedaeError(out, f"--continue: the cases there were scored with another model "
+                              f"({run.get('model')!s}, sha256 {str(before)[:12]}; now "
+                              f"{model.bundle.path}, sha256 {model_sha[:12]}): {fix}")
+    old = run.get("threshold_settings")
+    if old is None:
+        args = run.get("arguments") if isinstance(run.get("arguments"), dict) else {}
+        old = {"fpr": args.get("fpr"), "threshold": args.get("threshold")}
+    if old != settings:
+        def text(s):
+            return ", ".join(f"--{k} {v}" for k, v in sorted(s.items()) if v is not None) or (
+                "the calibrated default")
+        raise MedaeError(out, f"--continue: the cases there were scored with other threshold "
+                              f"settings ({text(old)}; now {text(settings)}): {fix}")
 
 
 def check_output(out: Path) -> bool:
@@ -164,17 +234,19 @@ def check_output(out: Path) -> bool:
 
 
 def prepare_output(out: Path) -> None:
-    """Check ``out`` (see :func:`check_output`), create it, and remove leftovers of a killed run
-    (medae's own temporary names only)."""
-    ours = check_output(out)
+    """Check ``out`` (see :func:`check_output`) and create it."""
+    check_output(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / FAILED_DIR).mkdir(exist_ok=True)
     except OSError as exc:
         raise MedaeError(out, f"cannot create the output folder: {exc.strerror or exc}") from None
-    if not ours:
-        return
-    for folder in (out, out / FAILED_DIR):  # from a killed run
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove medae's temporary names left in ``out`` by killed jobs (only while no other job
+    writes into ``out``: see :class:`_OutputLock`)."""
+    for folder in (out, out / FAILED_DIR):
         for leftover in folder.iterdir():
             if not _LEFTOVER.match(leftover.name) or leftover.is_symlink():
                 continue
@@ -182,6 +254,58 @@ def prepare_output(out: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
+
+
+class _OutputLock:
+    """The jobs writing into one ``OUT`` (shards): each holds a shared lock on ``OUT/.medae.lock``
+    while it runs.  Temporary names are removed only by a job that finds no other holder (so
+    never while their owner lives: a killed job's lock ends with it), and the tables are rebuilt
+    by one job at a time.  The last job out removes the lock files.  On a file system that does
+    not lock, leftovers stay (hidden names, harmless) and tables are rebuilt unlocked."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.fd: int | None = None
+        self.works = True
+
+    def __enter__(self) -> _OutputLock:
+        path = self.out / LOCK_FILE
+        try:
+            self.fd = locks.lock(path, exclusive=True, wait=False)
+            if self.fd is not None:  # alone: what is left was left by killed jobs
+                _remove_leftovers(self.out)
+                locks.share(self.fd)
+            else:
+                self.fd = locks.lock(path, exclusive=False, wait=True)
+        except locks.LockUnsupported:
+            self.works = False
+        return self
+
+    @contextlib.contextmanager
+    def tables(self) -> Iterator[None]:
+        fd = None
+        if self.works:
+            with contextlib.suppress(locks.LockUnsupported):
+                fd = locks.lock(self.out / TABLES_LOCK_FILE, exclusive=True, wait=True)
+        try:
+            yield
+        finally:
+            locks.release(fd)
+
+    def __exit__(self, *exc) -> None:
+        locks.release(self.fd)
+        self.fd = None
+        if not self.works:
+            return
+        try:
+            fd = locks.lock(self.out / LOCK_FILE, exclusive=True, wait=False)
+        except (locks.LockUnsupported, MedaeError):
+            return
+        if fd is not None:  # the last one out
+            for name in (TABLES_LOCK_FILE, LOCK_FILE):
+                with contextlib.suppress(OSError):
+                    (self.out / name).unlink()
+            locks.release(fd)
 
 
 def _is_output_folder(out: Path) -> bool:
@@ -298,13 +422,14 @@ def _record_failure(src: ScanSource, fail_path: Path, exc: BaseException, t0: fl
 
 
 def _report(k: int, n: int, src: ScanSource, msg: str, progress: bool, out: Path,
-            save_latent: bool, last: list[float]) -> None:
+            save_latent: bool, last: list[float], guard: _OutputLock) -> None:
     if progress:
         print(f"[{k}/{n}] {src.case_id}: {msg}", file=sys.stderr, flush=True)
     # the tables re-read every case record: refresh them at most every 30 s (cost grows
     # with the folder); the per-case records are what --continue relies on
     if time.monotonic() - last[0] > TABLE_REFRESH_S:
-        rebuild_tables(out, save_latent)
+        with guard.tables():
+            rebuild_tables(out, save_latent)
         last[0] = time.monotonic()
 
 
@@ -318,11 +443,28 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
     """Score ``sources`` into ``out`` (see the module docstring for the layout)."""
     out = Path(out)
     prepare_output(out)
+    with _OutputLock(out) as guard:
+        return _score_locked(model, sources, out, guard, fpr=fpr, threshold=threshold,
+                             shard=shard, resume=resume, save_reconstruction=save_reconstruction,
+                             save_latent=save_latent, overlays=overlays, workers=workers,
+                             progress=progress, arguments=arguments, save_image=save_image,
+                             save_channel_maps=save_channel_maps)
+
+
+def _score_locked(model: AnomalyModel, sources: Sequence[ScanSource], out: Path,
+                  guard: _OutputLock, *, fpr, threshold, shard, resume, save_reconstruction,
+                  save_latent, overlays, workers, progress, arguments, save_image,
+                  save_channel_maps) -> BatchSummary:
     index, count = shard
     mine = sorted(sources, key=lambda s: s.case_id)[index::count]
+    model_sha = model_identity(model)
+    settings = {"fpr": fpr, "threshold": threshold}
+    if resume:
+        _check_same_model(out, model, model_sha, settings)
     atomic_write_bytes(out / "run.json", json.dumps({
         "medae_version": __version__, "python": platform.python_version(),
-        "model": str(model.bundle.path), "model_name": model.name,
+        "model": str(model.bundle.path), "model_name": model.name, "model_sha256": model_sha,
+        "threshold_settings": settings,
         "arguments": arguments or {}, "shard": f"{index + 1}/{count}", "n_scans": len(mine),
         "operating_point": model.operating_point(fpr, threshold),
         "calibration_warnings": list((model.calibration or {}).get("warnings", [])),
@@ -352,7 +494,7 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
             raise
         except BaseException as exc:
             msg = _record_failure(job.src, job.fail_path, exc, job.t0, summary)
-        _report(job.k, len(todo), job.src, msg, progress, out, save_latent, last)
+        _report(job.k, len(todo), job.src, msg, progress, out, save_latent, last, guard)
 
     try:
         for k, (src, future) in enumerate(_prefetch(model, todo, workers), start=1):
@@ -373,7 +515,7 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
                 job = _Writing(k, src, fail_path, t0, result, row, writer.submit(
                     _write_case, out, src, scan, result, row,
                     save_reconstruction=save_reconstruction, overlays=overlays, t0=t0,
-                    save_image=save_image, inputs=prep.inputs,
+                    save_image=save_image, inputs=prep.inputs, model_sha=model_sha,
                     stages={"load": load_s, **result.timings}))
             except (KeyboardInterrupt, SystemExit):
                 raise
@@ -382,7 +524,7 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
                     finish(writing)
                     writing = None
                 msg = _record_failure(src, fail_path, exc, t0, summary)
-                _report(k, len(todo), src, msg, progress, out, save_latent, last)
+                _report(k, len(todo), src, msg, progress, out, save_latent, last, guard)
                 continue
             big = scan.array.size > OVERLAP_VOXELS
             del scan, prep, result  # the writer and ``job`` hold what is still needed
@@ -398,5 +540,6 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
             finish(writing)
     finally:
         writer.shutdown(wait=True)
-    rebuild_tables(out, save_latent)
+    with guard.tables():
+        rebuild_tables(out, save_latent)
     return summary

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,8 @@ def _read_meta(path: Path) -> dict:
 
 
 MAX_META_BYTES = 64 << 20
+#: the largest weights file read (a bundle is a few MB to a few GB)
+MAX_WEIGHTS_BYTES = 16 << 30
 
 
 def _no_constant(name: str) -> None:
@@ -179,6 +182,46 @@ def _refuse_pickles(run: Path) -> None:
             raise _pickle_refusal(pickles[0])
 
 
+def _header_shapes(payload: bytes, wpath: Path) -> dict[str, tuple[int, ...]]:
+    """The tensors' shapes from a safetensors header (nothing else is read)."""
+    try:
+        (size,) = struct.unpack("<Q", payload[:8])
+        if size > len(payload) - 8:
+            raise ValueError("header longer than the file")
+        header = json.loads(payload[8:8 + size])
+        shapes = {k: tuple(int(n) for n in v["shape"]) for k, v in header.items()
+                  if k != "__metadata__"}
+    except (struct.error, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise MedaeError(wpath, f"unreadable safetensors file ({type(exc).__name__} in its "
+                                "header)") from None
+    return shapes
+
+
+def _check_sizes(model_cfg: dict, shapes: dict[str, tuple[int, ...]], meta_path: Path,
+                 wpath: Path) -> None:
+    """The network that ``model.json`` describes, built without memory (PyTorch's meta
+    device), must have exactly the tensors the weights file holds: an edited model.json can then
+    never make medae allocate more than the weights (a network of 10^12 parameters is refused
+    here, before it is built)."""
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(**model_cfg)
+        wanted = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    except MedaeError as exc:
+        raise MedaeError(meta_path, str(exc)) from None
+    except Exception as exc:
+        raise MedaeError(meta_path, f"model: cannot be built ({type(exc).__name__}: "
+                                    f"{' '.join(str(exc).split())[:200]})") from None
+    if wanted != shapes:
+        diff = sorted(set(wanted) ^ set(shapes)) or sorted(
+            k for k in wanted if wanted[k] != shapes[k])
+        k = diff[0]
+        raise MedaeError(wpath, f"weights do not fit the architecture in model.json ({k}: "
+                                f"{list(shapes.get(k, ()))} in the weights, "
+                                f"{list(wanted.get(k, ()))} in the architecture; "
+                                f"{len(diff)} tensor(s) differ)")
+
+
 def load_bundle(run: str | os.PathLike, device: str | torch.device = "cpu") -> Bundle:
     """Load and validate a bundle; the network is returned in eval mode on ``device``.
 
@@ -218,11 +261,16 @@ def load_bundle(run: str | os.PathLike, device: str | torch.device = "cpu") -> B
         raise MedaeError(meta_path, f"preprocess: {exc}") from None
     wpath = run / WEIGHTS
     try:
-        payload = wpath.read_bytes()
+        payload = read_regular(wpath, limit=MAX_WEIGHTS_BYTES)
     except FileNotFoundError as exc:
         raise MedaeError(wpath, "missing model weights") from exc
+    except MedaeError as exc:
+        raise MedaeError(wpath, f"unreadable model weights ({exc.reason})") from None
+    except OSError as exc:
+        raise MedaeError(wpath, f"unreadable model weights ({exc.strerror or exc})") from None
     _check(hashlib.sha256(payload).hexdigest() == weights["sha256"], wpath,
            "weights do not match the checksum in model.json (modified or corrupt)")
+    _check_sizes(model_cfg, _header_shapes(payload, wpath), meta_path, wpath)
     try:
         state = st_load(payload)
     except (SafetensorError, ValueError) as exc:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -15,8 +17,14 @@ from medae.version import __version__
 log = logging.getLogger("medae")
 
 
+#: ``medae info`` reads the voxels of a NIfTI volume up to this size (and so finds NaN or a
+#: truncated gzip stream); a larger one is described from its header alone
+INFO_HEADER_ONLY_VOXELS = 1 << 25
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from medae.io.discover import discover_with_notes
+    from medae.io.nifti import read_nifti_geometry
 
     failed = 0
     for target in args.paths:
@@ -27,19 +35,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(f"note: {target}: no NIfTI file or DICOM image series found", file=sys.stderr)
         for src in sources:
             try:
-                scan = src.load()
-                if src.sequences:
-                    src.load_sequences(scan)  # co-registered? (refused when not)
+                if (src.kind == "nifti" and not src.sequences and not src.problem
+                        and src.voxels() > INFO_HEADER_ONLY_VOXELS):
+                    # a large volume: its header says it all (no 4 GB of pixels for a shape)
+                    shape, (sx, sy, sz), codes = read_nifti_geometry(src.path)
+                    kind = src.kind
+                else:
+                    scan = src.load()
+                    if src.sequences:
+                        src.load_sequences(scan)  # co-registered? (refused when not)
+                    shape, (sx, sy, sz), codes = scan.shape, scan.spacing, scan.grid_orientation
+                    kind = scan.kind
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # one scan never stops the listing
                 failed += 1
                 print(f"{src.case_id}\t{src.kind}\tFAILED\t{failure_reason(src.path, exc)}")
                 continue
-            sx, sy, sz = scan.spacing
             seqs = (f"\tsequences {','.join(src.sequence_names)}" if src.sequences else "")
-            print(f"{src.case_id}\t{scan.kind}\t{'x'.join(map(str, scan.shape))}\t"
-                  f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm\t{scan.grid_orientation}{seqs}")
+            print(f"{src.case_id}\t{kind}\t{'x'.join(map(str, shape))}\t"
+                  f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm\t{codes}{seqs}")
     return 1 if failed else 0
 
 
@@ -378,13 +393,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # never printed: library warnings quote file text
-            return int(args.func(args) or 0)
+            rc = int(args.func(args) or 0)
+            sys.stdout.flush()  # a reader gone (| head) is seen here, not at exit
+            return rc
     except MedaeError as exc:
         print(f"medae: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("medae: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `medae info DIR | head`: the reader has gone, so has our output
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # a file-system refusal no closer check caught: one line still
+        where = exc.filename if exc.filename is not None else "medae"
+        print(f"medae: error: {MedaeError(where, exc.strerror or type(exc).__name__)}",
+              file=sys.stderr)
+        return 1
+    except RecursionError:
+        print("medae: error: an input is nested too deeply (folders, JSON or YAML) to be read",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

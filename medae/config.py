@@ -12,13 +12,13 @@ import copy
 import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import yaml
 
 from medae.errors import MedaeError
+from medae.io.files import read_regular
 
 
 class _Section:
@@ -134,9 +134,14 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple = (
     user: dict = {}
     if path is not None:
         try:
-            user = yaml.safe_load(Path(path).read_text()) or {}
+            user = yaml.safe_load(read_regular(path, limit=1 << 24).decode()) or {}
         except FileNotFoundError as exc:
             raise MedaeError(path, "no such config file") from exc
+        except MedaeError as exc:
+            raise MedaeError(path, f"cannot read the config ({exc.reason})") from None
+        except (UnicodeDecodeError, RecursionError):
+            raise MedaeError(path, "cannot read YAML (not UTF-8 text, or nested too deeply)"
+                             ) from None
         except (OSError, yaml.YAMLError) as exc:
             raise MedaeError(path, f"cannot read YAML ({' '.join(str(exc).split())})") from exc
         if not isinstance(user, dict):

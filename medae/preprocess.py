@@ -267,22 +267,26 @@ def prepare_source(source: ScanSource, config: PreprocessConfig, *, keep_native:
         scan.compact()
     arrays = source.load_sequences(scan, names)
     label = source.load_companion("label", scan) if with_label else None
+    files = {source.name: source.path, **{seq.name: seq.path for seq in source.sequences}}
     prep = preprocess(scan, config, mask=source.load_companion("mask", scan), label=label,
-                      keep_native=keep_native, channels=[arrays[n] for n in names])
+                      keep_native=keep_native, channels=[arrays[n] for n in names],
+                      channel_sources=[str(files.get(n, scan.source)) for n in names])
     prep.inputs = tuple(names)
     return scan, prep
 
 
 def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = None,
                label: np.ndarray | None = None, keep_native: bool = True,
-               channels: list[np.ndarray] | None = None) -> Prepared:
+               channels: list[np.ndarray] | None = None,
+               channel_sources: list[str] | None = None) -> Prepared:
     """Turn a scan into model input.  ``mask``/``label`` are arrays on the scan's array grid;
     ``channels`` the model's inputs on that grid (default: the scan's own array, one channel).
 
     The brain mask (from the first channel) and each channel's intensity statistics come from
     the scan at its own resolution, so scoring can compare the reconstruction with the scan's own
     normalised voxels (``keep_native=False`` drops the scan-grid arrays from the result, e.g.
-    for training caches).
+    for training caches).  ``channel_sources`` names each channel's file in messages (default:
+    the scan's).
     """
     channels = [scan.array] if channels is None else list(channels)
     if len(channels) != config.channels:
@@ -316,7 +320,9 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
             stats.append(intensity_stats(arr, native, config))
         except MedaeError as exc:
             what = f" (input {c + 1})" if len(channels) > 1 else ""
-            raise MedaeError(f"{scan.source}: {exc}{what}") from None
+            where = (channel_sources[c] if channel_sources and c < len(channel_sources)
+                     else scan.source)
+            raise MedaeError(f"{where}: {exc}{what}") from None
     fg = resize_mask(native, shape)
     if not fg.any():
         raise MedaeError(f"{scan.source}: the foreground mask vanishes at "

@@ -33,6 +33,7 @@ from medae.device import resolve_device, resolve_precision
 from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes, atomic_write_csv
 from medae.io.discover import ScanSource
+from medae.io.files import read_regular
 from medae.models import apply_coarse_noise, autoencoder_loss, create_model
 from medae.models.noise import draw_coarse_noise_params
 from medae.preprocess import PreprocessConfig
@@ -107,6 +108,32 @@ def _corrupt(x, mask, noise_cfg: dict | None, seed: int):
     g.manual_seed(seed)
     params = draw_coarse_noise_params(g, **noise_cfg)
     return apply_coarse_noise(x, mask, params)
+
+
+#: the largest checkpoint read (weights, optimiser state and the best weights)
+MAX_CHECKPOINT_BYTES = 48 << 30
+_RESTART = "remove it to train from the start"
+
+
+def _read_checkpoint(path: Path, dev) -> dict:
+    """A checkpoint, read with the input rules (a regular file of bounded size) and loaded
+    without unpickling code; one line saying why when it cannot be."""
+    try:
+        data = read_regular(path, limit=MAX_CHECKPOINT_BYTES)
+    except FileNotFoundError:
+        raise MedaeError(path, "no checkpoint to resume from") from None
+    except MedaeError as exc:
+        raise MedaeError(path, f"unreadable checkpoint ({exc.reason})") from None
+    except OSError as exc:
+        raise MedaeError(path, f"unreadable checkpoint ({exc.strerror or exc})") from None
+    try:
+        ck = torch.load(io.BytesIO(data), map_location=dev, weights_only=True)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise MedaeError(path, f"unreadable checkpoint ({type(exc).__name__}: truncated or not "
+                               f"a medae checkpoint): {_RESTART}") from None
+    if not isinstance(ck, dict):
+        raise MedaeError(path, f"not a medae checkpoint: {_RESTART}")
+    return ck
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -411,7 +438,11 @@ def _crossfit_calibration(r: _Run, items: list[dict], by_id: dict, map_cfg: MapC
     ``RUN/crossfit.json`` so that ``--resume`` does not train the folds again."""
     done = run / CROSSFIT
     if done.exists():
-        return json.loads(done.read_text())
+        try:
+            return json.loads(read_regular(done, limit=1 << 26))
+        except (OSError, ValueError, RecursionError, MedaeError) as exc:
+            raise MedaeError(done, f"unreadable ({getattr(exc, 'reason', None) or exc}): "
+                                   f"{_RESTART[:9]} to calibrate again") from None
     folds = crossfit_folds([it["case_id"] for it in items], r.dims, r.seed,
                            r.data.crossfit_folds)
     if folds is None:
@@ -514,12 +545,16 @@ def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, 
     hist, start, best_state = History(), 0, None
     ckpt_path = run / CHECKPOINT if run is not None else None
     if resume and ckpt_path is not None:
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        model.load_state_dict(ck["model"])
-        optim.load(ck)
-        hist = History(ck["history"], ck["best_val"], ck["best_epoch"], ck["bad_epochs"])
-        best_state, start = ck["best_model"], ck["epoch"] + 1
-        _set_rng_state(ck["rng"], dev)
+        ck = _read_checkpoint(ckpt_path, dev)
+        try:
+            model.load_state_dict(ck["model"])
+            optim.load(ck)
+            hist = History(ck["history"], ck["best_val"], ck["best_epoch"], ck["bad_epochs"])
+            best_state, start = ck["best_model"], ck["epoch"] + 1
+            _set_rng_state(ck["rng"], dev)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise MedaeError(ckpt_path, f"checkpoint does not fit this run "
+                                        f"({type(exc).__name__}): {_RESTART}") from None
 
     main = d.main and run is not None
     board = _tensorboard(run) if main else None

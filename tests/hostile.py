@@ -283,6 +283,11 @@ def make_hostile_corpus(folder: Path) -> dict[str, str]:
     out["series.nii.gz"] = "scored: 1"
     os.symlink(folder / "col_a.nii.gz", folder / "link_to_good.nii.gz")
     out["link_to_good.nii.gz"] = "scored: 1"
+    # links to folders (issue 29): named in a note, never followed (no loop, no way out)
+    os.symlink(folder / "series.nii.gz", folder / "link_to_series")
+    out["link_to_series"] = "note: a link to a folder"
+    os.symlink(folder, folder / "link_to_itself")
+    out["link_to_itself"] = "note: a link to a folder"
     _single_frame_dicom(folder / "dcm_short_pixels", NumberOfFrames=3)
     out["dcm_short_pixels/IM0000.dcm"] = "pixel data holds"
     return out

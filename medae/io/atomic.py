@@ -7,6 +7,7 @@ import csv
 import errno
 import io
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -39,8 +40,11 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     same-folder temporary file, synced and renamed into place when the block ends (removed if
     it raises), so large outputs can be streamed without holding them in memory."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a read-only folder, a name too long, ...
+        raise MedaeError(path, f"cannot write: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -66,12 +70,35 @@ def atomic_write_csv(path: str | os.PathLike, columns: Sequence[str],
 
     A row is a mapping by column name (keys not in ``columns`` are left out, missing ones and
     ``None`` are empty) or a sequence in column order.  Values are quoted by the ``csv`` module
-    where they need it (a comma, a quote or a line break); lines end with ``\\n``.
+    where they need it (a comma, a quote or a line break); lines end with ``\\n``; text that a
+    spreadsheet would run as a formula or show reordered is escaped (:func:`safe_cell`).
     """
     columns = list(columns)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
+    w.writerow([safe_cell(c) for c in columns])
     for row in rows:
-        w.writerow([row.get(c, "") for c in columns] if isinstance(row, Mapping) else row)
+        cells = [row.get(c, "") for c in columns] if isinstance(row, Mapping) else row
+        w.writerow([safe_cell(v) for v in cells])
     return atomic_write_bytes(path, buf.getvalue().encode())
+
+
+#: a spreadsheet reads a cell starting with one of these as a formula
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: characters that reorder or hide text on screen (bidirectional controls): written as \uXXXX
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string starting like a formula (``=``, ``+``,
+    ``-``, ``@``; not a plain number such as ``-0.5``) gets a leading ``'``, and bidirectional
+    control characters (U+202E ...) are written as ``\\u202e``.  Numbers are kept as they are."""
+    if not isinstance(value, str):
+        return value
+    value = _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+    if value.startswith(_FORMULA_START):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -311,19 +312,33 @@ def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
         raise MedaeError(path, f"cannot read manifest ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise MedaeError(path, "cannot read manifest (not UTF-8 text)") from None
-    reader = csv.DictReader(text.splitlines())
-    fields = [f.strip() for f in (reader.fieldnames or [])]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, [])
+    except csv.Error as exc:
+        raise MedaeError(path, f"cannot read manifest ({exc})") from None
+    # case_id, mask and label in any letter case (Mask, LABEL); sequences keep their names
+    fields = [f.strip().lower() if f.strip().lower() in RESERVED_COLUMNS else f.strip()
+              for f in header]
     seq_cols = [f for f in fields if f not in RESERVED_COLUMNS]
     if "case_id" not in fields or not seq_cols:
         raise MedaeError(path, "manifest needs a header row with at least case_id,image (or "
                                "case_id and sequence columns such as flair,t2)")
     bad = [f for f in seq_cols if not _SEQUENCE_NAME.match(f)]
-    if bad or len(set(fields)) != len(fields):
-        raise MedaeError(path, f"manifest column names must be unique words (letters, digits, "
-                               f"_ or -), got {', '.join(repr(f) for f in bad or fields)}")
+    folded = [f.casefold() for f in fields]
+    twice = sorted({f for f in fields if folded.count(f.casefold()) > 1})
+    if bad or twice:
+        raise MedaeError(path, f"manifest column names must be unique words (letters, "
+                               f"digits, _ or -; unique without regard to letter case), got "
+                               f"{', '.join(repr(f) for f in bad or twice)}")
     sources, seen = [], set()
-    for lineno, row in enumerate(reader, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
+    for row_cells in _rows_of(reader, path):
+        lineno = reader.line_num
+        row = {f: c.strip() for f, c in zip(fields, row_cells, strict=False)}
+        for col, value in row.items():
+            if "\n" in value or "\r" in value:
+                raise MedaeError(path, f"line {lineno}: {col} holds a line break (a quoted "
+                                       "cell): refused")
         case = row.get("case_id", "")
         if not case and not any(row.get(c) for c in seq_cols):
             continue  # blank line
@@ -361,6 +376,19 @@ def read_manifest(path: str | os.PathLike) -> list[ScanSource]:
     if not sources:
         raise MedaeError(path, "manifest lists no scans")
     return sources
+
+
+def _rows_of(reader, path: Path):
+    """The rows of a manifest's ``csv.reader``, a malformed one as one line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise MedaeError(path, f"line {reader.line_num}: cannot read manifest ({exc})"
+                             ) from None
+        yield row
 
 
 def _kind(path: Path) -> str:

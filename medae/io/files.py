@@ -37,7 +37,10 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ScanReadError(path, "is a folder, not a file: not read")
+        if not stat.S_ISREG(mode):
             raise ScanReadError(path, NOT_REGULAR)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -51,7 +54,13 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
     with open_regular(path) as f:
         if limit is None:
             return f.read()
-        data = f.read(limit + 1)
+        # never a buffer of ``limit`` bytes up front: the file's size (+1 to see it grow)
+        data = f.read(min(limit, os.fstat(f.fileno()).st_size) + 1)
+        while len(data) <= limit:  # it grew while read: the rest, in bounded pieces
+            more = f.read(min(1 << 20, limit + 1 - len(data)))
+            if not more:
+                break
+            data += more
     if len(data) > limit:
         raise ScanReadError(path, f"larger than {limit} bytes: not read")
     return data
@@ -60,22 +69,49 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
 def walk_files(root: str | os.PathLike, skip_dir: Callable[[Path], bool] | None = None
                ) -> tuple[list[Path], list[str]]:
     """The files under the folder ``root``, recursively, in sorted order, and one note per entry
-    that is not a regular file (a pipe, device or socket: listed, never opened, so never read).
+    that is not read: a pipe, device or socket (listed, never opened), a link to a folder (not
+    followed: it could lead out of the tree or into a loop), a folder that cannot be listed.
 
     Hidden entries (names starting with a dot) are skipped, and so are folders for which
     ``skip_dir`` is true.  A dangling link stays in the list: reading it fails with a reason.
+    The walk keeps its own stack, so a tree of any depth is walked (no recursion limit).
     """
     out, notes = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and not (skip_dir is not None and skip_dir(here / d)))
-        for name in sorted(filenames):
-            path = here / name
-            if name.startswith("."):
+    stack = [Path(root)]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            notes.append(f"{_shown(here)}: skipped, cannot be listed "
+                         f"({exc.strerror or type(exc).__name__})")
+            continue
+        folders = []
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            if not is_regular(path) and os.path.exists(path):
-                notes.append(f"{path}: skipped, {NOT_REGULAR}")
-                continue
-            out.append(path)
+            path = here / entry.name
+            try:
+                is_dir = entry.is_dir()
+                is_link = entry.is_symlink()
+            except OSError:
+                is_dir = is_link = False
+            if is_dir and is_link:
+                notes.append(f"{_shown(path)}: skipped, a link to a folder (not followed; "
+                             "give the folder itself)")
+            elif is_dir:
+                if skip_dir is None or not skip_dir(path):
+                    folders.append(path)
+            elif not is_regular(path) and os.path.exists(path):
+                notes.append(f"{_shown(path)}: skipped, {NOT_REGULAR}")
+            else:
+                out.append(path)
+        stack.extend(reversed(folders))
     return out, notes
+
+
+def _shown(path: Path) -> str:
+    """A path for a note: cut in the middle when it is very long (a tree thousands deep)."""
+    text = str(path)
+    return text if len(text) <= 400 else f"{text[:200]}...{text[-180:]}"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.orientations import inv_ornt_aff
 
 from medae.errors import MedaeError, ScanReadError
 from medae.io.atomic import atomic_open
@@ -225,6 +226,44 @@ def read_nifti(path: str | os.PathLike) -> Scan:
             "stored_dtype": str(dtype.newbyteorder("=")),
             "sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])}
     return Scan.from_grid(array, grid, source=str(path), kind="nifti", meta=meta)  # no copy
+
+
+def read_nifti_geometry(path: str | os.PathLike) -> tuple[tuple[int, int, int],
+                                                         tuple[float, float, float], str]:
+    """(shape, spacing in mm, orientation codes of the source grid) of the scan
+    :func:`read_nifti` would return, from the header alone: the first 64 KiB are read, no voxel
+    is inflated or allocated (``medae info`` on a large volume).  An uncompressed file too short
+    for its voxels is refused here too."""
+    path = Path(path)
+    try:
+        with open_regular(path) as f:
+            head = f.read(1 << 16)
+            size = os.fstat(f.fileno()).st_size
+    except MedaeError:
+        raise
+    except FileNotFoundError as exc:
+        raise ScanReadError(path, "no such file") from exc
+    except OSError as exc:
+        raise ScanReadError(path, f"cannot read: {exc.strerror or exc}") from exc
+    header = read_nifti_header(path, head)
+    spatial = _spatial_shape(path, tuple(int(d) for d in header.get_data_shape()))
+    needed = (int(header.get_data_offset()) + int(np.prod(header.get_data_shape()))
+              * header.get_data_dtype().itemsize)
+    if head[:2] == b"\x1f\x8b":  # the check read_nifti makes before inflating
+        if needed > MAX_INFLATE_RATIO * size:
+            raise ScanReadError(path, f"truncated gzip stream: header needs {needed} bytes, "
+                                      f"{size} compressed bytes cannot hold them")
+    elif size < needed:
+        raise ScanReadError(path, f"truncated: header needs {needed} bytes, file holds {size}")
+    _scaling(path, header)
+    grid = Grid(shape=spatial, affine=_affine(path, header), header=header)
+    ornt = grid.ornt
+    shape = [0, 0, 0]
+    for axis, (new, _flip) in enumerate(ornt):
+        shape[int(new)] = spatial[axis]
+    affine = grid.affine @ inv_ornt_aff(ornt, grid.shape)
+    spacing = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    return tuple(shape), spacing, "".join(nib.aff2axcodes(grid.affine))
 
 
 def _scaling(path: Path, header: nib.Nifti1Header) -> tuple[float, float]:

@@ -2,18 +2,24 @@
 
 Only files under ``OUT`` are served, plus the viewer's own files under ``/_medae/`` (from the
 package: the case page's script and the vendored NiiVue).  No directory listings; paths that
-leave ``OUT`` (``..``, symbolic links pointing outside) are answered 404.  The server listens on
+leave ``OUT`` (``..``, symbolic links pointing outside, a folder's ``index.html`` among them) are
+answered 404: the final path is resolved and checked, then opened without following a link and
+checked again once open.  The server listens on
 a loopback address unless told otherwise with ``allow_remote``: the pages show patients' scans.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
+import hashlib
 import ipaddress
 import os
 import posixpath
+import re
 import socket
+import stat
 import sys
 import webbrowser
 from functools import partial
@@ -26,10 +32,33 @@ from medae.errors import MedaeError
 
 DEFAULT_PORT = 8765
 ASSETS = "/_medae/"
-#: the pages may load only what this server serves (and data/blob URLs NiiVue makes itself)
-CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+#: medae's pages (files named index.html or view.html, the viewer's files) may load only what
+#: this server serves (and data/blob URLs NiiVue makes itself); their inline scripts are allowed
+#: by hash (``_page_csp``), no other inline script runs, and a script file is served as one only
+#: from the viewer's own files
+CSP = ("default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: blob:; connect-src 'self' data: blob:; worker-src 'self' blob:; "
-       "font-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'none'")
+       "font-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+#: every other file under OUT (an HTML or SVG file put there included): no script at all, an
+#: origin of its own, never framed
+FILE_CSP = ("sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+            "frame-ancestors 'none'")
+PAGES = ("index.html", "view.html")
+#: seconds a connection may stay silent (a half-sent request does not hold a thread for ever)
+TIMEOUT_S = 30
+
+
+def _page_csp() -> str:
+    """The pages' CSP, allowing the inline scripts of the packaged templates by their hash."""
+    from medae.report.index import static_text
+
+    hashes = []
+    for name in PAGES:
+        for script in re.findall(r"<script>(.*?)</script>", static_text(name), re.S):
+            digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+            hashes.append(f"'sha256-{digest}'")
+    return CSP.format(hashes=" ".join(sorted(set(hashes))))
 
 
 def is_loopback(host: str) -> bool:
@@ -48,14 +77,31 @@ def check_host(host: str, allow_remote: bool) -> None:
                          "machine could see the scans (add --allow-remote to serve them anyway)")
 
 
+def _inside(path: Path, root: Path) -> Path | None:
+    """``path`` with every link resolved, when that is inside ``root`` (else None)."""
+    try:
+        real = path.resolve(strict=True)
+        real.relative_to(root.resolve(strict=True))
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return real
+
+
 class Handler(SimpleHTTPRequestHandler):
     """Files under ``directory`` and the packaged viewer assets; nothing else."""
 
     assets: Path
     allowed_hosts: frozenset[str] | None = None  # None: any Host header (--allow-remote)
     quiet = True
+    page_csp = ""
+    timeout = TIMEOUT_S
+    _root: Path | None = None
+    _csp = FILE_CSP
 
     def translate_path(self, path: str) -> str:
+        """The real path (links resolved) of the file asked for, or "" when it is not a file
+        inside the served folder (a folder's ``index.html`` is checked like any other file)."""
+        self._root, self._csp = None, FILE_CSP
         try:
             path = unquote(urlsplit(path).path, errors="strict")
         except (UnicodeDecodeError, ValueError):
@@ -67,17 +113,43 @@ class Handler(SimpleHTTPRequestHandler):
         if any(p in (".", "..") or "\0" in p or os.sep in p for p in parts):
             return ""
         target = root.joinpath(*parts)
-        try:  # symbolic links may not lead out of the served folder
-            target.resolve(strict=True).relative_to(root.resolve())
-        except (OSError, ValueError):
-            return ""
         if target.is_dir():
             target = target / "index.html"  # never a listing
-        return str(target)
+        real = _inside(target, root)  # symbolic links may not lead out of the served folder
+        if real is None:
+            return ""
+        self._root = root
+        if root == self.assets or real.name in PAGES:
+            self._csp = self.page_csp
+        return str(real)
 
     def list_directory(self, path):  # pragma: no cover - translate_path never asks for one
         self.send_error(404)
         return None
+
+    def _open(self, path: str):
+        """The file at ``path`` (no link followed, only a regular file), checked once open to be
+        the one inside the served folder; None when not."""
+        if not path or self._root is None:
+            return None
+        flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError("not a regular file")
+            opened = Path(f"/proc/self/fd/{fd}")
+            if opened.exists() and _inside(Path(os.readlink(opened)), self._root) is None:
+                raise OSError("moved out of the served folder")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb"), st
+        except OSError:
+            os.close(fd)
+            return None
 
     def send_head(self):
         if self.allowed_hosts is not None:  # DNS rebinding: a page elsewhere naming our port
@@ -86,21 +158,38 @@ class Handler(SimpleHTTPRequestHandler):
                 self.send_error(403, "unexpected Host header")
                 return None
         path = self.translate_path(self.path)
-        if not path or not os.path.isfile(path):
+        opened = self._open(path)
+        if opened is None:
             self.send_error(404)
             return None
-        return super().send_head()
+        f, st = opened
+        try:
+            self.send_response(200)
+            self.send_header("Content-type", self.guess_type(path))
+            self.send_header("Content-Length", str(st.st_size))
+            self.send_header("Last-Modified", self.date_time_string(st.st_mtime))
+            self.end_headers()
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def send_error(self, *args, **kw):
+        self._csp = FILE_CSP
+        super().send_error(*args, **kw)
 
     def end_headers(self):
-        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("Content-Security-Policy", self._csp)
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Cache-Control", "no-cache")
         super().end_headers()
 
     def guess_type(self, path):
-        if str(path).endswith((".js", ".mjs")):
-            return "text/javascript"
+        if str(path).endswith((".js", ".mjs")):  # a script only from the viewer's own files
+            # (with nosniff, a browser runs no script file put into OUT)
+            return "text/javascript" if self._root == self.assets else "application/octet-stream"
         if str(path).endswith(".gz"):
             return "application/octet-stream"  # served as bytes, never decoded by the browser
         return super().guess_type(path)
@@ -119,10 +208,15 @@ def make_server(folder: str | os.PathLike, host: str = "127.0.0.1", port: int = 
                                  "(or scored before medae wrote reports; score it again with "
                                  "--continue)")
     check_host(host, allow_remote)
-    assets = Path(str(resources.files("medae.report").joinpath("static")))
-    allowed = None if allow_remote else frozenset({"localhost", "127.0.0.1", "::1", host.lower()})
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise MedaeError(f"--port {port}: expected a port number from 0 to 65535 (0: any free "
+                         "one)")
+    assets = Path(str(resources.files("medae.report").joinpath("static"))).resolve()
+    # the Host check stays on a loopback address even with --allow-remote (DNS rebinding)
+    allowed = (None if allow_remote and not is_loopback(host)
+               else frozenset({"localhost", "127.0.0.1", "::1", host.lower().strip("[]")}))
     handler = type("MedaeHandler", (Handler,), {"assets": assets, "allowed_hosts": allowed,
-                                                 "quiet": quiet})
+                                                 "quiet": quiet, "page_csp": _page_csp()})
     server_cls = ThreadingHTTPServer
     if ":" in host:
         server_cls = type("V6Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
@@ -133,6 +227,8 @@ def make_server(folder: str | os.PathLike, host: str = "127.0.0.1", port: int = 
             raise MedaeError(f"port {port} on {host} is in use (choose another with --port, "
                              "or --port 0 for any free one)") from None
         raise MedaeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except (OverflowError, ValueError) as exc:
+        raise MedaeError(f"cannot listen on {host}:{port}: {exc}") from None
 
 
 def url_of(server: ThreadingHTTPServer) -> str:
