@@ -156,6 +156,12 @@ def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto
                                                      resolve_device(device))
     if config["train"].get("ensemble") == 1:  # one model, as before the setting existed
         del config["train"]["ensemble"]
+    # the benchmark's scans are skull-stripped with plausible brains: preprocess.brain auto
+    # (with the adult bounds) gives the masks and maps of the recipes before the setting existed
+    pre = config["preprocess"]
+    if pre.get("brain") in ("auto", "none") and pre.get("brain_volume_cm3") in (None, [800, 2000]):
+        pre.pop("brain", None)
+        pre.pop("brain_volume_cm3", None)
     blob = json.dumps([config, steps], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
