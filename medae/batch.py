@@ -209,6 +209,17 @@ def _image_dtype(array: np.ndarray) -> type:
     return np.int16
 
 
+def _brain_record(model: AnomalyModel, prep) -> dict:
+    """What result.json says of a brain recipe's mask (``preprocess.brain``) and of N4."""
+    out = {}
+    if prep.brain != "none":
+        out.update(brain=prep.brain, brain_volume_cm3=prep.brain_volume_cm3)
+    if model.preprocess_config.bias_correction != "none":
+        out.update(bias_correction=model.preprocess_config.bias_correction,
+                   n4_shrink=model.preprocess_config.n4_shrink)
+    return out
+
+
 def _load_timed(model: AnomalyModel, src: ScanSource) -> tuple:
     t0 = time.perf_counter()
     scan, prep = model.load(src)
@@ -376,8 +387,7 @@ def score_sources(model: AnomalyModel, sources: Sequence[ScanSource], out: str |
                     save_reconstruction=save_reconstruction, overlays=overlays, t0=t0,
                     save_image=save_image, inputs=prep.inputs,
                     stages={"load": load_s, **prep.seconds, **result.timings},
-                    brain=None if prep.brain == "none" else
-                    {"brain": prep.brain, "brain_volume_cm3": prep.brain_volume_cm3}))
+                    brain=_brain_record(model, prep)))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:

@@ -63,6 +63,9 @@ class PreprocessConfig:
             decides, nothing is checked; the default, and what bundles without the key did).
         brain_volume_cm3: the plausible volumes of a brain mask, low and high, in cm³ (an
             adult's by default; set it for children or neonates).
+        bias_correction: ``"n4"`` (each input divided by its N4 bias field, fitted inside the
+            brain mask: :mod:`medae.bias`) or ``"none"``.
+        n4_shrink: N4 fits its field on the scan shrunk by this factor per axis.
     """
 
     spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
@@ -74,8 +77,17 @@ class PreprocessConfig:
     inputs: tuple[str, ...] | None = None
     brain: str = "none"
     brain_volume_cm3: tuple[float, float] = BRAIN_VOLUME_CM3
+    bias_correction: str = "none"
+    n4_shrink: int = 4
 
     def __post_init__(self) -> None:
+        if self.bias_correction not in ("n4", "none"):
+            raise MedaeError(f"preprocess.bias_correction: unknown value "
+                             f"{self.bias_correction!r} (known: n4, none)")
+        if (isinstance(self.n4_shrink, bool) or not isinstance(self.n4_shrink, int)
+                or not 1 <= self.n4_shrink <= 16):
+            raise MedaeError(f"preprocess.n4_shrink: an integer from 1 to 16, got "
+                             f"{self.n4_shrink!r}")
         if self.brain not in BRAIN_MODES:
             raise MedaeError(f"preprocess.brain: unknown value {self.brain!r} "
                              f"(known: {', '.join(BRAIN_MODES)})")
@@ -128,6 +140,8 @@ class PreprocessConfig:
             del d["brain"]
             if tuple(d["brain_volume_cm3"]) == BRAIN_VOLUME_CM3:
                 del d["brain_volume_cm3"]
+        if d["bias_correction"] == "none" and d["n4_shrink"] == 4:  # nor those without N4
+            del d["bias_correction"], d["n4_shrink"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @property
@@ -380,6 +394,17 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
         raise MedaeError(f"{scan.source}: {exc}") from None
     if not native.any():
         raise MedaeError(f"{scan.source}: the foreground mask is empty")
+    if config.bias_correction == "n4":
+        from medae.bias import n4_correct
+
+        t0 = time.perf_counter()
+        for c, arr in enumerate(channels):
+            try:
+                channels[c] = n4_correct(arr, native, scan.spacing, config.n4_shrink)
+            except MedaeError as exc:
+                what = f" (input {c + 1})" if len(channels) > 1 else ""
+                raise MedaeError(f"{scan.source}: {exc}{what}") from None
+        seconds["bias correction"] = time.perf_counter() - t0
     stats = []
     for c, arr in enumerate(channels):
         try:

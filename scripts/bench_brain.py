@@ -6,10 +6,11 @@
 For each head in ``MEDAE_DATA/brain/raw_heads`` (default ``../shared/data``) and the GE grid
 phantom: what ``preprocess.brain: auto`` decides (the rule, or the one-line refusal), the
 seconds deepbet's networks took (medae.brain, on the CPU with ``--threads`` torch threads),
-the mask's volume, share of the field of view's edge and contrast.  ``--overlays DIR`` draws
-each mask over its scan (DIR/<name>/overlay_*.png); ``--deepbet-itself`` also runs deepbet's
-own ``BrainExtraction`` (needs its dependencies: pandas, tqdm, connected-components-3d,
-fill_voids) and reports the Dice of the two masks.
+the mask's volume, and the seconds of N4 bias-field correction inside that mask
+(``preprocess.bias_correction: n4``, shrink factor ``--n4-shrink``, default 4).
+``--overlays DIR`` draws each mask over its scan (DIR/<name>/overlay_*.png);
+``--deepbet-itself`` also runs deepbet's own ``BrainExtraction`` (needs its dependencies:
+pandas, tqdm, connected-components-3d, fill_voids) and reports the Dice of the two masks.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 import medae
+from medae.bias import n4_correct
 from medae.brain import extract_brain
 from medae.errors import MedaeError
 from medae.masks import implausible_brain, mask_volume_cm3
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--overlays", type=Path)
     ap.add_argument("--deepbet-itself", action="store_true")
+    ap.add_argument("--n4-shrink", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     paths = [args.data / "brain" / "raw_heads" / h for h in HEADS] + [args.data / PHANTOM]
@@ -49,8 +52,9 @@ def main() -> None:
         from deepbet import BrainExtraction
 
         bet = BrainExtraction(no_gpu=True)
-    print("| scan | grid | seconds | mask cm³ | preprocess.brain auto |")
-    print("|---|---|---|---|---|")
+    print(f"| scan | grid | extraction s | mask cm³ | N4 s (shrink {args.n4_shrink}) | "
+          "preprocess.brain auto |")
+    print("|---|---|---|---|---|---|")
     for path in paths:
         scan = medae.load_scan(path)
         t0 = time.perf_counter()
@@ -68,11 +72,14 @@ def main() -> None:
             theirs = np.asarray(nib.as_closest_canonical(bet.run(str(path))[1]).dataobj) > 0
             dice = 2 * np.count_nonzero(mask & theirs) / (mask.sum() + theirs.sum())
             extra = f" (deepbet itself: Dice {dice:.4f})"
-        print(f"| {path.name} | {grid} mm | {seconds:.1f} | "
-              f"{mask_volume_cm3(mask, scan.spacing):,.0f}{extra} | {rule} |", flush=True)
         problem = implausible_brain(mask, scan.spacing, one_piece=True, image=scan.array)
-        if problem:
-            print(f"|  | the extracted mask: {problem} | | | |")
+        n4 = "-"
+        if problem is None:
+            t0 = time.perf_counter()
+            n4_correct(scan.array, mask, scan.spacing, args.n4_shrink)
+            n4 = f"{time.perf_counter() - t0:.1f}"
+        print(f"| {path.name} | {grid} mm | {seconds:.1f} | "
+              f"{mask_volume_cm3(mask, scan.spacing):,.0f}{extra} | {n4} | {rule} |", flush=True)
         if args.overlays:
             from medae.overlay import write_overlays
 

@@ -87,7 +87,7 @@ def test_brain_settings_are_checked_and_old_bundles_keep_their_meaning():
 
 def test_the_extra_is_pinned_alike_in_pyproject_makefile_and_code():
     pin = f"deepbet=={brain.VERSION}"
-    assert f'brain = ["{pin}"]' in (ROOT / "pyproject.toml").read_text()
+    assert f'brain = ["{pin}", "SimpleITK>=2.3"]' in (ROOT / "pyproject.toml").read_text()
     make = (ROOT / "Makefile").read_text()
     assert f"DEEPBET_SPEC ?= {pin}" in make and "--no-deps" in make
     assert f"pip install --no-deps {pin}" in brain.INSTALL
@@ -324,3 +324,59 @@ def test_cli_trains_and_scores_raw_heads_and_fails_the_phantom(tmp_path):
         assert (out / "brats" / name).read_bytes() == (tmp_path / "none" / "brats" /
                                                         name).read_bytes()
     assert "brain" not in json.loads((tmp_path / "none" / "brats" / "result.json").read_text())
+
+
+# ---- N4 bias-field correction ---------------------------------------------------------------
+
+def _biased_brain(shape=(48, 56, 44)):
+    """Two tissues (a brighter core) in an ellipsoid, times a linear 40% / 20% bias field."""
+    grid = np.indices(shape, dtype=np.float32)
+    c = (np.array(shape, np.float32) - 1) / 2
+    radii = np.array(shape, np.float32) * 0.42
+    r2 = sum(((grid[a] - c[a]) / radii[a]) ** 2 for a in range(3))
+    inside = r2 < 1
+    rng = np.random.default_rng(0)
+    image = np.where(inside, 100 + rng.normal(0, 2, shape), 1).astype(np.float32)
+    image[r2 < 0.3] += 40
+    field = 1 + 0.4 * (grid[0] - c[0]) / radii[0] + 0.2 * (grid[2] - c[2]) / radii[2]
+    return image, image * field.astype(np.float32), inside, inside & (r2 > 0.4)
+
+
+def _cv(values):
+    return float(values.std() / values.mean())
+
+
+def test_n4_removes_a_known_bias_field():
+    from medae.bias import n4_correct
+
+    true, biased, inside, shell = _biased_brain()
+    assert _cv(true[shell]) == pytest.approx(0.020, abs=0.002)
+    assert _cv(biased[shell]) > 0.2
+    corrected = n4_correct(biased, inside, (3.0, 3.0, 3.0), shrink=4)
+    assert corrected.dtype == np.float32 and corrected.shape == biased.shape
+    assert _cv(corrected[shell]) < 0.03  # back to (nearly) the noise alone
+    with pytest.raises(MedaeError, match="N4 bias correction needs positive intensities"):
+        n4_correct(biased - 150, inside, (3.0, 3.0, 3.0))
+
+
+def test_n4_on_and_off_in_preprocessing():
+    _, biased, inside, shell = _biased_brain()
+    scan = Scan.from_grid(biased, Grid(biased.shape, np.diag([3.0, 3.0, 3.0, 1.0])),
+                          source="biased.nii.gz", kind="nifti")
+    base = dict(spacing=(3.0, 3.0, 3.0))
+    off = preprocess(scan, PreprocessConfig(**base), mask=inside)
+    assert "bias correction" not in off.seconds and off.native_inputs[0] is scan.array
+    assert "bias_correction" not in PreprocessConfig(**base).to_dict()  # bundles unchanged
+    cfg = PreprocessConfig.from_dict({**base, "bias_correction": "n4", "n4_shrink": 4})
+    assert cfg.to_dict()["bias_correction"] == "n4"
+    on = preprocess(scan, cfg, mask=inside)
+    assert on.seconds["bias correction"] > 0
+    assert _cv(on.native_inputs[0][shell]) < 0.03 < _cv(off.native_inputs[0][shell])
+    assert np.array_equal(on.native_mask, off.native_mask)
+    with pytest.raises(MedaeError, match=r"preprocess\.bias_correction: unknown value 'n3'"):
+        PreprocessConfig(bias_correction="n3")
+    with pytest.raises(MedaeError, match=r"preprocess\.n4_shrink: an integer from 1 to 16"):
+        PreprocessConfig(n4_shrink=0)
+    negative = Scan.from_grid(biased - 150, scan.grid, source="z.nii.gz", kind="nifti")
+    with pytest.raises(MedaeError, match=r"^z.nii.gz: N4 bias correction needs positive"):
+        preprocess(negative, cfg, mask=inside)
