@@ -9,14 +9,21 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+# medae[brain] (pyproject.toml) is deepbet, whose wheel ships its brain-extraction networks
+# (MIT).  It is installed here without its dependencies: its metadata asks for an unpinned
+# torch, a GUI toolkit, pandas, tqdm and two LGPL helpers, none of which medae runs
+# (medae/brain.py loads the networks with torch and uses SciPy).  DEEPBET_SPEC= (empty) leaves
+# it out: raw heads are then refused, skull-stripped scans are scored as before.
+DEEPBET_SPEC ?= deepbet==1.0.2
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install test demo lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(if $(DEEPBET_SPEC),$(BIN)/pip install --no-deps "$(DEEPBET_SPEC)")
 	$(BIN)/pip install -e ".[test,bench]"
 	touch $@
 

@@ -21,10 +21,12 @@ Loading runs ahead in prefetch threads, and a case's outputs are written in a wr
 while the next case is scored (a CT-size volume is loaded, scored and written alone, see
 ``OVERLAP_VOXELS``); ``result.json``
 records the seconds each stage took (``stages``: load, reconstruct, heat map, candidates, write
-NIfTI/CSV, overlays).  A case is written into a hidden temporary folder and renamed into place
-when complete, so a killed job never leaves a partial case; ``--continue`` skips finished
-cases.  Tables are rebuilt from the per-case records (every 30 s and at the end), so shards of
-one job can share ``OUT``.
+NIfTI/CSV, overlays; and brain extraction, within load, for a brain-extracted scan) and, for a
+brain recipe (``preprocess.brain``), the mode and the brain mask's volume (``brain``,
+``brain_volume_cm3``) beside ``mask_rule``.  A case is written into a hidden temporary
+folder and renamed into place when complete, so a killed job never leaves a partial case;
+``--continue`` skips finished cases.  Tables are rebuilt from the per-case records (every
+30 s and at the end), so shards of one job can share ``OUT``.
 """
 
 from __future__ import annotations
@@ -105,9 +107,11 @@ def _source_text(src: ScanSource) -> str:
 def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict, *,
                 save_reconstruction: bool, overlays: bool, t0: float,
                 save_image: bool = True, inputs: tuple[str, ...] = (),
-                stages: dict[str, float] | None = None, model_sha: str | None = None) -> None:
+                stages: dict[str, float] | None = None, model_sha: str | None = None,
+                brain: dict | None = None) -> None:
     """Write every output of a case into a temporary folder, then rename it into place
-    (``stages``: seconds per stage so far, recorded with the ones spent here)."""
+    (``stages``: seconds per stage so far, recorded with the ones spent here; ``brain``: a
+    brain recipe's mask mode and volume, recorded in result.json)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{src.case_id}.", suffix=".tmp", dir=out))
     made = os.stat(tmp).st_ino
     stages = dict(stages or {})
@@ -140,6 +144,7 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
         row["seconds"] = round(time.perf_counter() - t0, 3)  # loading to outputs written
         record = {"row": row, "threshold": result.threshold,
                   "threshold_rule": result.threshold_rule, "mask_rule": result.mask_rule,
+                  **(brain or {}),
                   "min_volume_mm3": result.min_volume_mm3, "inputs": list(inputs),
                   "operating_point": result.operating_point,
                   "model_sha256": model_sha,
@@ -330,6 +335,17 @@ def _image_dtype(array: np.ndarray) -> type:
     return np.int16
 
 
+def _brain_record(model: AnomalyModel, prep) -> dict:
+    """What result.json says of a brain recipe's mask (``preprocess.brain``) and of N4."""
+    out = {}
+    if prep.brain != "none":
+        out.update(brain=prep.brain, brain_volume_cm3=prep.brain_volume_cm3)
+    if model.preprocess_config.bias_correction != "none":
+        out.update(bias_correction=model.preprocess_config.bias_correction,
+                   n4_shrink=model.preprocess_config.n4_shrink)
+    return out
+
+
 def _load_timed(model: AnomalyModel, src: ScanSource) -> tuple:
     t0 = time.perf_counter()
     scan, prep = model.load(src)
@@ -516,7 +532,8 @@ def _score_locked(model: AnomalyModel, sources: Sequence[ScanSource], out: Path,
                     _write_case, out, src, scan, result, row,
                     save_reconstruction=save_reconstruction, overlays=overlays, t0=t0,
                     save_image=save_image, inputs=prep.inputs, model_sha=model_sha,
-                    stages={"load": load_s, **result.timings}))
+                    stages={"load": load_s, **prep.seconds, **result.timings},
+                    brain=_brain_record(model, prep)))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:

@@ -58,6 +58,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+#: ``--brain`` (medae.preprocess.BRAIN_MODES; not imported here: the CLI starts without torch)
+BRAIN_CHOICES = ("auto", "extract", "given", "none")
+BRAIN_HELP = ("brain mask: auto (a skull-stripped scan as it is, any other brain-extracted), "
+              "extract, given (the manifest's mask) or none (not a brain recipe); overrides "
+              "preprocess.brain")
+
+
 def train_overrides(args: argparse.Namespace) -> list[str]:
     """``--set`` items, then the flags that map onto recipe keys: a flag given wins over the
     recipe and over ``--set``.  ``--epochs`` trains that many epochs even where the recipe sets
@@ -66,7 +73,8 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
         raise MedaeError("--epochs and --steps exclude each other (steps decide the epochs)")
     overrides = list(args.set or [])
     for flag, key in (("epochs", "train.epochs"), ("steps", "train.steps"),
-                      ("seed", "train.seed"), ("precision", "train.precision")):
+                      ("seed", "train.seed"), ("precision", "train.precision"),
+                      ("brain", "preprocess.brain")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -146,7 +154,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     _check_flags(args)
     check_output(Path(args.output))
     model = load_model(args.model, device=args.device, batch_size=args.batch_size,
-                       precision=args.precision)
+                       precision=args.precision, brain=args.brain)
     model.resolve_threshold(args.fpr, args.threshold)  # checked once, not once per scan
     sources, notes = discover_with_notes(args.input)
     for note in notes:
@@ -254,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override train.precision (wins over the recipe); auto: bf16 where "
                          "the device computes it natively, else 32")
     tr.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    tr.add_argument("--brain", choices=BRAIN_CHOICES, help=BRAIN_HELP)
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="dotted override, e.g. --set model.latent_size=256 (repeatable)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -306,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="multi-sequence models: also write each input sequence's own map "
                          "(anomaly_map_<sequence>.nii.gz; anomaly_map.nii.gz is the maximum over "
                          "the recipe's scoring.channels)")
+    sc.add_argument("--brain", choices=BRAIN_CHOICES,
+                    help=BRAIN_HELP.replace("preprocess.brain", "the model's preprocess.brain"))
     sc.add_argument("--no-overlays", action="store_true", help="skip the PNG pictures")
     sc.add_argument("--no-image", action="store_true",
                     help="do not write image.nii.gz (the scan on its grid, the background of "

@@ -107,6 +107,12 @@ def _fill(mask: np.ndarray, structure: np.ndarray, axes: tuple[int, ...]) -> np.
     return np.logical_or(mask, filled, out=filled)
 
 
+def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its 3D holes filled (background not 6-connected to the volume's faces),
+    as ``scipy.ndimage.binary_fill_holes`` gives it."""
+    return _fill(np.asarray(mask, bool), _CROSS3, (0, 1, 2))
+
+
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
     """Fill, in place, the holes of every axial slice (4-connected background components that
     do not reach the slice's border).  Slice by slice: one labelling of the whole volume with
@@ -182,16 +188,9 @@ def _otsu_foreground(image: np.ndarray, slab_above: int | None = None
     return fg, level
 
 
-def compute_mask(image: np.ndarray) -> tuple[np.ndarray, str]:
-    """The foreground (brain) of a scan and the rule that found it.
-
-    Skull-stripped scans have a near-constant background: the most frequent value on the
-    volume's faces, held (within a small tolerance) by most face voxels and by more than 10% of
-    the volume; voxels above it are the brain (interpolation after skull stripping also rings
-    below it: background too).  Otherwise an Otsu threshold of the smoothed image.  The largest
-    connected component is kept and its holes are filled in 3D and slice by slice.
-    """
-    rule = ""
+def stripped_foreground(image: np.ndarray) -> tuple[np.ndarray, str] | None:
+    """The voxels above a skull-stripped scan's near-constant background and the rule's
+    words, or None when ``image`` does not look skull-stripped (see :func:`compute_mask`)."""
     faces = _faces(image)
     values, counts = np.unique(faces, return_counts=True)
     bg = float(values[counts.argmax()])
@@ -203,13 +202,93 @@ def compute_mask(image: np.ndarray) -> tuple[np.ndarray, str]:
                     for i in range(0, len(image), 8)) / image.size
         if share > BACKGROUND_SHARE and near.mean() < 0.999:
             fg = np.logical_not(near, out=near)
-            rule = (f"skull-stripped background: values <= {bg:.4g} + {tol:.3g} "
-                    f"({100 * share:.1f}% of voxels)")
-    if not rule:
+            return fg, (f"skull-stripped background: values <= {bg:.4g} + {tol:.3g} "
+                        f"({100 * share:.1f}% of voxels)")
+    return None
+
+
+FILLED = "; largest component, holes filled (3D and axial slices)"
+
+
+def compute_mask(image: np.ndarray, *, otsu: bool = True) -> tuple[np.ndarray, str] | None:
+    """The foreground (brain) of a scan and the rule that found it.
+
+    Skull-stripped scans have a near-constant background: the most frequent value on the
+    volume's faces, held (within a small tolerance) by most face voxels and by more than 10% of
+    the volume; voxels above it are the brain (interpolation after skull stripping also rings
+    below it: background too).  Otherwise an Otsu threshold of the smoothed image (with
+    ``otsu=False``: None instead).  The largest connected component is kept and its holes are
+    filled in 3D and slice by slice.
+    """
+    found = stripped_foreground(image)
+    if found is None:
+        if not otsu:
+            return None
         fg, level = _otsu_foreground(image)
-        rule = f"Otsu threshold {level:.4g} of the smoothed image"
+        found = fg, f"Otsu threshold {level:.4g} of the smoothed image"
+    fg, rule = found
     fg = fill_holes(_largest_component(fg))
-    return fg, rule + "; largest component, holes filled (3D and axial slices)"
+    return fg, rule + FILLED
+
+
+#: plausible volumes of an adult brain mask, cm³ (``preprocess.brain_volume_cm3``)
+BRAIN_VOLUME_CM3 = (800.0, 2000.0)
+#: a piece of a brain mask other than its largest is "large" above this share of the mask
+LARGE_PIECE = 0.05
+#: a brain mask may cover at most this share of the voxels on the volume's six faces
+MAX_FACE_SHARE = 0.5
+#: a brain mask's median intensity lies at least this far from the background (the median of
+#: the volume's faces) towards the scan's 99.5th percentile: 0.29-0.79 on the shared brains
+#: (raw heads, BraTS, MS, IXI; any contrast), -0.01 on the grid phantom's air
+MIN_CONTRAST = 0.1
+_CUBE3 = np.ones((3, 3, 3), bool)
+
+
+def mask_volume_cm3(mask: np.ndarray, spacing) -> float:
+    """The volume of ``mask`` in cm³."""
+    return int(np.count_nonzero(mask)) * float(np.prod([float(s) for s in spacing])) / 1000.0
+
+
+def implausible_brain(mask: np.ndarray, spacing, volume_cm3=BRAIN_VOLUME_CM3,
+                      one_piece: bool = False, image: np.ndarray | None = None) -> str | None:
+    """Why ``mask`` cannot be a brain, in a few words, or None when it can: a volume outside
+    ``volume_cm3`` (low, high), more than :data:`MAX_FACE_SHARE` of the voxels on the volume's
+    faces (a mask that fills the field of view), more than one large piece (26-connected pieces
+    other than the largest holding over :data:`LARGE_PIECE` of the mask; not checked with
+    ``one_piece``, for a mask already reduced to its largest component), or, with the scan's
+    ``image``, a median intensity inside the mask at the background's level (a mask of air:
+    :data:`MIN_CONTRAST`)."""
+    volume = mask_volume_cm3(mask, spacing)
+    low, high = volume_cm3
+    if not low <= volume <= high:
+        return (f"brain mask of {volume:,.0f} cm³ is outside the plausible "
+                f"{low:,.0f}-{high:,.0f} cm³ (preprocess.brain_volume_cm3)")
+    faces = _faces(mask)
+    if faces.mean() > MAX_FACE_SHARE:
+        return (f"brain mask covers {100 * faces.mean():.0f}% of the field of view's edge "
+                f"(at most {100 * MAX_FACE_SHARE:.0f}%)")
+    if not one_piece:
+        labels, n = label(mask, _CUBE3)
+        if n > 1:
+            sizes = label_sizes(labels, n)[1:]
+            del labels
+            large = int(np.count_nonzero(sizes > LARGE_PIECE * sizes.sum()))
+            if large > 1:
+                return (f"brain mask is in {large} large pieces (each over "
+                        f"{100 * LARGE_PIECE:.0f}% of its volume)")
+    if image is not None:
+        background = float(np.median(_faces(image)))
+        high = float(np.percentile(image, 99.5))
+        inside = image[mask]
+        median = float(np.median(inside if inside.dtype == np.float32 else
+                                 inside.astype(np.float32)))
+        contrast = (median - background) / (high - background) if high > background else 0.0
+        if not contrast >= MIN_CONTRAST:
+            return (f"brain mask is mostly background: its median intensity lies "
+                    f"{100 * contrast:.0f}% of the way from the background (the median of "
+                    f"the volume's faces) to the 99.5th percentile (a brain's: at least "
+                    f"{100 * MIN_CONTRAST:.0f}%)")
+    return None
 
 
 def bounding_box(mask: np.ndarray, margin=0) -> tuple[slice, ...] | None:

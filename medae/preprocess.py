@@ -10,6 +10,8 @@ voxels.  :func:`prepare_source` is the one path from a case on disk to model inp
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -22,9 +24,17 @@ from medae.io.discover import ScanSource
 from medae.io.nifti import MAX_VOXELS as _MAX_RESAMPLED
 from medae.io.scan import Scan
 from medae.io.sequences import nnunet_parts
-from medae.masks import compute_mask
+from medae.masks import (
+    BRAIN_VOLUME_CM3,
+    FILLED,
+    compute_mask,
+    implausible_brain,
+    mask_volume_cm3,
+)
 
 Size3 = tuple[int | None, int | None, int | None]
+#: the values of ``preprocess.brain`` (and ``--brain``)
+BRAIN_MODES = ("auto", "extract", "given", "none")
 
 
 NORMALISATIONS = ("percentile", "robust", "zscore", "none")
@@ -56,6 +66,17 @@ class PreprocessConfig:
             by name against a case's sequences (manifest columns), or by position when the
             case names them by nnU-Net index (``CASE_0000``, ``CASE_0001``, ...); ``None``: one
             channel, the case's first sequence.  The first input sets the brain mask.
+        brain: how a brain recipe gets its brain mask, checked for plausibility (see
+            :func:`brain_mask`): ``"auto"`` (the mask given with the scan; else a
+            skull-stripped scan's background rule, when its mask is a plausible brain; else
+            brain extraction), ``"extract"`` (always brain extraction), ``"given"`` (the
+            scan's mask must be supplied), or ``"none"`` (not a brain recipe: ``mask`` alone
+            decides, nothing is checked; the default, and what bundles without the key did).
+        brain_volume_cm3: the plausible volumes of a brain mask, low and high, in cm³ (an
+            adult's by default; set it for children or neonates).
+        bias_correction: ``"n4"`` (each input divided by its N4 bias field, fitted inside the
+            brain mask: :mod:`medae.bias`) or ``"none"``.
+        n4_shrink: N4 fits its field on the scan shrunk by this factor per axis.
     """
 
     spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
@@ -65,8 +86,31 @@ class PreprocessConfig:
     percentiles: tuple[float, float] = (0.5, 99.5)
     clip: bool = False
     inputs: tuple[str, ...] | None = None
+    brain: str = "none"
+    brain_volume_cm3: tuple[float, float] = BRAIN_VOLUME_CM3
+    bias_correction: str = "none"
+    n4_shrink: int = 4
 
     def __post_init__(self) -> None:
+        if self.bias_correction not in ("n4", "none"):
+            raise MedaeError(f"preprocess.bias_correction: unknown value "
+                             f"{self.bias_correction!r} (known: n4, none)")
+        if (isinstance(self.n4_shrink, bool) or not isinstance(self.n4_shrink, int)
+                or not 1 <= self.n4_shrink <= 16):
+            raise MedaeError(f"preprocess.n4_shrink: an integer from 1 to 16, got "
+                             f"{self.n4_shrink!r}")
+        if self.brain not in BRAIN_MODES:
+            raise MedaeError(f"preprocess.brain: unknown value {self.brain!r} "
+                             f"(known: {', '.join(BRAIN_MODES)})")
+        if self.brain != "none" and self.mask == "none":
+            raise MedaeError(f"preprocess.brain {self.brain} needs a brain mask: not with "
+                             "preprocess.mask none")
+        vol = self.brain_volume_cm3
+        if (not isinstance(vol, tuple) or len(vol) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) for v in vol) or not 0 <= vol[0] < vol[1]):
+            raise MedaeError("preprocess.brain_volume_cm3: need [low, high] cm³ with "
+                             f"0 <= low < high, got {self.brain_volume_cm3!r}")
         if self.inputs is not None and (
                 not isinstance(self.inputs, tuple) or not 1 <= len(self.inputs) <= 16
                 or not all(isinstance(n, str) and n.strip() for n in self.inputs)
@@ -94,7 +138,7 @@ class PreprocessConfig:
             raise MedaeError(f"preprocess: unknown key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
         v = dict(values)
-        for key in ("spacing", "size", "percentiles", "inputs"):
+        for key in ("spacing", "size", "percentiles", "inputs", "brain_volume_cm3"):
             if isinstance(v.get(key), list):
                 v[key] = tuple(v[key])
         return cls(**v)
@@ -103,6 +147,12 @@ class PreprocessConfig:
         d = asdict(self)
         if d["inputs"] is None:  # bundles of one-sequence models stay as they were
             del d["inputs"]
+        if d["brain"] == "none":  # and those of recipes that are not brain recipes
+            del d["brain"]
+            if tuple(d["brain_volume_cm3"]) == BRAIN_VOLUME_CM3:
+                del d["brain_volume_cm3"]
+        if d["bias_correction"] == "none" and d["n4_shrink"] == 4:  # nor those without N4
+            del d["bias_correction"], d["n4_shrink"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @property
@@ -130,6 +180,9 @@ class Prepared:
     native_inputs: list[np.ndarray] | None = None
     inputs: tuple[str, ...] = ()  # the case's sequence read into each channel
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mm per model-space voxel
+    brain: str = "none"  # the preprocess.brain mode that made the mask
+    brain_volume_cm3: float | None = None  # the brain mask's volume (brain recipes)
+    seconds: dict[str, float] = field(default_factory=dict)  # e.g. {"brain extraction": 5.2}
 
 
 #: scans of more voxels than this are held in 16 bits when scored, where that loses nothing
@@ -220,15 +273,61 @@ def _crop_pad(array: np.ndarray, offset, size, fill=0) -> np.ndarray:
     return out
 
 
-def brain_mask(image: np.ndarray, config: PreprocessConfig, mask: np.ndarray | None = None
-               ) -> tuple[np.ndarray, str]:
+def brain_mask(image: np.ndarray, config: PreprocessConfig, mask: np.ndarray | None = None,
+               spacing=(1.0, 1.0, 1.0), seconds: dict | None = None) -> tuple[np.ndarray, str]:
     """The foreground mask of ``image`` (a scan's array: the first input) on its own grid, and
-    the rule that made it."""
-    if config.mask == "none":
-        return np.ones(image.shape, bool), "none: every voxel"
-    if mask is not None and config.mask != "computed":
-        return np.asarray(mask) > 0, "given (the mask supplied with the scan)"
-    return compute_mask(image)
+    the rule that made it (``spacing``: the scan's, mm; ``seconds`` receives the time spent in
+    brain extraction).
+
+    With ``config.brain`` other than ``"none"`` the mask must look like a brain (a volume within
+    ``brain_volume_cm3``, one large piece, not filling the field of view's edge), or the scan is
+    refused with a :class:`MedaeError` that says why; a head that is not skull-stripped is
+    brain-extracted (:mod:`medae.brain`), and refused when the extractor is not installed.
+    """
+    mode = config.brain
+    if mode == "none":
+        if config.mask == "none":
+            return np.ones(image.shape, bool), "none: every voxel"
+        if mask is not None and config.mask != "computed":
+            return np.asarray(mask) > 0, "given (the mask supplied with the scan)"
+        return compute_mask(image)
+    bounds = config.brain_volume_cm3
+    one_piece = False
+    if mode == "given" or (mode == "auto" and mask is not None and config.mask != "computed"):
+        if mask is None:
+            raise MedaeError("preprocess.brain given: no brain mask was supplied with the scan "
+                             "(manifest column mask)")
+        out, rule = np.asarray(mask) > 0, f"{mode}: the mask supplied with the scan"
+    else:
+        why = ""
+        if mode == "auto":
+            found = compute_mask(image, otsu=False)
+            if found is None:
+                why = "no constant background"
+            else:
+                problem = implausible_brain(found[0], spacing, bounds, one_piece=True,
+                                            image=image)
+                if problem is None:
+                    return found[0], f"auto, skull-stripped: {found[1]}"
+                why = f"{found[1].removesuffix(FILLED)}: {problem}"
+        from medae.brain import METHOD, ExtractorMissing, extract_brain
+
+        t0 = time.perf_counter()
+        try:
+            out = extract_brain(image)
+        except ExtractorMissing as exc:
+            if mode == "auto":
+                raise MedaeError(f"not skull-stripped ({why}), and {exc}") from None
+            raise
+        if seconds is not None:
+            seconds["brain extraction"] = time.perf_counter() - t0
+        one_piece = True  # the extraction keeps its largest component
+        rule = (f"{mode}: brain extracted by {METHOD}"
+                + (f" (not skull-stripped: {why})" if why else ""))
+    problem = implausible_brain(out, spacing, bounds, one_piece=one_piece, image=image)
+    if problem is not None:
+        raise MedaeError(f"{problem}: not a brain, not scored (mask by preprocess.brain {rule})")
+    return out, rule
 
 
 def input_names(source: ScanSource, config: PreprocessConfig) -> list[str]:
@@ -311,9 +410,24 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
         raise MedaeError(f"{scan.source}: resampling {scan.describe()} to {config.spacing} mm "
                          f"gives {'x'.join(map(str, shape))} voxels, more than "
                          f"{_MAX_RESAMPLED:.3g}")
-    native, rule = brain_mask(channels[0], config, mask)
+    seconds: dict[str, float] = {}
+    try:
+        native, rule = brain_mask(channels[0], config, mask, scan.spacing, seconds)
+    except MedaeError as exc:
+        raise MedaeError(f"{scan.source}: {exc}") from None
     if not native.any():
         raise MedaeError(f"{scan.source}: the foreground mask is empty")
+    if config.bias_correction == "n4":
+        from medae.bias import n4_correct
+
+        t0 = time.perf_counter()
+        for c, arr in enumerate(channels):
+            try:
+                channels[c] = n4_correct(arr, native, scan.spacing, config.n4_shrink)
+            except MedaeError as exc:
+                what = f" (input {c + 1})" if len(channels) > 1 else ""
+                raise MedaeError(f"{scan.source}: {exc}{what}") from None
+        seconds["bias correction"] = time.perf_counter() - t0
     stats = []
     for c, arr in enumerate(channels):
         try:
@@ -345,7 +459,10 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
                     label=None if lab is None else _crop_pad(lab, offset, size, False),
                     native_mask=native if keep_native else None, mask_rule=rule,
                     native_inputs=channels if keep_native else None,
-                    spacing=tuple(float(v) for v in (config.spacing or scan.spacing)))
+                    spacing=tuple(float(v) for v in (config.spacing or scan.spacing)),
+                    brain=config.brain, seconds=seconds,
+                    brain_volume_cm3=None if config.brain == "none" else
+                    round(mask_volume_cm3(native, scan.spacing), 1))
 
 
 def _axis_sources(n_in: int, n_out: int, out: np.ndarray, nearest: bool

@@ -175,6 +175,12 @@ def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto
         del config["train"]["ensemble"]
     for key in THRESHOLD_ONLY:  # the threshold rule is recorded per run instead
         config["scoring"].pop(key, None)
+    # the benchmark's scans are skull-stripped with plausible brains: preprocess.brain auto
+    # (with the adult bounds) gives the masks and maps of the recipes before the setting existed
+    pre = config["preprocess"]
+    if pre.get("brain") in ("auto", "none") and pre.get("brain_volume_cm3") in (None, [800, 2000]):
+        pre.pop("brain", None)
+        pre.pop("brain_volume_cm3", None)
     blob = json.dumps([config, steps], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

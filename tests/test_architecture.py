@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("medae.scoring", "medae.samples"),
     ("medae.bundle",),
     ("medae.preprocess", "medae.config"),
+    ("medae.brain", "medae.bias"),
     ("medae.io", "medae.models", "medae.masks", "medae.device"),
     ("medae.errors", "medae.version"),
 ]

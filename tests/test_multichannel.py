@@ -28,7 +28,9 @@ RECIPES = {  # every family, 2D and 3D
     "vae2d": ["model.channels=[8, 16]"],
     "sae2d": ["model.channels=[8, 16]"],
     "dae2d": ["model.channels=[8, 16]"],
-    "brain_flair": ["model.channels=[8, 16]", "model.num_res_units=0", "train.steps=null"],
+    # (toy heads of a few cm³: not brains, so without the brain recipe's mask checks)
+    "brain_flair": ["model.channels=[8, 16]", "model.num_res_units=0", "train.steps=null",
+                    "preprocess.brain=none"],
     "intensity": [],
     "ae3d": ["model.channels=[8, 16]", "data.patch_size=[8, 8, 8]"],
     "vae3d": ["model.channels=[8, 16]", "data.patch_size=[8, 8, 8]"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -274,7 +274,11 @@ class AnomalyModel:
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
-               precision: str = "32") -> AnomalyModel:
-    """Load a trained bundle for scoring (``device``: auto, cpu or cuda)."""
+               precision: str = "32", brain: str | None = None) -> AnomalyModel:
+    """Load a trained bundle for scoring (``device``: auto, cpu or cuda; ``brain``: a
+    ``preprocess.brain`` mode that replaces the bundle's, e.g. ``"given"``)."""
     dev = resolve_device(device)
-    return AnomalyModel.from_bundle(load_bundle(run_dir, dev), dev, batch_size, precision)
+    model = AnomalyModel.from_bundle(load_bundle(run_dir, dev), dev, batch_size, precision)
+    if brain is not None:
+        model.preprocess_config = replace(model.preprocess_config, brain=brain)
+    return model

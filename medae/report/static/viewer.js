@@ -78,6 +78,9 @@ async function main() {
   fact("flagged", row.flagged === "" || row.flagged === undefined ? "–"
        : Number(row.flagged) ? "yes" : "no");
   fact("threshold", `${threshold.toPrecision(4)} (${rec.threshold_rule || "?"})`);
+  if (rec.brain) {  // a brain recipe (preprocess.brain): how the mask was made, and its volume
+    fact("brain mask", `${Number(rec.brain_volume_cm3).toFixed(0)} cm³ (${rec.mask_rule || "?"})`);
+  }
   const links = ["anomaly_map.nii.gz", "candidates.nii.gz", "candidates.csv",
                  "overlay_ortho.png", "overlay_mosaic.png"];
   if (hasImage) links.unshift("image.nii.gz");
