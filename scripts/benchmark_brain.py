@@ -159,7 +159,8 @@ LEDGER = ROOT / "docs" / "benchmark_runs.json"
 RESULTS = ROOT / "docs" / "benchmark_results.md"  # full mode; --quick: benchmark_results_quick.md
 
 
-def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto") -> str:
+def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto",
+              auto_precision: str | None = None) -> str:
     """A short hash of what decides a run's result: the recipe as it resolves with the
     benchmark's overrides (every setting, defaults filled in; ``train.precision: auto`` as the
     precision it trains in on ``device``) and the steps.  A run is found again under any name
@@ -169,6 +170,8 @@ def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto
     from medae.device import resolve_device, resolve_precision
 
     config = load_config(ROOT / "configs" / f"{base}.yaml", sets)
+    if auto_precision and config["train"]["precision"] == "auto":
+        config["train"]["precision"] = auto_precision  # as on the machine that ran them
     config["train"]["precision"] = resolve_precision(config["train"]["precision"],
                                                      resolve_device(device))
     if config["train"].get("ensemble") == 1:  # one model, as before the setting existed
@@ -231,6 +234,11 @@ def main() -> None:
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: build the table from docs/benchmark_runs.json")
     ap.add_argument("--readme", action="store_true", help="also update the README's table")
+    ap.add_argument("--auto-precision", choices=["bf16", "32"],
+                    help="with --table-only: find the runs of recipes with train.precision auto "
+                         "as trained in this precision (auto resolves by this machine's CPU or "
+                         "GPU: bf16 runs recorded elsewhere are found on a machine without "
+                         "native bf16 only this way)")
     args = ap.parse_args()
     steps = args.steps or (400 if args.quick else None)
     medae = [sys.executable, "-m", "medae"]
@@ -256,7 +264,8 @@ def main() -> None:
                 if base == "brain_multi":
                     extra += [f"preprocess.inputs={json.dumps(MULTI_INPUTS[dname])}"]
                 protocol = _protocol(base, [*sets, *variant_sets, *extra],
-                                     steps if base != "intensity" else None, args.device)
+                                     steps if base != "intensity" else None, args.device,
+                                     args.auto_precision if args.table_only else None)
                 # the seed also picks the held-out calibration patient, so the thresholding rules
                 # (nothing to train) repeat per seed wherever there is a choice of patient
                 one = base == "intensity" and len(train_cases) < 2
