@@ -71,6 +71,8 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
                                          "preprocess.normalise=robust"]),
             "intensity_robust": ("intensity", ["preprocess.normalise=robust"]),
             "brain_flair_robust": ("brain_flair", ["preprocess.normalise=robust"]),
+            "brain_flair_robust_fp32": ("brain_flair", ["preprocess.normalise=robust",
+                                                        'train.precision="32"']),
             "brain_multi_robust": ("brain_multi", ["preprocess.normalise=robust"]),
             # exploratory: brain_flair with in-plane rotation (±10°) and zoom (±10%) of the
             # training slices as well as the left-right flip (two training patients are few)
