@@ -146,3 +146,28 @@ def test_runs_from_before_the_operating_point_rules(bench, monkeypatch):
                         ("brain_flair", ["scoring.operating_point=froc"]))
     assert bench._protocol("brain_flair", ["scoring.operating_point=froc"], 400) == \
         bench._protocol("brain_flair", [], 400)
+
+
+def test_auto_precision_finds_runs_trained_elsewhere(bench, monkeypatch):
+    """A recipe with train.precision auto is hashed with the precision it trains in; tables
+    built on a machine where auto resolves otherwise find the recorded runs with
+    --auto-precision."""
+    monkeypatch.setitem(bench.VARIANTS, "brain_flair_fp32_named",
+                        ("brain_flair", ['train.precision="32"']))
+    monkeypatch.setitem(bench.VARIANTS, "brain_flair_bf16_named",
+                        ("brain_flair", ["train.precision=bf16"]))
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_bf16_named", "--seeds", "0")
+    assert len(bench._calls) == 1
+    sets = [*bench._protocol_overrides(), "train.steps=400"]
+    as_bf16 = bench._protocol("brain_flair", sets, 400, "cpu", "bf16")
+    as_32 = bench._protocol("brain_flair", sets, 400, "cpu", "32")
+    runs = json.loads(bench.LEDGER.read_text())["runs"]
+    assert runs[0]["protocol"] == as_bf16 != as_32
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0",
+          "--table-only", "--auto-precision", "bf16")
+    table = bench.RESULTS.with_name("results_quick.md").read_text()
+    assert "| brain_flair | 1 | 0.500 |" in table
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0",
+          "--table-only", "--auto-precision", "32")
+    table = bench.RESULTS.with_name("results_quick.md").read_text()
+    assert "| brain_flair |" not in table
