@@ -59,8 +59,7 @@ def recalibrate(model_dir: str | os.PathLike, sources: Sequence[ScanSource],
     margin = data.lesion_margin_mm if data.lesion_samples == "mask" else None
     scorer = AnomalyModel(bundle.model, bundle.preprocess, map_cfg, device=dev,
                           batch_size=batch_size)
-    calibration = calibrate_model(scorer, list(sources),
-                                  f"recalibration ({len(sources)} scan(s))", margin)
+    calibration = calibrate_model(scorer, list(sources), "recalibration", margin)
     training = dict(bundle.meta.get("training") or {})
     training["recalibrated_from"] = {"model": str(src), "scans": len(sources),
                                      "cases": sorted(s.case_id for s in sources)}
