@@ -22,7 +22,7 @@ from medae.device import resolve_device
 from medae.errors import MedaeError
 from medae.io.atomic import atomic_write_bytes
 from medae.io.discover import ScanSource
-from medae.scoring.calibration import calibrate_model
+from medae.scoring.calibration import calibrate_model, report_calibration
 from medae.scoring.scorer import AnomalyModel
 
 
@@ -60,6 +60,7 @@ def recalibrate(model_dir: str | os.PathLike, sources: Sequence[ScanSource],
     scorer = AnomalyModel(bundle.model, bundle.preprocess, map_cfg, device=dev,
                           batch_size=batch_size)
     calibration = calibrate_model(scorer, list(sources), "recalibration", margin)
+    report_calibration(calibration)
     training = dict(bundle.meta.get("training") or {})
     training["recalibrated_from"] = {"model": str(src), "scans": len(sources),
                                      "cases": sorted(s.case_id for s in sources)}

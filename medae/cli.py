@@ -84,6 +84,8 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+
     from medae.config import load_config
     from medae.io.discover import discover_with_notes
     from medae.train import train
@@ -95,18 +97,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = train(config, sources, args.output, resume=args.resume, device=args.device,
                 progress=not args.quiet)
     print(f"model bundle: {run}")
-    _print_operating_point(run)
+    _print_operating_point(json.loads((run / "model.json").read_text()).get("calibration"))
     return 0
 
 
-def _print_operating_point(run) -> None:
+def _print_operating_point(cal: dict | None) -> None:
     """What ``medae score`` will flag by default, as the bundle records it (its warnings were
-    logged by training)."""
-    import json
-    from pathlib import Path
-
-    meta = json.loads((Path(run) / "model.json").read_text())
-    cal = meta.get("calibration") or {}
+    logged by the calibration)."""
+    cal = cal or {}
     if cal.get("default_threshold") is not None:
         print(f"operating point ({cal['default']}): threshold {cal['default_threshold']:.4g}, "
               f"{cal.get('default_rule', '')}")
@@ -122,10 +120,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     run, cal = recalibrate(args.model, sources, args.output,
                            operating_point=args.operating_point, froc_fp=args.froc_fp,
                            device=args.device)
-    for warning in cal.get("warnings", []):
-        logging.getLogger("medae").warning("calibration: %s", warning)
     print(f"model bundle: {run}")
-    _print_operating_point(run)
+    _print_operating_point(cal)
     return 0
 
 

@@ -259,6 +259,8 @@ def dump_config(config: dict) -> str:
 RESIDUALS = ("abs", "squared", "positive")
 #: default threshold rules (``scoring.operating_point``; see :mod:`medae.scoring.threshold`)
 OPERATING_POINTS = ("auto", "dice", "froc", "candidates", "fpr")
+#: false candidates per calibration scan the ``froc`` rule allows by default
+FROC_FP_PER_SCAN = 2.0
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,7 @@ class MapConfig:
     scan_percentile: float = 99.0
     channels: tuple[str, ...] | None = None
     operating_point: str = "auto"
-    froc_fp: float = 2.0
+    froc_fp: float = FROC_FP_PER_SCAN
 
     def __post_init__(self) -> None:
         if self.operating_point not in OPERATING_POINTS:

@@ -46,7 +46,11 @@ from medae.samples import (
     sample_seed,
     split_subjects,
 )
-from medae.scoring.calibration import calibrate_crossfit, calibrate_model
+from medae.scoring.calibration import (
+    calibrate_crossfit,
+    calibrate_model,
+    report_calibration,
+)
 from medae.scoring.reconstruct import autocast_context
 from medae.scoring.scorer import AnomalyModel, scored_channels
 from medae.version import __version__
@@ -302,7 +306,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         network = model if len(members) == 1 else _ensemble([m for m, _, _ in members], dev)
         if calibration is None:
             calibration = _calibrate_holdout(r, network, map_cfg, train_items, val_items, by_id)
-        _report_calibration(calibration)
+        report_calibration(calibration)
         summary = _summary(r, hist, train_items, val_items, train_ds, val_ds, skipped,
                            trainable)
         if len(members) > 1:
@@ -343,17 +347,6 @@ def _ensemble(models: list[torch.nn.Module], dev: torch.device) -> torch.nn.Modu
     for slot, trained in zip(net.members, models, strict=True):
         slot.load_state_dict(trained.state_dict())
     return net.eval()
-
-
-def _report_calibration(calibration: dict | None) -> None:
-    """The operating point in the log, and every calibration warning as one line."""
-    if not calibration:
-        return
-    if calibration.get("default_threshold") is not None:
-        log.info("operating point %s: threshold %.4g, %s", calibration["default"],
-                 calibration["default_threshold"], calibration.get("default_rule", ""))
-    for warning in calibration.get("warnings", []):
-        log.warning("calibration: %s", warning)
 
 
 def _calibrate_holdout(r: _Run, model, map_cfg: MapConfig, train_items: list[dict],

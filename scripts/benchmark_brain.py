@@ -368,7 +368,6 @@ def _row(run: Path) -> dict:
     cal = bundle["calibration"]
     row["calibration"] = cal["source"]
     row["operating_point"] = cal.get("default", "candidates")
-    row["dice_gap"] = row["dice_calibrated"] - row["best_dice"]
     if row["operating_point"] == "candidates":
         row["dice_candidates_rule"] = row["dice_calibrated"]
     else:
@@ -400,7 +399,7 @@ def _value(row: dict, key: str) -> float | None:
         return None
     if key == "dice_candidates_rule" and not current:
         return row.get("dice_calibrated")
-    if key == "dice_gap" and "dice_gap" not in row:
+    if key == "dice_gap":  # derived, not stored
         return row["dice_calibrated"] - row["best_dice"]
     return row.get(key)
 

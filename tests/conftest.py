@@ -101,6 +101,18 @@ def tiny_model(tmp_path_factory) -> Path:
     return train(cfg, discover(root / "healthy"), root / "run", device="cpu", progress=False)
 
 
+@pytest.fixture
+def bundle_copy(tiny_model, tmp_path) -> Path:
+    """A copy of the tiny model's bundle that a test may edit or break."""
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.safetensors", "model.json", "config.yaml"):
+        shutil.copy(tiny_model / name, run / name)
+    return run
+
+
 def lesion_phantom(seed: int = 11, radius: float = 2.5, value: float = 200.0):
     """A healthy phantom (not seen in training) with a small bright sphere; returns
     (volume, lesion mask, affine)."""

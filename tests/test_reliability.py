@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -255,15 +254,6 @@ def test_disk_full_everywhere_stops_with_one_line(tiny_model, monkeypatch, tmp_p
 # ------------------------------------------------------------------------------------------------
 # safe model files
 
-@pytest.fixture
-def bundle(tiny_model, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("model.safetensors", "model.json", "config.yaml"):
-        shutil.copy(tiny_model / name, run / name)
-    return run
-
-
 def _edit_meta(run: Path, edit) -> None:
     meta = json.loads((run / "model.json").read_text())
     edit(meta)
@@ -284,32 +274,32 @@ def _edit_meta(run: Path, edit) -> None:
     (lambda m: m["model"].update(channels=[4, 4, 4]), "weights do not fit the architecture"),
     (lambda m: m.update(format="pickle"), "not a medae model bundle"),
 ])
-def test_invalid_model_json_is_refused(bundle, edit, reason):
-    _edit_meta(bundle, edit)
+def test_invalid_model_json_is_refused(bundle_copy, edit, reason):
+    _edit_meta(bundle_copy, edit)
     with pytest.raises(MedaeError) as err:
-        load_bundle(bundle)
+        load_bundle(bundle_copy)
     assert reason in str(err.value) and "\n" not in str(err.value)
-    assert str(err.value).startswith(str(bundle))
+    assert str(err.value).startswith(str(bundle_copy))
 
 
-def test_tampered_or_missing_parts_are_refused(bundle):
-    weights = bundle / "model.safetensors"
+def test_tampered_or_missing_parts_are_refused(bundle_copy):
+    weights = bundle_copy / "model.safetensors"
     payload = bytearray(weights.read_bytes())
     payload[-3] ^= 0xFF
     weights.write_bytes(bytes(payload))
     with pytest.raises(MedaeError, match=r"do not match the checksum in model\.json") as err:
-        load_bundle(bundle)
+        load_bundle(bundle_copy)
     assert str(err.value).startswith(str(weights))
     weights.unlink()
     with pytest.raises(MedaeError) as err:
-        load_bundle(bundle)
+        load_bundle(bundle_copy)
     assert str(err.value) == f"{weights}: missing model weights"
-    (bundle / "model.json").write_text("{not json")
+    (bundle_copy / "model.json").write_text("{not json")
     with pytest.raises(MedaeError, match="unreadable model metadata"):
-        load_bundle(bundle)
-    (bundle / "model.json").unlink()
+        load_bundle(bundle_copy)
+    (bundle_copy / "model.json").unlink()
     with pytest.raises(MedaeError, match="not a medae model folder"):
-        load_bundle(bundle)
+        load_bundle(bundle_copy)
 
 
 class _Boom:

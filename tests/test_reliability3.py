@@ -190,15 +190,6 @@ def test_view_bad_port_is_one_line(view_folder):
 # ------------------------------------------------------------------------------------------------
 # 6. bundle and checkpoint files read with the input rules; 7. sizes checked before building
 
-@pytest.fixture
-def bundle_copy(tiny_model, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("model.safetensors", "model.json", "config.yaml"):
-        shutil.copy(tiny_model / name, run / name)
-    return run
-
-
 def _replace_weights(run: Path, kind: str) -> None:
     weights = run / "model.safetensors"
     weights.unlink()

@@ -10,6 +10,7 @@ the labels themselves (see :mod:`medae.scoring.threshold`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ from medae.masks import grow_mm
 from medae.scoring.heatmap import scan_score
 from medae.scoring.scorer import AnomalyModel
 from medae.scoring.threshold import HealthyMap, LabelledMap, calibrate
+
+log = logging.getLogger("medae")
 
 
 def lesion_rule(lesion_margin_mm: float | None) -> str:
@@ -58,18 +61,28 @@ def healthy_map(model: AnomalyModel, source: ScanSource, parts: Sequence | None 
     voxel_mm3 = float(abs(np.linalg.det(scan.affine[:3, :3])))
     labelled = None
     if label is not None:
-        seen = analysed.copy()
-        seen[:, :, ~covered] = False
+        lesion = np.asarray(label) > 0
         inside = brain.copy()
         inside[:, :, ~covered] = False
-        labelled = LabelledMap.crop(heat, seen, inside, np.asarray(label) > 0, voxel_mm3)
-        lesion = np.asarray(label) > 0
+        # ``healthy`` is still the whole analysed region the models saw (crop copies it)
+        labelled = LabelledMap.crop(heat, healthy, inside, lesion, voxel_mm3)
         if lesion_margin_mm is None:
             healthy[:, :, lesion.any(axis=(0, 1))] = False
         else:
             healthy &= ~grow_mm(lesion, lesion_margin_mm, scan.spacing)
     score = scan_score(heat, healthy, parts[0][0].map_config.scan_percentile)
     return HealthyMap.crop(heat, healthy, voxel_mm3), score, labelled
+
+
+def report_calibration(calibration: dict | None) -> None:
+    """The operating point in the log, and every calibration warning as one line."""
+    if not calibration:
+        return
+    if calibration.get("default_threshold") is not None:
+        log.info("operating point %s: threshold %.4g, %s", calibration["default"],
+                 calibration["default_threshold"], calibration.get("default_rule", ""))
+    for warning in calibration.get("warnings", []):
+        log.warning("calibration: %s", warning)
 
 
 def _calibrate(model: AnomalyModel, scored: list, source: str,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from medae.config import OPERATING_POINTS
+from medae.config import FROC_FP_PER_SCAN, OPERATING_POINTS
 from medae.errors import MedaeError
 from medae.masks import bounding_box
 
@@ -34,8 +34,6 @@ FPRS = (0.01, 0.05, 0.1)
 SCAN_PERCENTILE = 95.0
 #: false-positive candidates per healthy scan allowed by the candidate rule
 MAX_FP_PER_SCAN = 1.0
-#: false candidates per calibration scan allowed by the FROC rule (``scoring.froc_fp``)
-FROC_FP_PER_SCAN = 2.0
 #: the candidate rule needs at least this many healthy calibration scans
 MIN_HEALTHY_SCANS = 3
 #: below this share of the labelled lesion voxels caught, a calibration is reported as degenerate
@@ -154,30 +152,28 @@ def labelled_threshold(maps: list[LabelledMap], min_volume_mm3: float, rule: str
         raise MedaeError("calibration: the calibration scans' maps are all zero")
     grid = np.unique(np.quantile(pooled, 1 - np.geomspace(1e-5, 0.5, points)))[::-1]
 
-    def best(thresholds) -> tuple[int, list[dict]]:
-        rows = []
+    key = "dice" if rule == "dice" else "lesion_recall"
+
+    def best(thresholds) -> dict | None:
+        """The best row over ``thresholds`` (descending; ties: the highest threshold), the
+        FROC walk stopping at the first with too many false candidates."""
+        top = None
         for t in thresholds:
             row = _figures(maps, float(t), min_volume_mm3)
             if rule == "froc" and row["fp_per_scan"] > max_fp:
                 break
-            rows.append(row)
-        if not rows:
-            return -1, rows
-        key = "dice" if rule == "dice" else "lesion_recall"
-        values = [r[key] or 0.0 for r in rows]
-        return int(np.argmax(values)), rows  # ties: the first, i.e. the highest threshold
+            if top is None or (row[key] or 0.0) > (top[key] or 0.0):
+                top = row
+        return top
 
-    i, rows = best(grid)
-    if i < 0:  # even the top of the grid gives too many false candidates
+    coarse = best(grid)
+    if coarse is None:  # even the top of the grid gives too many false candidates
         return _figures(maps, float(pooled.max()), min_volume_mm3)
-    hi = grid[max(0, i - 1)]
-    lo = grid[min(len(grid) - 1, i + 1)] if rule == "dice" or i + 1 < len(rows) else grid[i]
-    fine = np.unique(np.r_[np.linspace(lo, hi, refine), grid[i]])[::-1]
-    j, fine_rows = best(fine)
-    if j < 0:
-        return rows[i]
-    key = "dice" if rule == "dice" else "lesion_recall"
-    return fine_rows[j] if (fine_rows[j][key] or 0) >= (rows[i][key] or 0) else rows[i]
+    i = int(np.flatnonzero(grid == coarse["threshold"])[0])
+    # the neighbours of the best grid point (below it, the FROC walk stops where it must)
+    hi, lo = grid[max(0, i - 1)], grid[min(len(grid) - 1, i + 1)]
+    fine = best(np.unique(np.r_[np.linspace(lo, hi, refine), grid[i]])[::-1])
+    return fine if fine is not None and (fine[key] or 0) >= (coarse[key] or 0) else coarse
 
 
 def candidate_threshold(maps: list[HealthyMap], thresholds: np.ndarray, min_volume_mm3: float,
