@@ -32,6 +32,7 @@ import datetime
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -275,8 +276,7 @@ def main() -> None:
                     # found by its settings, whatever name it was run under
                     key = dict(dataset=dname, test=test, seed=seed, protocol=protocol)
                     row = _find(ledger, **key)
-                    stale = bool(row) and args.refresh_operating_point and \
-                        "operating_point" not in row
+                    stale = bool(row) and args.refresh_operating_point and _stale(row)
                     if args.table_only or (row and not args.rerun and not stale):
                         if row:
                             results.setdefault(dname, {}).setdefault(recipe, []).append(row)
@@ -285,6 +285,8 @@ def main() -> None:
                     train_csv = _manifest(fold / "train.csv", train_cases)
                     test_csv = _manifest(fold / "test.csv", {test: cases[test]})
                     run = fold / f"{recipe}-seed{seed}-{protocol}"
+                    if stale and run.exists():  # its bundle holds the former calibration
+                        _set_aside(run)
                     t0 = time.time()
                     _one_run(medae, run, base, train_csv, test_csv, seed, args.device,
                              [*sets, *variant_sets, *extra])
@@ -376,9 +378,35 @@ def _row(run: Path) -> dict:
     point = cal.get("operating_point") or {}
     row["calibration_figures"] = {k: point.get(k) for k in
                                   ("threshold", "dice", "sensitivity", "lesion_recall",
-                                   "fp_per_scan", "labelled_scans", "lesion_voxels")}
+                                   "fp_per_scan", "labelled_scans", "lesion_voxels",
+                                   "requested")}
     row["calibration_warnings"] = len(cal.get("warnings", []))
     return row
+
+
+def _stale(row: dict) -> bool:
+    """Whether a recorded run predates the default operating point's rules: recorded before
+    the point followed the calibration data, or a degenerate labelled point (under half of the
+    calibration patients' lesion voxels caught) that ``auto`` now replaces by the voxel rule."""
+    if "operating_point" not in row:
+        return True
+    figures = row.get("calibration_figures") or {}
+    return (row["operating_point"] in ("dice", "froc")
+            and figures.get("requested", "auto") == "auto"
+            and (figures.get("sensitivity") or 0.0) < 0.5)
+
+
+def _set_aside(run: Path) -> None:
+    """Move a stale run's folder and log out of the way (``.stale``), so it is run again from
+    the start with the code of today; an older set-aside copy is replaced."""
+    for path in (run, run.with_suffix(".log")):
+        if path.exists():
+            old = path.with_name(path.name + ".stale")
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+            path.rename(old)
 
 
 def _metric(m: dict, key: str) -> float:

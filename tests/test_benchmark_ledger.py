@@ -37,7 +37,8 @@ def bench(tmp_path, monkeypatch):
         return {"voxel_ap": 0.5 + seed / 10, "voxel_auroc": 0.9, "best_dice": 0.4,
                 "dice_calibrated": 0.3, "dice_fpr01": 0.2, "lesion_recall": 1.0,
                 "fp_per_scan": 0.0, "calibration": "held-out validation scans",
-                "operating_point": "dice", "dice_gap": -0.1, "dice_candidates_rule": 0.05}
+                "operating_point": "dice", "dice_gap": -0.1, "dice_candidates_rule": 0.05,
+                "calibration_figures": {"sensitivity": 0.8, "requested": "auto"}}
 
     monkeypatch.setattr(mod, "_one_run", fake_run)
     monkeypatch.setattr(mod, "_row", fake_row)
@@ -146,6 +147,34 @@ def test_runs_from_before_the_operating_point_rules(bench, monkeypatch):
                         ("brain_flair", ["scoring.operating_point=froc"]))
     assert bench._protocol("brain_flair", ["scoring.operating_point=froc"], 400) == \
         bench._protocol("brain_flair", [], 400)
+
+
+def test_degenerate_labelled_points_are_refreshed(bench, monkeypatch, tmp_path):
+    """A run whose labelled point caught under half of its calibration patients' lesion voxels
+    was recorded before auto replaced such a point by the voxel rule: --refresh-operating-point
+    runs it again from the start (its folder set aside), unless the recipe asked for dice."""
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0")
+    runs = json.loads(bench.LEDGER.read_text())["runs"]
+    runs[0]["calibration_figures"]["sensitivity"] = 0.2
+    bench._save_ledger(runs)
+    run = tmp_path / "work" / "brats" / "test-pat0002" / bench._calls[0][0]
+    run.mkdir(parents=True)
+    (run / "model.json").write_text("{}")
+    run.with_suffix(".log").write_text("old\n")
+    bench._calls.clear()
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0")
+    assert bench._calls == []  # without the flag, the ledger's run stands
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0",
+          "--refresh-operating-point")
+    assert len(bench._calls) == 1
+    assert not run.exists() and (run.parent / (run.name + ".stale") / "model.json").exists()
+    assert (run.parent / (run.name + ".log.stale")).read_text() == "old\n"
+    runs = json.loads(bench.LEDGER.read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["calibration_figures"]["sensitivity"] == 0.8
+    assert not bench._stale(runs[0])
+    assert not bench._stale({**runs[0], "calibration_figures": {"sensitivity": 0.2,
+                                                                "requested": "dice"}})
+    assert bench._stale({**runs[0], "calibration_figures": {"sensitivity": 0.2}})
 
 
 def test_auto_precision_finds_runs_trained_elsewhere(bench, monkeypatch):

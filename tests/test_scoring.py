@@ -172,6 +172,37 @@ def test_froc_rule_and_degenerate_calibration_reported():
         cal["warnings"][0]
 
 
+def test_degenerate_labelled_point_gives_way_to_the_voxel_rule():
+    """auto: a Dice point that catches under half of the calibration patients' lesion voxels
+    (the model barely sees them) is not the default: the 1% healthy-voxel rule is, with a
+    warning, and the rejected point is kept; asked for by name, dice stays (with its warning)."""
+    healthy, labelled = _patients()
+    # only the 64-voxel cores stand out; the shells sink into the noise
+    for m, h in zip(labelled, healthy, strict=True):
+        shell = m.lesion & (m.heat < 1.0)
+        m.heat[shell] = h.heat[shell] = 0.3
+    cal = calibrate(healthy, [0.0, 0.0], "validation", min_volume_mm3=5, labelled=labelled)
+    assert cal["default"] == "fpr"
+    assert cal["default_threshold"] == cal["voxel_thresholds"]["0.01"]
+    assert pick_threshold(cal)[0] == cal["voxel_thresholds"]["0.01"]
+    point = cal["operating_point"]
+    assert point["rule"] == "fpr" and point["requested"] == "auto"
+    assert point["rejected"]["rule"] == "dice"
+    assert point["rejected"]["sensitivity"] == pytest.approx(128 / 432)
+    assert any(w.startswith("degenerate calibration: the dice operating point") and
+               w.endswith(": the default is the 1% healthy-voxel rule instead")
+               for w in cal["warnings"])
+    # the voxel rule's own figures on the patients: its threshold sits in the top 1% of the
+    # noise (which reaches 0.5, above the shells), so it too catches the cores alone: said again
+    assert 0.45 < point["threshold"] < 0.5
+    assert point["sensitivity"] == pytest.approx(128 / 432)
+    assert sum(w.startswith("degenerate calibration") for w in cal["warnings"]) == 2
+    named = calibrate(healthy, [0.0, 0.0], "validation", min_volume_mm3=5, labelled=labelled,
+                      operating_point="dice")
+    assert named["default"] == "dice" and "rejected" not in named["operating_point"]
+    assert any("catches 30% of the 432" in w for w in named["warnings"])
+
+
 def test_degenerate_when_nothing_is_flagged_on_the_patients():
     healthy, labelled = _patients()
     for m in labelled:  # the lesions score below the healthy noise's top: nothing to find

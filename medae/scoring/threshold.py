@@ -12,6 +12,11 @@ The default rule follows the calibration data (``scoring.operating_point: auto``
   at least ``min_volume_mm3``), only with at least :data:`MIN_HEALTHY_SCANS` of them; with fewer,
   a warning and the voxel rule at 1% false-positive rate (``fpr``).
 
+Under ``auto``, a labelled point that is degenerate on its own calibration scans (it catches
+under half of their lesion voxels, or flags nothing on them: the model cannot see those lesions,
+so the threshold that suits them is noise) gives way to the voxel rule, with a warning: it does
+not hang on the lesion load of the calibration patient.
+
 Voxel rules (the threshold that a chosen fraction of healthy voxels exceeds) are always
 calibrated too, for ``--fpr``.  Every rule's figures on the calibration scans (Dice, lesion
 voxels caught, lesions touched, false candidates per scan) are kept with it, and a point that
@@ -268,8 +273,15 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
         warnings.append(f"the candidate rule on only {n} {source} scan(s) (at least "
                         f"{MIN_HEALTHY_SCANS} are advised): one scan's bright spots decide it")
     mv = f"{min_volume_mm3:g}"
+    rejected = None
     if rule in ("dice", "froc"):
         point = labelled_threshold(labelled, min_volume_mm3, rule, froc_fp)
+        problem = _degenerate(point, rule, n_patients, n_lesion)
+        if problem and operating_point == "auto":
+            warnings.append(problem + ": the default is the 1% healthy-voxel rule instead")
+            rejected = {**point, "rule": rule}
+            rule = "fpr"
+    if rule in ("dice", "froc"):
         what = (f"{n_patients} labelled {source} scan(s) with {n_lesion} lesion voxels"
                 + (f" and {len(labelled) - n_patients} without lesions"
                    if len(labelled) > n_patients else ""))
@@ -294,17 +306,11 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
         warnings.append(f"one labelled {source} scan decides the {rule} threshold: its "
                         "maps alone set it (data.calibration=crossfit calibrates on every "
                         "training scan, pooled)")
-    if n_lesion:
-        sens = point["sensitivity"] or 0.0
-        if point.get("labelled_scans_flagged", 0) == 0:
-            warnings.append(f"degenerate calibration: at the {rule} operating point "
-                            f"({point['threshold']:.4g}) no candidate touches the "
-                            f"{n_patients} labelled calibration scan(s)")
-        elif sens < MIN_SENSITIVITY:
-            warnings.append(f"degenerate calibration: the {rule} operating point "
-                            f"({point['threshold']:.4g}) catches {sens:.0%} of the {n_lesion} "
-                            "labelled lesion voxels of the calibration scans (under "
-                            f"{MIN_SENSITIVITY:.0%})")
+    if rejected is not None:
+        point["rejected"] = rejected
+    problem = _degenerate(point, rule, n_patients, n_lesion) if n_lesion else None
+    if problem:
+        warnings.append(problem)
     figures = [f"{name} {point[k]:.3f}" for k, name in
                (("dice", "Dice"), ("sensitivity", "share of lesion voxels caught"),
                 ("lesion_recall", "share of lesions touched")) if point.get(k) is not None]
@@ -333,6 +339,21 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
         "n_scans": n,
         "n_voxels": int(pooled.size),
     }
+
+
+def _degenerate(point: dict, rule: str, n_patients: int, n_lesion: int) -> str | None:
+    """Why an operating point is degenerate on its labelled calibration scans (nothing flagged
+    on them, or under :data:`MIN_SENSITIVITY` of their lesion voxels caught), or None."""
+    sens = point["sensitivity"] or 0.0
+    if point.get("labelled_scans_flagged", 0) == 0:
+        return (f"degenerate calibration: at the {rule} operating point "
+                f"({point['threshold']:.4g}) no candidate touches the {n_patients} labelled "
+                "calibration scan(s)")
+    if sens < MIN_SENSITIVITY:
+        return (f"degenerate calibration: the {rule} operating point ({point['threshold']:.4g}) "
+                f"catches {sens:.0%} of the {n_lesion} labelled lesion voxels of the "
+                f"calibration scans (under {MIN_SENSITIVITY:.0%})")
+    return None
 
 
 def pick_threshold(calibration: dict | None, fpr: float | None = None,
