@@ -32,8 +32,9 @@ def layout_options(args: argparse.Namespace):
 
 def _add_layout_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bids", metavar="FILTERS",
-                        help="BIDS entity filters, e.g. \"suffix=FLAIR,T1w run=2 acq=mprage,none\" "
-                             "(none: files without the entity)")
+                        help="BIDS entity filters, e.g. \"run=2 acq=mprage suffix=FLAIR,T1w\": "
+                             "each term picks among a case's scans of one sequence (none: "
+                             "those without the entity); suffix keeps those sequences")
     parser.add_argument("--derivatives", metavar="NAME",
                         help="BIDS: the derivatives dataset (derivatives/NAME, or a path) holding "
                              "lesion labels (desc-lesion_mask) and brain masks (desc-brain_mask)")

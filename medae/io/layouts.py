@@ -10,9 +10,10 @@ note, never guessed.  The segmentation a layout carries is the case's label, nev
   (``sub-01_ses-02``); the scans are ``sub-*/[ses-*/]anat/*.nii[.gz]`` by suffix (``FLAIR``,
   ``T1w``, ``T1w`` with a ``ce-`` entity, ``T2w``, ``PDw``, ``T2starw``).  ``derivatives/``,
   ``sourcedata/``, ``code/`` and every other folder are not scanned.  Entity filters
-  (:func:`parse_bids_filters`) keep some files; two files left for one sequence of a case fail
-  that case in one line naming them.  Labels (``desc-lesion`` ``_mask`` or ``_dseg``) and brain
-  masks (``desc-brain_mask``) come from a derivatives dataset the user names.
+  (:func:`parse_bids_filters`) pick among a sequence's scans; two scans left for one sequence of
+  a case (two runs) fail that case in one line naming them, never a guess.  Labels
+  (``desc-lesion`` ``_mask`` or ``_dseg``) and brain masks (``desc-brain_mask``) come from a
+  derivatives dataset the user names.
 - **BraTS** (every edition): case folders holding ``<folder>_flair/_t1/_t1ce/_t2/_seg`` files
   (2018-2021) or ``<folder>-t2f/-t1n/-t1c/-t2w/-seg`` (2023 on).
 - **Decathlon** (``dataset.json`` with ``modality``) and **nnU-Net v2** (``dataset.json`` with
@@ -103,8 +104,11 @@ class LayoutOptions:
 def parse_bids_filters(text: str | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """``"suffix=FLAIR,T1w acq=mprage,none run=2"`` -> ``(("suffix", ("FLAIR", "T1w")), ...)``.
 
-    Terms are separated by spaces; a term keeps the files whose entity (``suffix`` for the
-    suffix) has one of its values, and ``none`` keeps the files without that entity.
+    Terms are separated by spaces.  ``suffix`` keeps the sequences of those suffixes.  Any
+    other term picks, among a case's scans of one sequence, those whose entity has one of its
+    values (``none``: those without the entity); where none of them does, those without the
+    entity stay (``run=2`` picks the second run where there are runs and keeps a sequence
+    scanned once) and a scan whose entity has another value is left out.
     """
     out: dict[str, tuple[str, ...]] = {}
     for term in (text or "").split():
@@ -242,23 +246,27 @@ def _bids_case_id(entities: dict[str, str]) -> str:
     return f"sub-{entities['sub']}" + (f"_ses-{entities['ses']}" if "ses" in entities else "")
 
 
-def _keep(entities: dict[str, str], suffix: str, filters) -> bool:
+def _pick(candidates: list[tuple[Volume, dict[str, str]]], filters
+          ) -> list[tuple[Volume, dict[str, str]]]:
+    """The scans of one sequence of one case that the entity filters keep: for each term, those
+    whose entity has one of its values (``none``: those without the entity); when none does,
+    those without the entity (a sequence scanned once, with no run, stays)."""
     for key, values in filters:
-        value = suffix if key == "suffix" else entities.get(key)
-        if value is None:
-            if NO_ENTITY not in values:
-                return False
-        elif value not in values:
-            return False
-    return True
+        if key == "suffix":
+            continue
+        match = [c for c in candidates if c[1].get(key) in values
+                 or (key not in c[1] and NO_ENTITY in values)]
+        candidates = match or [c for c in candidates if key not in c[1]]
+    return candidates
 
 
 def _bids(root: Path, options: LayoutOptions) -> Layout:
     _read_json(root / "dataset_description.json", limit=1 << 20)
     notes: list[str] = []
-    found: dict[str, dict[str, list[Volume]]] = {}
+    suffixes = dict(options.bids_filters).get("suffix")
+    groups: dict[str, dict[str, list[tuple[Volume, dict[str, str]]]]] = {}
     for f, entities, suffix in _bids_anat(root, notes):
-        if not _keep(entities, suffix, options.bids_filters):
+        if suffixes is not None and suffix not in suffixes:
             continue
         name = BIDS_SUFFIXES.get(suffix)
         if name is None:
@@ -267,7 +275,14 @@ def _bids(root: Path, options: LayoutOptions) -> Layout:
             continue
         if name == "t1" and "ce" in entities:
             name = "t1c"
-        found.setdefault(_bids_case_id(entities), {}).setdefault(name, []).append(Volume(f))
+        groups.setdefault(_bids_case_id(entities), {}).setdefault(name, []).append(
+            (Volume(f), entities))
+    found: dict[str, dict[str, list[Volume]]] = {}
+    for case, seqs in groups.items():
+        for name, candidates in seqs.items():
+            kept = _pick(candidates, options.bids_filters)
+            if kept:
+                found.setdefault(case, {})[name] = [v for v, _ in kept]
     masks: dict[str, list[Path]] = {}
     labels: dict[str, list[Path]] = {}
     if options.derivatives:
