@@ -62,7 +62,7 @@ def _read(source, what):
 
 @pytest.mark.parametrize("layout", sorted(WRITERS))
 def test_layout_finds_the_manifest_cases(layout, datasets):
-    found = discover_dataset(datasets[layout], LESIONS)
+    found = discover_dataset(datasets[layout], LESIONS if layout == "BIDS" else None)
     assert found.layout.name == LAYOUT_NAMES[layout] and found.notes == []
     manifest = {s.case_id: s for s in read_manifest(datasets["manifest"])}
     by_id = {s.case_id: s for s in found.sources}
@@ -229,6 +229,9 @@ def test_bad_dataset_files_are_one_line(tmp_path, capsys):
     (root / "dataset_description.json").write_text("{}")
     assert main(["info", str(root), "--derivatives", "nope"]) == 1
     assert "nope: --derivatives: no folder derivatives/nope" in capsys.readouterr().err
+    (tmp_path / "plain").mkdir()
+    assert main(["info", str(tmp_path / "plain"), "--bids", "run=2"]) == 1
+    assert "plain: --bids and --derivatives apply to a BIDS dataset" in capsys.readouterr().err
     nn = tmp_path / "nn"
     (nn / "imagesTr").mkdir(parents=True)
     for body, reason in [

@@ -195,6 +195,15 @@ def discover_dataset(path: str | os.PathLike, options: LayoutOptions | None = No
     root = Path(path)
     if not root.exists():
         raise MedaeError(root, "no such file or folder")
+    found = _discover_dataset(root, options)
+    if options is not None and (options.bids_filters or options.derivatives) and (
+            found.layout is None or found.layout.name != "BIDS"):
+        raise MedaeError(root, "--bids and --derivatives apply to a BIDS dataset (a folder "
+                               "with dataset_description.json)")
+    return found
+
+
+def _discover_dataset(root: Path, options: LayoutOptions | None) -> Discovered:
     if root.is_file() and root.suffix.lower() == ".csv":
         return Discovered(read_manifest(root), [])
     layout = find_layout(root, options)

@@ -315,13 +315,12 @@ def _entities_of(path: Path) -> list[str]:
 
 
 def _derivatives(root: Path, name: str) -> Path:
-    """``derivatives/NAME`` of the dataset, or the path ``NAME`` itself."""
-    inside = root / "derivatives" / name
-    path = inside if ("/" not in name and inside.is_dir()) else Path(name)
-    if not path.is_dir():
-        raise MedaeError(name, f"--derivatives: no folder derivatives/{name} in {root} "
-                               "and no such folder")
-    return path
+    """``derivatives/NAME`` of the dataset, ``NAME`` inside it, or the path ``NAME`` itself."""
+    for path in (root / "derivatives" / name, root / name, Path(name)):
+        if path.is_dir():
+            return path
+    raise MedaeError(name, f"--derivatives: no folder derivatives/{name} in {root} "
+                           "and no such folder")
 
 
 # --- BraTS --------------------------------------------------------------------------------
