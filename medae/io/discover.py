@@ -160,9 +160,11 @@ def load_scan(path: str | os.PathLike, series: str | None = None) -> Scan:
 def discover(path: str | os.PathLike) -> list[ScanSource]:
     """Every scan under ``path``: NIfTI files and DICOM series (one source per volume).
 
-    ``path`` may be a folder (walked recursively, hidden entries skipped), a single scan file, or
-    a CSV manifest (see :func:`read_manifest`).  Skipped files (non-image DICOM objects, DICOMDIR,
-    unreadable files) are logged as notes; :func:`discover_with_notes` returns them.
+    ``path`` may be a folder (walked recursively, hidden entries skipped), a dataset in a layout
+    medae recognises (BIDS, BraTS, the Decathlon, nnU-Net v2: one source per case, see
+    :func:`discover_dataset`), a single scan file, or a CSV manifest (see
+    :func:`read_manifest`).  Skipped files (non-image DICOM objects, DICOMDIR, unreadable files,
+    files a layout cannot name) are logged as notes; :func:`discover_with_notes` returns them.
     """
     sources, notes = discover_with_notes(path)
     for note in notes:
