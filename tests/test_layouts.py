@@ -188,6 +188,23 @@ def test_bids_sessions_runs_and_derivatives(bids):
     assert "participants" not in notes and len(found.notes) == 3
 
 
+def test_info_lists_a_failing_case_and_the_notes(bids, capsys):
+    assert main(["info", str(bids), "--derivatives", "lesions"]) == 1  # sub-02 has two runs
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert out[0] == "layout: BIDS (dataset_description.json), 4 cases"
+    failed = [line.split("\t") for line in out if "\tFAILED\t" in line]
+    assert [f[0] for f in failed] == ["sub-02"]
+    assert failed[0][3].endswith("several scans for sequence t1 (sub-02/anat/sub-02_run-1_T1w"
+                                 ".nii.gz, sub-02/anat/sub-02_run-2_T1w.nii.gz): pick one with "
+                                 "--bids, e.g. --bids \"run=2\"")
+    assert failed[0][4:] == ["mask derivatives/lesions/sub-02/anat/sub-02_desc-brain_mask.nii.gz",
+                             "label derivatives/lesions/sub-02/anat/sub-02_desc-lesion_mask.nii.gz"]
+    assert "note: skipped " in captured.err and "BIDS suffix T1map" in captured.err
+    assert main(["info", str(bids), "--derivatives", "lesions", "--bids", "run=2"]) == 0
+    assert "FAILED" not in capsys.readouterr().out
+
+
 def test_bids_filters_pick_a_run(bids):
     found = discover_dataset(bids, LayoutOptions(parse_bids_filters("run=2"), "lesions"))
     two = {s.case_id: s for s in found.sources}["sub-02"]
