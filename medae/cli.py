@@ -73,11 +73,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
         found = _discover(target, args)
         sources = found.sources
         if found.layout is not None:
-            print(found.layout.describe())
+            others = len(sources) - len(found.layout.cases)
+            print(found.layout.describe() + (f"; {others} other scan(s) outside its case "
+                                             "folders" if others else ""))
         if not sources:
             print(f"note: {target}: no NIfTI file or DICOM image series found", file=sys.stderr)
         for src in sources:
-            extra = _companions(src, target) if found.layout is not None else ""
+            extra = _companions(src, target) if src.layout is not None else ""
             try:
                 if (src.kind == "nifti" and not src.sequences and not src.problem
                         and src.volume is None and src.voxels() > INFO_HEADER_ONLY_VOXELS):
@@ -98,7 +100,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                       f"{extra}")
                 continue
             seqs = (f"\tsequences {','.join(src.sequence_names)}"
-                    if src.sequences or found.layout is not None else "")
+                    if src.sequences or src.layout is not None else "")
             print(f"{src.case_id}\t{kind}\t{'x'.join(map(str, shape))}\t"
                   f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm\t{codes}{seqs}{extra}")
     return 1 if failed else 0

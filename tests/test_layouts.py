@@ -279,10 +279,13 @@ def test_brats_segmentation_is_the_label_never_a_scan(tmp_path):
         save(b / f"BraTS2021_00002_{suffix}.nii.gz", cases["c01"][seq])
     save(root / "BraTS2021_00003" / "BraTS2021_00003_seg.nii.gz", cases["c02"]["label"])
     (root / "name_mapping.csv").write_text("a,b\n")
+    save(root / "extra" / "scan.nii.gz", cases["c00"]["t1"])  # not BraTS: found as before
     found = discover_dataset(root)
     assert found.layout.name == "BraTS"
     by_id = {s.case_id: s for s in found.sources}
-    assert sorted(by_id) == ["BraTS2021_00001", "BraTS2021_00002"]  # ids: the folder names
+    # ids: the folder names; a scan outside the case folders is found as in any folder
+    assert sorted(by_id) == ["BraTS2021_00001", "BraTS2021_00002", "extra_scan"]
+    assert by_id["extra_scan"].layout is None and by_id["extra_scan"].name == "image"
     one = by_id["BraTS2021_00001"]
     assert one.sequence_names == ("flair", "t1", "t1c", "t2")
     assert one.label == a / "BraTS2021_00001_seg.nii.gz"
@@ -293,7 +296,7 @@ def test_brats_segmentation_is_the_label_never_a_scan(tmp_path):
     assert ("BraTS2021_00001_t1ce_reg.nii.gz: skipped, BraTS suffix t1ce_reg is not a sequence "
             "medae knows") in notes
     assert "BraTS2021_00003_seg.nii.gz: skipped, a label without a scan" in notes
-    assert "name_mapping.csv: skipped, not in a BraTS case folder" in notes
+    assert "name_mapping.csv: skipped, not a DICOM file" in notes
 
 
 def test_brats2023_names(datasets):

@@ -217,10 +217,10 @@ def _discover_dataset(root: Path, options: LayoutOptions | None) -> Discovered:
         files, base, notes = [root], root.parent, []
     else:
         (files, notes), base = walk_files(root, skip_dir=is_case_folder), root
-        layout = brats_layout(root, files)
+        layout, files = brats_layout(root, files)  # BraTS case folders; the rest as before
         if layout is not None:
-            return Discovered(_layout_sources(layout, root), notes + list(layout.notes), layout)
-    sources: list[ScanSource] = []
+            notes += layout.notes
+    sources: list[ScanSource] = [] if layout is None else _layout_cases(layout)
     cleaned: set[Path] = set()  # names changed by cleaning give way to names kept as they are
     other: list[Path] = []
     groups: dict[tuple[Path, str], list[tuple[int, ScanSource]]] = {}
@@ -261,10 +261,15 @@ def _discover_dataset(root: Path, options: LayoutOptions | None) -> Discovered:
         else:
             sources.append(src)
     sources += _sequence_cases(groups, base)
-    return Discovered(_dedupe(sources, base, cleaned), notes)
+    return Discovered(_dedupe(sources, base, cleaned), notes, layout)
 
 
 def _layout_sources(layout: Layout, root: Path) -> list[ScanSource]:
+    """A layout's cases as scan sources with unique case ids."""
+    return _dedupe(_layout_cases(layout), root)
+
+
+def _layout_cases(layout: Layout) -> list[ScanSource]:
     """A layout's cases as scan sources (their first sequence fixes the grid)."""
     out = []
     for case in layout.cases:
@@ -274,7 +279,7 @@ def _layout_sources(layout: Layout, root: Path) -> list[ScanSource]:
         out.append(ScanSource(case_id=case.case_id, kind="nifti", path=first.path,
                               volume=first.index, mask=case.mask, label=case.label, name=name,
                               sequences=extra, problem=case.problem, layout=layout.name))
-    return _dedupe(out, root)
+    return out
 
 
 def _sequence_cases(groups: dict[tuple[Path, str], list[tuple[int, ScanSource]]],

@@ -22,10 +22,11 @@ BRATS_NAMES = {"flair": "flair", "t1": "t1", "t1ce": "t1c", "t2": "t2",
 BRATS_LABEL = "seg"
 
 
-def brats_layout(root: Path, files: list[Path]) -> Layout | None:
+def brats_layout(root: Path, files: list[Path]) -> tuple[Layout | None, list[Path]]:
     """BraTS case folders among ``files`` (the files under ``root``): a folder holding a NIfTI
-    file named after it plus a BraTS suffix (``_flair``, ``-t2f``, ``_seg`` ...).  None when no
-    folder is one."""
+    file named after it plus a BraTS suffix (``_flair``, ``-t2f``, ``_seg`` ...).  Returns the
+    layout (None when no folder is one) and the files outside those folders, which are
+    discovered as in any folder."""
     by_folder: dict[Path, list[Path]] = {}
     for f in files:
         by_folder.setdefault(f.parent, []).append(f)
@@ -41,7 +42,7 @@ def brats_layout(root: Path, files: list[Path]) -> Layout | None:
     case_folders = [d for d, fs in by_folder.items()
                     if any((key_of(d, f) or "").lower() in known for f in fs)]
     if not case_folders:
-        return None
+        return None, files
     modern = False
     notes, cases = [], []
     for folder in sorted(case_folders):
@@ -65,11 +66,10 @@ def brats_layout(root: Path, files: list[Path]) -> Layout | None:
             continue
         label, problem = one_file(case, "segmentation (seg)", sorted(segs), root)
         cases.append(make_case(case, found, root, label=label, problem=problem))
-    for f in files:
-        if f.parent not in case_folders:
-            notes.append(f"{f}: skipped, not in a BraTS case folder")
+    inside = set(case_folders)
     evidence = ("case folders of <case>-t2f/-t1n/-t1c/-t2w/-seg files" if modern else
                 "case folders of <case>_flair/_t1/_t1ce/_t2/_seg files")
-    return Layout("BraTS", evidence, tuple(cases), tuple(notes))
+    return (Layout("BraTS", evidence, tuple(cases), tuple(notes)),
+            [f for f in files if f.parent not in inside])
 
 
