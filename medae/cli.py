@@ -22,21 +22,67 @@ log = logging.getLogger("medae")
 INFO_HEADER_ONLY_VOXELS = 1 << 25
 
 
+def layout_options(args: argparse.Namespace):
+    """``--bids`` and ``--derivatives`` as :class:`medae.io.layouts.LayoutOptions`."""
+    from medae.io.layouts import LayoutOptions, parse_bids_filters
+
+    return LayoutOptions(bids_filters=parse_bids_filters(getattr(args, "bids", None)),
+                         derivatives=getattr(args, "derivatives", None))
+
+
+def _add_layout_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bids", metavar="FILTERS",
+                        help="BIDS entity filters, e.g. \"run=2 acq=mprage suffix=FLAIR,T1w\": "
+                             "each term picks among a case's scans of one sequence (none: "
+                             "those without the entity); suffix keeps those sequences")
+    parser.add_argument("--derivatives", metavar="NAME",
+                        help="BIDS: the derivatives dataset (derivatives/NAME, or a path) holding "
+                             "lesion labels (desc-lesion_mask) and brain masks (desc-brain_mask)")
+
+
+def _discover(path, args: argparse.Namespace):
+    """The sources under ``path`` (layouts by ``--bids``/``--derivatives``), notes printed."""
+    from medae.io.discover import discover_dataset
+
+    found = discover_dataset(path, layout_options(args))
+    for note in found.notes:
+        print(f"note: skipped {note}", file=sys.stderr)
+    return found
+
+
+def _companions(src, root) -> str:
+    """A layout case's ``mask`` and ``label`` for ``medae info``, relative to the dataset."""
+    from pathlib import Path
+
+    def shown(p):
+        if p is None:
+            return "-"
+        try:
+            return str(Path(p).relative_to(root))
+        except ValueError:
+            return str(p)
+
+    return f"\tmask {shown(src.mask)}\tlabel {shown(src.label)}"
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
-    from medae.io.discover import discover_with_notes
     from medae.io.nifti import read_nifti_geometry
 
     failed = 0
     for target in args.paths:
-        sources, notes = discover_with_notes(target)
-        for note in notes:
-            print(f"note: skipped {note}", file=sys.stderr)
+        found = _discover(target, args)
+        sources = found.sources
+        if found.layout is not None:
+            others = len(sources) - len(found.layout.cases)
+            print(found.layout.describe() + (f"; {others} other scan(s) outside its case "
+                                             "folders" if others else ""))
         if not sources:
             print(f"note: {target}: no NIfTI file or DICOM image series found", file=sys.stderr)
         for src in sources:
+            extra = _companions(src, target) if src.layout is not None else ""
             try:
                 if (src.kind == "nifti" and not src.sequences and not src.problem
-                        and src.voxels() > INFO_HEADER_ONLY_VOXELS):
+                        and src.volume is None and src.voxels() > INFO_HEADER_ONLY_VOXELS):
                     # a large volume: its header says it all (no 4 GB of pixels for a shape)
                     shape, (sx, sy, sz), codes = read_nifti_geometry(src.path)
                     kind = src.kind
@@ -50,11 +96,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 raise
             except BaseException as exc:  # one scan never stops the listing
                 failed += 1
-                print(f"{src.case_id}\t{src.kind}\tFAILED\t{failure_reason(src.path, exc)}")
+                print(f"{src.case_id}\t{src.kind}\tFAILED\t{failure_reason(src.path, exc)}"
+                      f"{extra}")
                 continue
-            seqs = (f"\tsequences {','.join(src.sequence_names)}" if src.sequences else "")
+            seqs = (f"\tsequences {','.join(src.sequence_names)}"
+                    if src.sequences or src.layout is not None else "")
             print(f"{src.case_id}\t{kind}\t{'x'.join(map(str, shape))}\t"
-                  f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm\t{codes}{seqs}")
+                  f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm\t{codes}{seqs}{extra}")
     return 1 if failed else 0
 
 
@@ -87,13 +135,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import json
 
     from medae.config import load_config
-    from medae.io.discover import discover_with_notes
     from medae.train import train
 
     config = load_config(args.config, train_overrides(args))
-    sources, notes = discover_with_notes(args.data)
-    for note in notes:
-        print(f"note: skipped {note}", file=sys.stderr)
+    sources = _discover(args.data, args).sources
     run = train(config, sources, args.output, resume=args.resume, device=args.device,
                 progress=not args.quiet)
     print(f"model bundle: {run}")
@@ -112,11 +157,8 @@ def _print_operating_point(cal: dict | None) -> None:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from medae.calibrate import recalibrate
-    from medae.io.discover import discover_with_notes
 
-    sources, notes = discover_with_notes(args.data)
-    for note in notes:
-        print(f"note: skipped {note}", file=sys.stderr)
+    sources = _discover(args.data, args).sources
     run, cal = recalibrate(args.model, sources, args.output,
                            operating_point=args.operating_point, froc_fp=args.froc_fp,
                            device=args.device)
@@ -143,18 +185,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medae.batch import check_output, parse_shard, score_sources
-    from medae.io.discover import discover_with_notes
     from medae.scoring import load_model
 
     shard = parse_shard(args.shard)
     _check_flags(args)
+    layout_options(args)  # --bids checked before the model is read
     check_output(Path(args.output))
     model = load_model(args.model, device=args.device, batch_size=args.batch_size,
                        precision=args.precision, brain=args.brain)
     model.resolve_threshold(args.fpr, args.threshold)  # checked once, not once per scan
-    sources, notes = discover_with_notes(args.input)
-    for note in notes:
-        print(f"note: skipped {note}", file=sys.stderr)
+    sources = _discover(args.input, args).sources
     if not sources:
         raise MedaeError(args.input, "no NIfTI file or DICOM image series found")
     arguments = {k: v for k, v in vars(args).items() if k not in ("func",)}
@@ -177,7 +217,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise MedaeError(args.output, "--output exists and is not a folder")
-    metrics = evaluate(args.predictions, args.labels)
+    metrics = evaluate(args.predictions, args.labels, layout_options(args))
     out = write_report(metrics, args.output, str(args.predictions), str(args.labels))
     v = metrics["voxel"]
 
@@ -235,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="One line per scan found: case id, kind, shape, spacing (mm), and the "
                     "orientation codes of the source grid.  Exit status 1 when a scan fails.")
     info.add_argument("paths", nargs="+", metavar="PATH",
-                      help="NIfTI file, DICOM file or folder, or CSV manifest")
+                      help="NIfTI file, DICOM file or folder, CSV manifest, or a dataset (BIDS, "
+                           "BraTS, the Decathlon, nnU-Net v2)")
+    _add_layout_options(info)
     info.set_defaults(func=_cmd_info)
 
     tr = sub.add_parser(
@@ -262,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="dotted override, e.g. --set model.latent_size=256 (repeatable)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_layout_options(tr)
     tr.set_defaults(func=_cmd_train)
 
     ca = sub.add_parser(
@@ -279,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--froc-fp", type=float,
                     help="false candidates per scan that the froc rule allows")
     ca.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    _add_layout_options(ca)
     ca.set_defaults(func=_cmd_calibrate)
 
     sc = sub.add_parser(
@@ -323,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--workers", type=int, default=2,
                     help="threads loading and preprocessing ahead of the model (default 2)")
     sc.add_argument("-q", "--quiet", action="store_true", help="no per-scan progress lines")
+    _add_layout_options(sc)
     sc.set_defaults(func=_cmd_score)
 
     ev = sub.add_parser(
@@ -334,9 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "against false-positive candidates per scan), scan-level AUROC/AP.")
     ev.add_argument("--predictions", required=True, help="output folder of medae score")
     ev.add_argument("--labels", required=True,
-                    help="manifest (case_id,image[,mask],label) or folder of label files "
-                         "named by case id")
+                    help="manifest (case_id,image[,mask],label), folder of label files "
+                         "named by case id, or the dataset (BIDS with --derivatives, BraTS, "
+                         "the Decathlon, nnU-Net v2): its cases' labels")
     ev.add_argument("--output", required=True, help="report folder")
+    _add_layout_options(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
     cv = sub.add_parser(

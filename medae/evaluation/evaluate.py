@@ -2,9 +2,11 @@
 
 Reads ``OUT/scores.csv`` and each case's ``anomaly_map.nii.gz``, ``candidates.nii.gz``,
 ``brain_mask.nii.gz`` and ``result.json`` (the threshold used), and the ground truth from a
-manifest (``case_id,image[,mask],label``) or a folder of label files named by case id.  Voxels
-are pooled inside the brain mask (the manifest's, else the one scoring used), one scan at a time,
-so the memory stays bounded whatever the test set's size.  Any label > 0 is a lesion.
+manifest (``case_id,image[,mask],label``), a folder of label files named by case id, or a
+dataset layout (BIDS with a derivatives dataset, BraTS, the Decathlon, nnU-Net v2) whose labels
+it finds.  Voxels are pooled inside the brain mask (the manifest's or the layout's, else the one
+scoring used), one scan at a time, so the memory stays bounded whatever the test set's size.
+Any label > 0 is a lesion.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from medae.evaluation.froc import FROC, FROC_LEVELS
 from medae.evaluation.lesions import lesion_detection, summarise_detection
 from medae.evaluation.pooled import PooledVoxels
 from medae.evaluation.ranking import ranking_metrics
-from medae.io.discover import discover, read_manifest
+from medae.io.discover import discover_dataset, read_manifest
 from medae.io.files import is_regular, read_regular
+from medae.io.layouts import LayoutOptions
 from medae.io.nifti import MAX_VOXELS
 
 
@@ -102,7 +105,8 @@ def _record(path: Path) -> dict:
     return rec
 
 
-def _truth_sources(labels: str | os.PathLike) -> dict[str, tuple[Path, Path | None]]:
+def _truth_sources(labels: str | os.PathLike, options: LayoutOptions | None = None
+                   ) -> dict[str, tuple[Path, Path | None]]:
     """case_id -> (label file, brain mask file or None)."""
     labels = Path(labels)
     if labels.is_file() and labels.suffix.lower() == ".csv":
@@ -112,14 +116,22 @@ def _truth_sources(labels: str | os.PathLike) -> dict[str, tuple[Path, Path | No
                 raise MedaeError(labels, f"case {s.case_id} has no label column value")
             out[s.case_id] = (s.label, s.mask)
         return out
-    return {s.case_id: (s.path, None) for s in discover(labels) if s.kind == "nifti"}
+    found = discover_dataset(labels, options)
+    if found.layout is not None:  # a dataset (BIDS, BraTS, ...): the labels its cases carry
+        return {s.case_id: (s.label, s.mask) for s in found.sources if s.label is not None}
+    return {s.case_id: (s.path, None) for s in found.sources if s.kind == "nifti"}
 
 
-def evaluate(predictions: str | os.PathLike, labels: str | os.PathLike) -> dict:
-    """Compute every metric; returns the ``metrics.json`` content (see the module docstring)."""
+def evaluate(predictions: str | os.PathLike, labels: str | os.PathLike,
+             options: LayoutOptions | None = None) -> dict:
+    """Compute every metric; returns the ``metrics.json`` content (see the module docstring).
+
+    ``labels`` is a manifest, a folder of label files named by case id, or a dataset in a
+    layout medae recognises (``medae.io.layouts``; ``options``: BIDS filters and derivatives),
+    whose cases' labels and brain masks are used."""
     pred = Path(predictions)
     rows = _read_scores(pred / "scores.csv")
-    truth = _truth_sources(labels)
+    truth = _truth_sources(labels, options)
     cases = [r for r in rows if r["case_id"] in truth]
     if not cases:
         raise MedaeError(pred, f"no scored case has a label in {labels} (case ids must match)")

@@ -18,6 +18,7 @@ import numpy as np
 from medae.errors import MedaeError, ScanReadError
 from medae.io import dicom
 from medae.io.files import NOT_REGULAR, is_regular, open_regular, read_regular, walk_files
+from medae.io.layouts import Layout, LayoutOptions, brats_layout, find_layout
 from medae.io.nifti import is_nifti_path, read_nifti, read_nifti_header
 from medae.io.scan import Scan
 from medae.io.sequences import SequenceRef, nnunet_parts, on_grid
@@ -50,6 +51,8 @@ class ScanSource:
     name: str = "image"  # the first sequence's name
     sequences: tuple[SequenceRef, ...] = ()  # further co-registered sequences, in order
     problem: str | None = None  # found while grouping (a missing sequence): load() refuses
+    volume: int | None = None  # the first sequence is this volume of a 4D NIfTI file
+    layout: str | None = None  # the dataset layout it was found in (BIDS, BraTS, ...)
 
     @property
     def sequence_names(self) -> tuple[str, ...]:
@@ -77,7 +80,7 @@ class ScanSource:
             raise ScanReadError(self.path, self.problem)
         if self.series is not None:
             return dicom.read_dicom_series(self.series)
-        return load_scan(self.path)
+        return _read(self.path, self.volume)
 
     def load_sequences(self, scan: Scan, names=None) -> dict[str, np.ndarray]:
         """The sequences ``names`` (default: every one) on ``scan``'s (the first sequence's)
@@ -87,7 +90,7 @@ class ScanSource:
             if names is not None and seq.name not in names:
                 continue
             other = (dicom.read_dicom_series(seq.series) if seq.series is not None
-                     else load_scan(seq.path))
+                     else _read(seq.path, seq.volume))
             out[seq.name] = on_grid(scan, other, f"sequence {seq.name} of case {self.case_id}")
         return out
 
@@ -104,9 +107,20 @@ class ScanSource:
 
     def describe(self) -> str:
         text = self.series.describe() if self.series is not None else "NIfTI file"
+        if self.volume is not None:
+            text += f" (volume {self.volume})"
         if self.sequences:
             text += f"; sequences {', '.join(self.sequence_names)}"
         return text
+
+
+def _read(path: Path, volume: int | None) -> Scan:
+    """A scan file, or one volume of a 4D NIfTI file."""
+    if volume is None:
+        return load_scan(path)
+    if not is_regular(path):
+        raise ScanReadError(path, "no such file" if not path.exists() else NOT_REGULAR)
+    return read_nifti(path, volume=volume)
 
 
 def safe_id(text: str) -> str:
@@ -146,9 +160,11 @@ def load_scan(path: str | os.PathLike, series: str | None = None) -> Scan:
 def discover(path: str | os.PathLike) -> list[ScanSource]:
     """Every scan under ``path``: NIfTI files and DICOM series (one source per volume).
 
-    ``path`` may be a folder (walked recursively, hidden entries skipped), a single scan file, or
-    a CSV manifest (see :func:`read_manifest`).  Skipped files (non-image DICOM objects, DICOMDIR,
-    unreadable files) are logged as notes; :func:`discover_with_notes` returns them.
+    ``path`` may be a folder (walked recursively, hidden entries skipped), a dataset in a layout
+    medae recognises (BIDS, BraTS, the Decathlon, nnU-Net v2: one source per case, see
+    :func:`discover_dataset`), a single scan file, or a CSV manifest (see
+    :func:`read_manifest`).  Skipped files (non-image DICOM objects, DICOMDIR, unreadable files,
+    files a layout cannot name) are logged as notes; :func:`discover_with_notes` returns them.
     """
     sources, notes = discover_with_notes(path)
     for note in notes:
@@ -156,19 +172,55 @@ def discover(path: str | os.PathLike) -> list[ScanSource]:
     return sources
 
 
-def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list[str]]:
+def discover_with_notes(path: str | os.PathLike, options: LayoutOptions | None = None
+                        ) -> tuple[list[ScanSource], list[str]]:
+    found = discover_dataset(path, options)
+    return found.sources, found.notes
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """What :func:`discover_dataset` found: the sources, the notes on skipped files, and the
+    dataset layout recognised (None for a plain folder, a file or a manifest)."""
+
+    sources: list[ScanSource]
+    notes: list[str]
+    layout: Layout | None = None
+
+
+def discover_dataset(path: str | os.PathLike, options: LayoutOptions | None = None
+                     ) -> Discovered:
+    """:func:`discover`, and the layout it recognised: a BIDS, Decathlon or nnU-Net v2 dataset
+    (by its ``dataset_description.json`` or ``dataset.json``) or BraTS case folders become one
+    source per case, their sequences named as recipes name them (``medae.io.layouts``);
+    ``options`` holds BIDS entity filters and the derivatives dataset with labels and masks."""
     root = Path(path)
     if not root.exists():
         raise MedaeError(root, "no such file or folder")
+    found = _discover_dataset(root, options)
+    if options is not None and (options.bids_filters or options.derivatives) and (
+            found.layout is None or found.layout.name != "BIDS"):
+        raise MedaeError(root, "--bids and --derivatives apply to a BIDS dataset (a folder "
+                               "with dataset_description.json)")
+    return found
+
+
+def _discover_dataset(root: Path, options: LayoutOptions | None) -> Discovered:
     if root.is_file() and root.suffix.lower() == ".csv":
-        return read_manifest(root), []
+        return Discovered(read_manifest(root), [])
+    layout = find_layout(root, options)
+    if layout is not None:
+        return Discovered(_layout_sources(layout, root), list(layout.notes), layout)
     if not root.is_dir():
         if not is_regular(root):
             raise MedaeError(root, NOT_REGULAR)
         files, base, notes = [root], root.parent, []
     else:
         (files, notes), base = walk_files(root, skip_dir=is_case_folder), root
-    sources: list[ScanSource] = []
+        layout, files = brats_layout(root, files)  # BraTS case folders; the rest as before
+        if layout is not None:
+            notes += layout.notes
+    sources: list[ScanSource] = [] if layout is None else _layout_cases(layout)
     cleaned: set[Path] = set()  # names changed by cleaning give way to names kept as they are
     other: list[Path] = []
     groups: dict[tuple[Path, str], list[tuple[int, ScanSource]]] = {}
@@ -209,7 +261,25 @@ def discover_with_notes(path: str | os.PathLike) -> tuple[list[ScanSource], list
         else:
             sources.append(src)
     sources += _sequence_cases(groups, base)
-    return _dedupe(sources, base, cleaned), notes
+    return Discovered(_dedupe(sources, base, cleaned), notes, layout)
+
+
+def _layout_sources(layout: Layout, root: Path) -> list[ScanSource]:
+    """A layout's cases as scan sources with unique case ids."""
+    return _dedupe(_layout_cases(layout), root)
+
+
+def _layout_cases(layout: Layout) -> list[ScanSource]:
+    """A layout's cases as scan sources (their first sequence fixes the grid)."""
+    out = []
+    for case in layout.cases:
+        (name, first), *rest = case.sequences
+        extra = tuple(SequenceRef(name=n, kind="nifti", path=v.path, volume=v.index)
+                      for n, v in rest)
+        out.append(ScanSource(case_id=case.case_id, kind="nifti", path=first.path,
+                              volume=first.index, mask=case.mask, label=case.label, name=name,
+                              sequences=extra, problem=case.problem, layout=layout.name))
+    return out
 
 
 def _sequence_cases(groups: dict[tuple[Path, str], list[tuple[int, ScanSource]]],

@@ -190,16 +190,27 @@ def _gib(shape: tuple[int, ...]) -> float:
     return float(np.prod(shape, dtype=np.float64)) * 4 / 2**30
 
 
-def read_nifti(path: str | os.PathLike) -> Scan:
-    """Read a 3D NIfTI volume as a :class:`Scan` (scl_slope / scl_inter applied, float32)."""
+def read_nifti(path: str | os.PathLike, volume: int | None = None) -> Scan:
+    """Read a 3D NIfTI volume as a :class:`Scan` (scl_slope / scl_inter applied, float32).
+
+    ``volume`` reads the volume of that index (from 0) of a 4D file (the channels of a
+    Decathlon image) on the file's grid; only the bytes up to its end are inflated."""
     path = Path(path)
     raw = _read_bytes(path)
     header = read_nifti_header(path, raw)
     shape = tuple(int(d) for d in header.get_data_shape())
-    spatial = _spatial_shape(path, shape)
     dtype = header.get_data_dtype()
     offset = int(header.get_data_offset())
-    needed = offset + int(np.prod(shape)) * dtype.itemsize
+    if volume is None:
+        spatial = _spatial_shape(path, shape)
+        needed = offset + int(np.prod(shape)) * dtype.itemsize
+        start = offset
+    else:
+        spatial = _volume_shape(path, shape, volume)
+        start = offset + volume * int(np.prod(spatial)) * dtype.itemsize
+        needed = start + int(np.prod(spatial)) * dtype.itemsize
+        header = header.copy()
+        header.set_data_shape(spatial)  # the grid of one volume (outputs are 3D)
     slope, inter = _scaling(path, header)
     affine = _affine(path, header)
     if raw[:2] == b"\x1f\x8b":
@@ -219,12 +230,14 @@ def read_nifti(path: str | os.PathLike) -> Scan:
     except MemoryError:
         raise ScanReadError(path, f"not enough memory for {'x'.join(map(str, spatial))} voxels "
                                   f"({_gib(spatial):.1f} GiB as float32)") from None
-    n_bad = _convert_blocks(blocks, offset, dtype, array, slope, inter)
+    n_bad = _convert_blocks(blocks, start, dtype, array, slope, inter)
     if n_bad:
         raise ScanReadError(path, f"{n_bad} voxels are NaN or infinite")
     meta = {"format": "NIfTI-2" if isinstance(header, nib.Nifti2Header) else "NIfTI-1",
             "stored_dtype": str(dtype.newbyteorder("=")),
             "sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])}
+    if volume is not None:
+        meta["volume"] = volume
     return Scan.from_grid(array, grid, source=str(path), kind="nifti", meta=meta)  # no copy
 
 
@@ -304,6 +317,17 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
         raise ScanReadError(path, f"2D image (shape {'x'.join(map(str, shape))}); "
                                   "medae needs a 3D volume")
     return tuple(dims)
+
+
+def _volume_shape(path: Path, shape: tuple[int, ...], volume: int) -> tuple[int, int, int]:
+    """The 3D grid of volume ``volume`` of a 4D file (trailing singleton dimensions dropped)."""
+    dims = list(shape)
+    while len(dims) > 4 and dims[-1] == 1:
+        dims.pop()
+    count = dims[3] if len(dims) == 4 else 1
+    if len(dims) > 4 or not 0 <= volume < count:
+        raise ScanReadError(path, f"has no volume {volume} (shape {'x'.join(map(str, shape))})")
+    return _spatial_shape(path, tuple(dims[:3]))
 
 
 def write_on_grid(array: np.ndarray, scan: Scan, path: str | os.PathLike,

@@ -35,6 +35,7 @@ class SequenceRef:
     kind: str  # "nifti" | "dicom"
     path: Path
     series: object | None = None  # medae.io.dicom.DicomSeries
+    volume: int | None = None  # the volume of a 4D NIfTI file (a Decathlon channel)
 
 
 def nnunet_parts(stem: str) -> tuple[str, int] | None:
