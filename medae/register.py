@@ -12,7 +12,9 @@ across contrasts: T1 against PD or FLAIR), with SimpleITK's ``ImageRegistrationM
   thin PD slab's centre onto a whole-head T1's and undo that);
 - three resolutions (shrink factors 4, 2, 1, Gaussian smoothing 2, 1, 0 voxels), regular-step
   gradient descent with scales from physical shifts, at most :data:`SAMPLES` metric samples per
-  level on a regular lattice with a fixed seed (the same result on every run);
+  level on a regular lattice with a fixed seed, on one ITK thread (the same result to the last
+  bit on every run); image gradients at the samples only (no gradient image of the whole
+  volume per level: 7 s instead of 24 s for IXI's T1 onto its T2);
 - the fixed image's brain mask (the one supplied with the scan) as the metric's mask, when
   there is one.
 
@@ -202,6 +204,8 @@ def _register(sitk, fixed: Scan, moving: Scan, what: str, mask) -> Registration:
         mask_img.CopyInformation(fixed_img)
         reg.SetMetricFixedMask(mask_img)
     reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetMetricUseFixedImageGradientFilter(False)
+    reg.SetMetricUseMovingImageGradientFilter(False)
     reg.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=1e-3, numberOfIterations=ITERATIONS,
         relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
