@@ -227,18 +227,22 @@ def test_brats_is_byte_identical_by_default_and_with_auto(tmp_path):
 
 @pytest.mark.slow
 def test_score_registers_a_moved_sequence_and_records_its_transform(template, tmp_path):
-    """A two-sequence intensity model trained with ``--registration auto`` on co-registered
-    cases (same grid: taken as they are); scored, a case whose second sequence moved is
+    """A two-sequence intensity model trained with ``--registration auto``: a case whose
+    sequences share a grid is taken as it is, one whose second sequence moved is registered
+    (model.json records its transform); scored, a case whose second sequence moved is
     registered (result.json holds the transform) and a case whose second sequence is noise
     fails in one line while the other is scored."""
     t, inverted, centre = template
     data = tmp_path / "data"
     data.mkdir()
     rows = ["case_id,t1,t2"]
-    for i in range(3):
+    moved_in_training = {"h2": _rigid([0, 1, 0], 5, [3.0, 0.0, 2.0], centre),
+                         "h3": _rigid([1, 0, 1], 4, [-2.0, 4.0, 0.0], centre)}
+    for i in range(4):
         gain = 1.0 + 0.05 * i
         nib.save(nib.Nifti1Image(t.t1 * gain, t.affine), data / f"h{i}_t1.nii.gz")
-        nib.save(nib.Nifti1Image(inverted * gain, t.affine), data / f"h{i}_t2.nii.gz")
+        aff = moved_in_training.get(f"h{i}", np.eye(4)) @ t.affine
+        nib.save(nib.Nifti1Image(inverted * gain, aff), data / f"h{i}_t2.nii.gz")
         rows.append(f"h{i},{data / f'h{i}_t1.nii.gz'},{data / f'h{i}_t2.nii.gz'}")
     (data / "train.csv").write_text("\n".join(rows) + "\n")
     truth = _rigid([1, 1, -1], 10, [6.0, 9.0, -5.0], centre)
@@ -259,7 +263,14 @@ def test_score_registers_a_moved_sequence_and_records_its_transform(template, tm
     assert res.returncode == 0, res.stderr[-2000:]
     meta = json.loads((run / "model.json").read_text())
     assert meta["preprocess"]["registration"] == "auto"
-    assert all("registered" not in e for e in meta["intensity"])  # one grid: not registered
+    for entry in meta["intensity"]:  # the training cases: registered where t2 moved
+        if entry["case_id"] in moved_in_training:
+            mm, deg = _errors(np.array(entry["registered"]["t2"]["matrix"]),
+                              moved_in_training[entry["case_id"]], t.brain, t.affine)
+            assert mm < 1.0 and deg < 1.0, (mm, deg)
+        else:
+            assert "registered" not in entry  # one grid: taken as it is
+    assert {e["case_id"] for e in meta["intensity"]} & set(moved_in_training)
     res = subprocess.run([*cli, "score", "--model", str(run), "--input", str(data / "score.csv"),
                           "--output", str(out), "-q", "--no-overlays"],
                          capture_output=True, text=True, timeout=600)
