@@ -235,8 +235,10 @@ def _register(sitk, fixed: Scan, moving: Scan, what: str, mask) -> Registration:
     if problem:
         raise ScanReadError(moving.source, f"rigid registration of {what} to the first sequence "
                                            f"failed: {problem} (mutual information "
-                                           f"{found.metric:.3f} after {iterations} iterations; "
-                                           f"overlap {100 * found.overlap:.0f}%)")
+                                           f"{found.metric:.3f} nats after {iterations} "
+                                           f"iterations, {found.metric_before:.3f} before; "
+                                           f"{100 * found.overlap:.0f}% of the first sequence's "
+                                           f"{found.region} covered)")
     fill = float(np.min(moving.array))
     out = sitk.Resample(moving_img, fixed_img, transform, sitk.sitkLinear, fill,
                         sitk.sitkFloat32)
@@ -248,11 +250,10 @@ def _register(sitk, fixed: Scan, moving: Scan, what: str, mask) -> Registration:
 def _implausible(r: Registration) -> str | None:
     """Why a registration's result cannot be right, or None."""
     if r.overlap < MIN_OVERLAP:
-        return (f"the moved sequence covers {100 * r.overlap:.0f}% of the first sequence's "
-                f"{r.region} (need {100 * MIN_OVERLAP:.0f}%)")
+        return (f"the moved sequence covers under {100 * MIN_OVERLAP:.0f}% of the first "
+                f"sequence's {r.region}")
     if not r.metric >= MIN_MI:
-        return (f"mutual information {r.metric:.3f} nats, under {MIN_MI}: the images share no "
-                "structure")
+        return f"the images share no structure, under {MIN_MI} nats of mutual information"
     if r.rotation_deg > MAX_ROTATION_DEG:
         return f"a rotation of {r.rotation_deg:.0f}° (a head turns at most {MAX_ROTATION_DEG:.0f}°)"
     shift = float(np.linalg.norm(r.shift_mm))
