@@ -226,14 +226,13 @@ def test_brats_is_byte_identical_by_default_and_with_auto(tmp_path):
 
 # ---- medae score end to end ----------------------------------------------------------------
 
-@pytest.mark.slow
-def test_score_registers_a_moved_sequence_and_records_its_transform(template, tmp_path):
-    """A two-sequence intensity model trained with ``--registration auto``: a case whose
-    sequences share a grid is taken as it is, one whose second sequence moved is registered
-    (model.json records its transform); scored, a case whose second sequence moved is
-    registered (result.json holds the transform) and a case whose second sequence is noise
-    fails in one line while the other is scored."""
+@pytest.fixture(scope="module")
+def scored(template, tmp_path_factory):
+    """A two-sequence intensity model trained with ``--registration auto`` (two training cases
+    on one grid, two whose second sequence moved), and two cases scored by ``medae score``: one
+    whose second sequence moved, one whose second sequence is noise on a grid of its own."""
     t, inverted, centre = template
+    tmp_path = tmp_path_factory.mktemp("registered")
     data = tmp_path / "data"
     data.mkdir()
     rows = ["case_id,t1,t2"]
@@ -257,29 +256,40 @@ def test_score_registers_a_moved_sequence_and_records_its_transform(template, tm
         f"noise,{data / 'h0_t1.nii.gz'},{data / 'noise_t2.nii.gz'}\n")
     cli = [sys.executable, "-m", "medae"]
     run, out = tmp_path / "run", tmp_path / "out"
-    res = subprocess.run([*cli, "train", "--config", str(ROOT / "configs" / "intensity.yaml"),
-                          "--data", str(data / "train.csv"), "--output", str(run), "-q",
-                          "--registration", "auto", "--set", "preprocess.inputs=[t1, t2]"],
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    meta = json.loads((run / "model.json").read_text())
-    assert meta["preprocess"]["registration"] == "auto"
-    for entry in meta["intensity"]:  # the training cases: registered where t2 moved
-        if entry["case_id"] in moved_in_training:
-            mm, deg = _errors(np.array(entry["registered"]["t2"]["matrix"]),
-                              moved_in_training[entry["case_id"]], t.brain, t.affine)
-            assert mm < 1.0 and deg < 1.0, (mm, deg)
-        else:
-            assert "registered" not in entry  # one grid: taken as it is
-    assert {e["case_id"] for e in meta["intensity"]} & set(moved_in_training)
+    trained = subprocess.run([*cli, "train", "--config", str(ROOT / "configs" / "intensity.yaml"),
+                              "--data", str(data / "train.csv"), "--output", str(run), "-q",
+                              "--registration", "auto", "--set", "preprocess.inputs=[t1, t2]"],
+                             capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
     res = subprocess.run([*cli, "score", "--model", str(run), "--input", str(data / "score.csv"),
                           "--output", str(out), "-q", "--no-overlays"],
                          capture_output=True, text=True, timeout=600)
+    return dict(data=data, run=run, out=out, res=res, truth=truth, moved=moved_in_training)
+
+
+@pytest.mark.slow
+def test_score_registers_a_moved_sequence_and_records_its_transform(template, scored):
+    """Training: a case whose sequences share a grid is taken as it is, one whose second
+    sequence moved is registered (model.json records its transform).  Scoring: the moved
+    sequence is registered (result.json holds the transform); the noise case fails in one line
+    while the other is scored."""
+    t = template[0]
+    data, run, out, res = scored["data"], scored["run"], scored["out"], scored["res"]
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["preprocess"]["registration"] == "auto"
+    for entry in meta["intensity"]:  # the training cases: registered where t2 moved
+        if entry["case_id"] in scored["moved"]:
+            mm, deg = _errors(np.array(entry["registered"]["t2"]["matrix"]),
+                              scored["moved"][entry["case_id"]], t.brain, t.affine)
+            assert mm < 1.0 and deg < 1.0, (mm, deg)
+        else:
+            assert "registered" not in entry  # one grid: taken as it is
+    assert {e["case_id"] for e in meta["intensity"]} & set(scored["moved"])
     assert res.returncode == 1, res.stderr[-2000:]  # the noise case failed, the other scored
     rec = json.loads((out / "moved" / "result.json").read_text())
     assert rec["registration"] == "auto" and set(rec["registered"]) == {"t2"}
     found = np.array(rec["registered"]["t2"]["matrix"])
-    mm, deg = _errors(found, truth, t.brain, t.affine)
+    mm, deg = _errors(found, scored["truth"], t.brain, t.affine)
     assert mm < 1.0 and deg < 1.0, (mm, deg)
     assert rec["stages"]["registration"] == rec["registered"]["t2"]["seconds"] > 0
     failures = list(csv.DictReader((out / "failures.csv").open()))
@@ -290,3 +300,38 @@ def test_score_registers_a_moved_sequence_and_records_its_transform(template, tm
                              "structure")
     assert "\n" not in reason
     assert not (out / "noise").exists()
+
+
+@pytest.mark.slow
+def test_the_case_page_shows_the_registration(scored):
+    """The case page (served as ``medae view`` serves it) lists the registered sequence."""
+    import shutil
+    import threading
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no Chromium here (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from medae.report.server import make_server, url_of
+
+    srv = make_server(scored["out"], "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    rec = json.loads((scored["out"] / "moved" / "result.json").read_text())["registered"]["t2"]
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=[
+                "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+            page = browser.new_page()
+            page.goto(f"{url_of(srv)}view.html?case=moved")
+            page.wait_for_function("() => document.querySelector('#facts') && "
+                                   "document.querySelector('#facts').textContent"
+                                   ".includes('registered')", timeout=60_000)
+            facts = page.text_content("#facts")
+            browser.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    shift = float(np.linalg.norm(rec["shift_mm"]))
+    assert (f"t2 registeredrotated {rec['rotation_deg']:.1f}°, moved {shift:.1f} mm (mutual "
+            f"information {rec['mutual_information_before']} → {rec['mutual_information']})"
+            in facts), facts

@@ -2,7 +2,9 @@
 
 A case's first sequence fixes the grid; every other sequence is resampled onto it through the
 world (scanner) coordinates of both (trilinear).  Sequences whose fields of view barely overlap in
-world space are refused rather than silently padded.
+world space are refused rather than silently padded.  (Sequences that moved between
+acquisitions are registered to the first instead with ``preprocess.registration``:
+``medae.preprocess.sequences_on_grid`` and ``medae.register``, above this layer.)
 
 Folders follow nnU-Net's naming: ``CASE_0000.nii.gz``, ``CASE_0001.nii.gz``, ... (DICOM series:
 sub-folders ``CASE_0000/``, ``CASE_0001/``) are the sequences of case ``CASE``, in suffix order;
