@@ -10,7 +10,7 @@ across contrasts: T1 against PD or FLAIR), with SimpleITK's ``ImageRegistrationM
   starting at the identity: the scanner's world coordinates are the best first guess for two
   sequences of one exam (``CenteredTransformInitializer``'s GEOMETRY or MOMENTS would move a
   thin PD slab's centre onto a whole-head T1's and undo that);
-- three resolutions (shrink factors 4, 2, 1, Gaussian smoothing 2, 1, 0 voxels), regular-step
+- three resolutions (shrink factors 4, 2, 1, Gaussian smoothing 2, 1, 0 mm), regular-step
   gradient descent with scales from physical shifts, at most :data:`SAMPLES` metric samples per
   level on a regular lattice with a fixed seed, on one ITK thread (the same result to the last
   bit on every run); image gradients at the samples only (no gradient image of the whole
@@ -46,17 +46,17 @@ FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 SAMPLES = 40_000
 #: the metric's sampling seed (SimpleITK reads 0 as "the wall clock": any other value is fixed)
 SEED = 27
-#: shrink factors and Gaussian sigmas (voxels) of the three levels, coarse to fine
+#: shrink factors and Gaussian sigmas (mm) of the three levels, coarse to fine
 SHRINK, SIGMAS = (4, 2, 1), (2.0, 1.0, 0.0)
 #: registrations run one at a time on one ITK thread: ITK's threads sum their parts of the
 #: metric in varying order, and the transform then varies in its 8th digit from run to run; on
-#: one thread it is the same to the last bit (the raw T1/PD pair: 12-13 s instead of 9-10 s)
+#: one thread it is the same to the last bit
 _ONE_THREAD = threading.Lock()
 #: the optimizer's iterations per level at most
 ITERATIONS = 200
 #: below this mutual information (nats) two images share no structure: refused (measured:
-#: noise against the MNI template 0.002, smoothed noise 0.028; the raw T1/PD pair of one adult
-#: 0.72 once registered, T1 against its inverted contrast 1.2)
+#: noise against the MNI template 0.003-0.004, smoothed noise 0.030; the shared raw and IXI
+#: pairs 0.50-0.72 once registered, the template against its inverted contrast 1.19)
 MIN_MI = 0.1
 #: a head does not turn more than this, nor move more than this, between sequences of one exam
 MAX_ROTATION_DEG, MAX_SHIFT_MM = 30.0, 60.0
@@ -212,6 +212,7 @@ def _register(sitk, fixed: Scan, moving: Scan, what: str, mask) -> Registration:
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel(list(SHRINK))
     reg.SetSmoothingSigmasPerLevel(list(SIGMAS))
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(transform, inPlace=True)
     try:
         before = -float(reg.MetricEvaluate(fixed_img, moving_img))
