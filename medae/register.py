@@ -15,8 +15,11 @@ across contrasts: T1 against PD or FLAIR), with SimpleITK's ``ImageRegistrationM
   level on a regular lattice with a fixed seed, on one ITK thread (the same result to the last
   bit on every run); image gradients at the samples only (no gradient image of the whole
   volume per level: 7 s instead of 24 s for IXI's T1 onto its T2);
-- the fixed image's brain mask (the one supplied with the scan) as the metric's mask, when
-  there is one.
+- the brain mask given with the first sequence (a manifest's ``mask``) as the metric's mask,
+  when there is one; else the whole field of view.  A computed mask is not used: inside the
+  head that the Otsu rule found on niivue_register's raw T2w, its T1 did not converge (200
+  iterations, 0.067 nats, 3.3° where the whole field of view gives 8.1° and 0.495 nats and
+  aligns the two by eye), and deepbet's masks could not be tried here.
 
 The moving sequence is then resampled once, linearly, from its own voxels onto the first
 sequence's grid: maps stay on that grid.  The result is checked: a mutual information under
@@ -115,7 +118,8 @@ class Registration:
                 "matrix": [[round(float(v), 6) for v in row] for row in self.matrix],
                 "mutual_information": round(self.metric, 4),
                 "mutual_information_before": round(self.metric_before, 4),
-                "overlap": round(self.overlap, 4), "iterations": self.iterations,
+                "overlap": round(self.overlap, 4), "region": self.region,
+                "iterations": self.iterations,
                 "seconds": round(self.seconds, 3)}
 
 

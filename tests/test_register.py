@@ -224,6 +224,23 @@ def test_brats_is_byte_identical_by_default_and_with_auto(tmp_path):
     assert rigid.seconds["registration"] == rec["seconds"]
 
 
+def test_a_raw_pair_of_one_exam_is_registered(tmp_path):
+    """The raw PD of one adult onto his T1 through ``prepare_source``: the PD lies tilted by
+    9° across the T1 in world space (by eye: its corpus callosum crosses the T1's); registered
+    over the whole field of view, as ``bench_brain.py`` measures it."""
+    d = shared("brain", "raw_heads", "mccausland_chris")
+    man = tmp_path / "m.csv"
+    man.write_text(f"case_id,t1,pd\nchris,{d / 'chris_t1.nii.gz'},{d / 'chris_PD.nii.gz'}\n")
+    scan, prep = prepare_source(medae.read_manifest(man)[0], PreprocessConfig(
+        registration="auto", inputs=("t1", "pd"), spacing=(2.0, 2.0, 2.0)))
+    rec = prep.registration["pd"]
+    assert rec["region"] == "field of view" and rec["overlap"] > 0.6
+    assert 8.0 < rec["rotation_deg"] < 10.0 and rec["mutual_information"] > 0.6
+    assert rec["mutual_information"] > rec["mutual_information_before"] + 0.2
+    assert prep.seconds["registration"] == rec["seconds"]
+    assert prep.native_inputs[1].shape == scan.shape  # on the T1's grid
+
+
 # ---- medae score end to end ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
