@@ -397,7 +397,7 @@ def prepare_source(source: ScanSource, config: PreprocessConfig, *, keep_native:
     return scan, prep
 
 
-def sequences_on_grid(source: ScanSource, scan: Scan, names, registration: str = "none",
+def sequences_on_grid(source: ScanSource, scan: Scan, names: list[str], registration: str = "none",
                       mask: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """The case's sequences ``names`` on ``scan``'s (its first sequence's) array grid, and for
     each further sequence registered to the first the record of its transform (see

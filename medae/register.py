@@ -13,8 +13,8 @@ across contrasts: T1 against PD or FLAIR), with SimpleITK's ``ImageRegistrationM
 - three resolutions (shrink factors 4, 2, 1, Gaussian smoothing 2, 1, 0 mm), regular-step
   gradient descent with scales from physical shifts, at most :data:`SAMPLES` metric samples per
   level on a regular lattice with a fixed seed, on one ITK thread (the same result to the last
-  bit on every run); image gradients at the samples only (no gradient image of the whole
-  volume per level: 7 s instead of 24 s for IXI's T1 onto its T2);
+  bit on every run: :mod:`medae.itk`); image gradients at the samples only (no gradient image
+  of the whole volume per level: 7 s instead of 24 s for IXI's T1 onto its T2);
 - the brain mask given with the first sequence (a manifest's ``mask``) as the metric's mask,
   when there is one; else the whole field of view.  A computed mask is not used: inside the
   head that the Otsu rule found on niivue_register's raw T2w, its T1 did not converge (200
@@ -33,15 +33,15 @@ is LPS: :func:`to_sitk` and :func:`sitk_affine` convert, flipping the first two 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from medae.errors import MedaeError, ScanReadError
+from medae.errors import ScanReadError
 from medae.io.scan import Scan
 from medae.io.sequences import MIN_OVERLAP, covered
+from medae.itk import exclusive, simpleitk
 
 #: world RAS <-> LPS: the first two axes change sign
 FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -51,10 +51,8 @@ SAMPLES = 40_000
 SEED = 27
 #: shrink factors and Gaussian sigmas (mm) of the three levels, coarse to fine
 SHRINK, SIGMAS = (4, 2, 1), (2.0, 1.0, 0.0)
-#: registrations run one at a time on one ITK thread: ITK's threads sum their parts of the
-#: metric in varying order, and the transform then varies in its 8th digit from run to run; on
-#: one thread it is the same to the last bit
-_ONE_THREAD = threading.Lock()
+#: what needs SimpleITK, in the message when it is missing
+WHAT = "preprocess.registration"
 #: the optimizer's iterations per level at most
 ITERATIONS = 200
 #: below this mutual information (nats) two images share no structure: refused (measured:
@@ -63,15 +61,6 @@ ITERATIONS = 200
 MIN_MI = 0.1
 #: a head does not turn more than this, nor move more than this, between sequences of one exam
 MAX_ROTATION_DEG, MAX_SHIFT_MM = 30.0, 60.0
-
-
-def _sitk():
-    try:
-        import SimpleITK as sitk
-    except ImportError:
-        raise MedaeError("preprocess.registration needs SimpleITK, which is not installed: "
-                         "`make install`, or `pip install SimpleITK`") from None
-    return sitk
 
 
 @dataclass
@@ -139,7 +128,7 @@ def euler_xyz_deg(r: np.ndarray) -> tuple[float, float, float]:
 
 def to_sitk(array: np.ndarray, affine: np.ndarray):
     """A SimpleITK image (float32) of ``array`` (x, y, z) on the grid of the RAS ``affine``."""
-    sitk = _sitk()
+    sitk = simpleitk(WHAT)
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, np.float32).T))
     lps = FLIP @ np.asarray(affine, np.float64)
     spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
@@ -175,14 +164,8 @@ def register_rigid(fixed: Scan, moving: Scan, what: str,
     mask on ``fixed``'s grid, used as the metric's mask and for the overlap check.  ``what``
     names the sequence in messages (``sequence t2 of case x``); a failure is a one-line
     :class:`ScanReadError` naming ``moving``'s file."""
-    sitk = _sitk()
-    with _ONE_THREAD:
-        threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-        try:
-            return _register(sitk, fixed, moving, what, mask)
-        finally:
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    with exclusive(WHAT, threads=1) as sitk:  # one thread: the same result to the last bit
+        return _register(sitk, fixed, moving, what, mask)
 
 
 def _register(sitk, fixed: Scan, moving: Scan, what: str, mask) -> Registration:

@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("medae.bundle",),
     ("medae.preprocess", "medae.config"),
     ("medae.brain", "medae.bias", "medae.register"),
-    ("medae.io", "medae.models", "medae.masks", "medae.device"),
+    ("medae.io", "medae.models", "medae.masks", "medae.device", "medae.itk"),
     ("medae.errors", "medae.version"),
 ]
 
@@ -61,7 +61,7 @@ KNOWN: dict[tuple[str, str], str] = {
 TORCH_FREE = ("medae", "medae.io", "medae.masks", "medae.config", "medae.scoring",
               "medae.scoring.heatmap", "medae.scoring.threshold", "medae.scoring.candidates",
               "medae.evaluation", "medae.synthetic", "medae.overlay", "medae.report",
-              "medae.register")
+              "medae.register", "medae.itk")
 
 
 def _modules() -> dict[str, Path]:

@@ -352,3 +352,28 @@ def test_the_case_page_shows_the_registration(scored):
     assert (f"t2 registeredrotated {rec['rotation_deg']:.1f}°, moved {shift:.1f} mm (mutual "
             f"information {rec['mutual_information_before']} → {rec['mutual_information']})"
             in facts), facts
+
+
+def test_simpleitk_steps_run_one_at_a_time_on_the_threads_they_chose():
+    """A registration runs on one SimpleITK thread and gives the process's setting back; N4 in
+    another thread meanwhile waits for it, so it never runs on a count it did not choose."""
+    import threading
+
+    from medae.itk import exclusive
+
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    seen = []
+    with exclusive("test", threads=1) as s:
+        assert s.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+        other = threading.Thread(target=lambda: seen.append(
+            _threads_inside(exclusive)))
+        other.start()
+        other.join(timeout=0.5)
+        assert other.is_alive() and not seen  # waiting for the registration
+    other.join(timeout=10)
+    assert seen == [before] and sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
+
+
+def _threads_inside(exclusive) -> int:
+    with exclusive("test") as s:
+        return s.ProcessObject.GetGlobalDefaultNumberOfThreads()
