@@ -5,9 +5,9 @@ by one step at a time in a process.
 SimpleITK's thread count is process-wide, and results depend on it: ITK's threads sum their
 parts of a metric or a fit in an order that varies, so a registration is the same to the last
 bit only on one thread, and N4 gives other low bits on one thread than on two (up to 1.2e-4
-on the raw T1_head_ext2, whose values run from 0 to 255).  A registration sets one thread for its run; :func:`exclusive` keeps
-every other SimpleITK step of medae (N4 in another prefetch worker) waiting meanwhile, so no
-step ever runs on a thread count it did not choose.
+on the raw T1_head_ext2, whose values run from 0 to 255).  A registration sets one thread for
+its run; :func:`exclusive` keeps every other SimpleITK step of medae (N4 in another prefetch
+worker) waiting meanwhile, so no step ever runs on a thread count it did not choose.
 """
 
 from __future__ import annotations
