@@ -21,12 +21,14 @@ Loading runs ahead in prefetch threads, and a case's outputs are written in a wr
 while the next case is scored (a CT-size volume is loaded, scored and written alone, see
 ``OVERLAP_VOXELS``); ``result.json``
 records the seconds each stage took (``stages``: load, reconstruct, heat map, candidates, write
-NIfTI/CSV, overlays; and brain extraction, within load, for a brain-extracted scan) and, for a
-brain recipe (``preprocess.brain``), the mode and the brain mask's volume (``brain``,
-``brain_volume_cm3``) beside ``mask_rule``.  A case is written into a hidden temporary
-folder and renamed into place when complete, so a killed job never leaves a partial case;
-``--continue`` skips finished cases.  Tables are rebuilt from the per-case records (every
-30 s and at the end), so shards of one job can share ``OUT``.
+NIfTI/CSV, overlays; and brain extraction, bias correction and registration, within load, when
+they ran) and, for a brain recipe (``preprocess.brain``), the mode and the brain mask's volume
+(``brain``, ``brain_volume_cm3``) beside ``mask_rule``; with ``preprocess.registration``, the
+mode (``registration``) and, per further sequence registered to the first, the transform found
+(``registered``: rotation, shift, matrix, mutual information, overlap, seconds).  A case is
+written into a hidden temporary folder and renamed into place when complete, so a killed job
+never leaves a partial case; ``--continue`` skips finished cases.  Tables are rebuilt from the
+per-case records (every 30 s and at the end), so shards of one job can share ``OUT``.
 """
 
 from __future__ import annotations
@@ -336,8 +338,13 @@ def _image_dtype(array: np.ndarray) -> type:
 
 
 def _brain_record(model: AnomalyModel, prep) -> dict:
-    """What result.json says of a brain recipe's mask (``preprocess.brain``) and of N4."""
+    """What result.json says of a brain recipe's mask (``preprocess.brain``), of N4 and of the
+    further sequences' registration (``preprocess.registration``: the transform found for each
+    sequence registered to the first)."""
     out = {}
+    if model.preprocess_config.registration != "none":
+        out.update(registration=model.preprocess_config.registration,
+                   registered=prep.registration)
     if prep.brain != "none":
         out.update(brain=prep.brain, brain_volume_cm3=prep.brain_volume_cm3)
     if model.preprocess_config.bias_correction != "none":

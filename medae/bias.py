@@ -13,7 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from medae.errors import MedaeError
+from medae.itk import exclusive, simpleitk
 
+#: what needs SimpleITK, in the message when it is missing
+WHAT = "preprocess.bias_correction n4"
 #: N4's fitting levels and iterations per level (SimpleITK's default: 4 levels of 50)
 ITERATIONS = (50, 50, 50, 50)
 #: at most this share of the mask may be <= 0 (left out of the fit; a raw head has a few such
@@ -28,11 +31,7 @@ def n4_correct(image: np.ndarray, mask: np.ndarray, spacing, shrink: int = 4) ->
     one-line :class:`MedaeError` when SimpleITK is missing or when more than
     :data:`MAX_NONPOSITIVE` of the mask is <= 0 (a scan normalised to zero mean is already past
     the point where N4 applies)."""
-    try:
-        import SimpleITK as sitk
-    except ImportError:
-        raise MedaeError("preprocess.bias_correction n4 needs SimpleITK, which is not "
-                         "installed: `make install`, or `pip install SimpleITK`") from None
+    simpleitk(WHAT)  # refused before any work when it is missing
     mask = np.asarray(mask, bool)
     n = int(np.count_nonzero(mask))
     if n == 0:
@@ -43,16 +42,17 @@ def n4_correct(image: np.ndarray, mask: np.ndarray, spacing, shrink: int = 4) ->
         raise MedaeError(f"N4 bias correction needs positive intensities: {100 * share:.0f}% of "
                          f"the brain mask's voxels are <= 0 (a normalised scan?); set "
                          "preprocess.bias_correction none")
-    # SimpleITK indexes (x, y, z) from a (z, y, x) array
-    img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(image, np.float32).T))
-    img.SetSpacing([float(s) for s in spacing])
-    msk = sitk.GetImageFromArray(np.ascontiguousarray(fit.T).astype(np.uint8))
-    msk.CopyInformation(img)
-    factors = [int(min(shrink, max(1, n // 8))) for n in image.shape]  # >= 8 voxels an axis
-    small, small_mask = sitk.Shrink(img, factors), sitk.Shrink(msk, factors)
-    n4 = sitk.N4BiasFieldCorrectionImageFilter()
-    n4.SetMaximumNumberOfIterations(list(ITERATIONS))
-    n4.Execute(small, small_mask)
-    log_field = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(img)).T
+    with exclusive(WHAT) as sitk:  # never beside a registration (which sets one thread)
+        # SimpleITK indexes (x, y, z) from a (z, y, x) array
+        img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(image, np.float32).T))
+        img.SetSpacing([float(s) for s in spacing])
+        msk = sitk.GetImageFromArray(np.ascontiguousarray(fit.T).astype(np.uint8))
+        msk.CopyInformation(img)
+        factors = [int(min(shrink, max(1, n // 8))) for n in image.shape]  # >= 8 voxels an axis
+        small, small_mask = sitk.Shrink(img, factors), sitk.Shrink(msk, factors)
+        n4 = sitk.N4BiasFieldCorrectionImageFilter()
+        n4.SetMaximumNumberOfIterations(list(ITERATIONS))
+        n4.Execute(small, small_mask)
+        log_field = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(img)).T
     out = np.asarray(image, np.float32) / np.exp(log_field).astype(np.float32)
     return out.astype(np.float32, copy=False)

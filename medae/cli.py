@@ -111,6 +111,11 @@ BRAIN_CHOICES = ("auto", "extract", "given", "none")
 BRAIN_HELP = ("brain mask: auto (a skull-stripped scan as it is, any other brain-extracted), "
               "extract, given (the manifest's mask) or none (not a brain recipe); overrides "
               "preprocess.brain")
+#: ``--registration`` (medae.preprocess.REGISTRATION_MODES)
+REGISTRATION_CHOICES = ("auto", "rigid", "none")
+REGISTRATION_HELP = ("further sequences onto the first's grid: rigid (registered by mutual "
+                     "information), auto (rigid unless stored on the first's grid) or none "
+                     "(world coordinates as written); overrides preprocess.registration")
 
 
 def train_overrides(args: argparse.Namespace) -> list[str]:
@@ -122,7 +127,8 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.set or [])
     for flag, key in (("epochs", "train.epochs"), ("steps", "train.steps"),
                       ("seed", "train.seed"), ("precision", "train.precision"),
-                      ("brain", "preprocess.brain")):
+                      ("brain", "preprocess.brain"),
+                      ("registration", "preprocess.registration")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -192,7 +198,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     layout_options(args)  # --bids checked before the model is read
     check_output(Path(args.output))
     model = load_model(args.model, device=args.device, batch_size=args.batch_size,
-                       precision=args.precision, brain=args.brain)
+                       precision=args.precision, brain=args.brain,
+                       registration=args.registration)
     model.resolve_threshold(args.fpr, args.threshold)  # checked once, not once per scan
     sources = _discover(args.input, args).sources
     if not sources:
@@ -301,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "the device computes it natively, else 32")
     tr.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     tr.add_argument("--brain", choices=BRAIN_CHOICES, help=BRAIN_HELP)
+    tr.add_argument("--registration", choices=REGISTRATION_CHOICES, help=REGISTRATION_HELP)
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="dotted override, e.g. --set model.latent_size=256 (repeatable)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -357,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "the recipe's scoring.channels)")
     sc.add_argument("--brain", choices=BRAIN_CHOICES,
                     help=BRAIN_HELP.replace("preprocess.brain", "the model's preprocess.brain"))
+    sc.add_argument("--registration", choices=REGISTRATION_CHOICES,
+                    help=REGISTRATION_HELP.replace("preprocess.registration",
+                                                   "the model's preprocess.registration"))
     sc.add_argument("--no-overlays", action="store_true", help="skip the PNG pictures")
     sc.add_argument("--no-image", action="store_true",
                     help="do not write image.nii.gz (the scan on its grid, the background of "

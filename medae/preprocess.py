@@ -23,7 +23,7 @@ from medae.errors import MedaeError, ScanReadError
 from medae.io.discover import ScanSource
 from medae.io.nifti import MAX_VOXELS as _MAX_RESAMPLED
 from medae.io.scan import Scan
-from medae.io.sequences import nnunet_parts
+from medae.io.sequences import nnunet_parts, on_grid, same_grid
 from medae.masks import (
     BRAIN_VOLUME_CM3,
     FILLED,
@@ -35,6 +35,8 @@ from medae.masks import (
 Size3 = tuple[int | None, int | None, int | None]
 #: the values of ``preprocess.brain`` (and ``--brain``)
 BRAIN_MODES = ("auto", "extract", "given", "none")
+#: the values of ``preprocess.registration`` (and ``--registration``)
+REGISTRATION_MODES = ("auto", "rigid", "none")
 
 
 NORMALISATIONS = ("percentile", "robust", "zscore", "none")
@@ -77,6 +79,14 @@ class PreprocessConfig:
         bias_correction: ``"n4"`` (each input divided by its N4 bias field, fitted inside the
             brain mask: :mod:`medae.bias`) or ``"none"``.
         n4_shrink: N4 fits its field on the scan shrunk by this factor per axis.
+        registration: how a case's further sequences come onto the first sequence's grid:
+            ``"none"`` (through world coordinates as the scanner wrote them, refused when they
+            cover less than half of the first's field of view: the default, and what bundles
+            without the key did), ``"rigid"`` (each further sequence registered rigidly to the
+            first by mutual information, checked, and resampled once: :mod:`medae.register`)
+            or ``"auto"`` (rigid for a sequence stored on a grid of its own; a sequence on the
+            first's very grid, shape and affine, was written there by whoever co-registered
+            them, as BraTS and the MS scans are, and is taken as it is, byte for byte).
     """
 
     spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
@@ -90,8 +100,12 @@ class PreprocessConfig:
     brain_volume_cm3: tuple[float, float] = BRAIN_VOLUME_CM3
     bias_correction: str = "none"
     n4_shrink: int = 4
+    registration: str = "none"
 
     def __post_init__(self) -> None:
+        if self.registration not in REGISTRATION_MODES:
+            raise MedaeError(f"preprocess.registration: unknown value {self.registration!r} "
+                             f"(known: {', '.join(REGISTRATION_MODES)})")
         if self.bias_correction not in ("n4", "none"):
             raise MedaeError(f"preprocess.bias_correction: unknown value "
                              f"{self.bias_correction!r} (known: n4, none)")
@@ -153,6 +167,8 @@ class PreprocessConfig:
                 del d["brain_volume_cm3"]
         if d["bias_correction"] == "none" and d["n4_shrink"] == 4:  # nor those without N4
             del d["bias_correction"], d["n4_shrink"]
+        if d["registration"] == "none":  # nor those that take sequences in world space
+            del d["registration"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @property
@@ -183,6 +199,9 @@ class Prepared:
     brain: str = "none"  # the preprocess.brain mode that made the mask
     brain_volume_cm3: float | None = None  # the brain mask's volume (brain recipes)
     seconds: dict[str, float] = field(default_factory=dict)  # e.g. {"brain extraction": 5.2}
+    # per further sequence registered to the first (preprocess.registration): the transform
+    # found, its mutual information and seconds (medae.register.Registration.record)
+    registration: dict[str, dict] = field(default_factory=dict)
 
 
 #: scans of more voxels than this are held in 16 bits when scored, where that loses nothing
@@ -364,14 +383,41 @@ def prepare_source(source: ScanSource, config: PreprocessConfig, *, keep_native:
     scan = source.load()
     if compact and scan.array.size > COMPACT_ABOVE:
         scan.compact()
-    arrays = source.load_sequences(scan, names)
+    mask = source.load_companion("mask", scan)
+    arrays, registered = sequences_on_grid(source, scan, names, config.registration, mask)
     label = source.load_companion("label", scan) if with_label else None
     files = {source.name: source.path, **{seq.name: seq.path for seq in source.sequences}}
-    prep = preprocess(scan, config, mask=source.load_companion("mask", scan), label=label,
+    prep = preprocess(scan, config, mask=mask, label=label,
                       keep_native=keep_native, channels=[arrays[n] for n in names],
                       channel_sources=[str(files.get(n, scan.source)) for n in names])
     prep.inputs = tuple(names)
+    if registered:
+        prep.registration = registered
+        prep.seconds["registration"] = sum(r["seconds"] for r in registered.values())
     return scan, prep
+
+
+def sequences_on_grid(source: ScanSource, scan: Scan, names: list[str], registration: str = "none",
+                      mask: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """The case's sequences ``names`` on ``scan``'s (its first sequence's) array grid, and for
+    each further sequence registered to the first the record of its transform (see
+    ``PreprocessConfig.registration``; ``mask``: the brain mask supplied with the scan, the
+    registration metric's region)."""
+    if registration == "none":
+        return source.load_sequences(scan, names), {}
+    from medae.register import register_rigid
+
+    arrays, records = {source.name: scan.array}, {}
+    for seq in source.sequences:
+        if seq.name not in names:
+            continue
+        other = source.load_sequence(seq)
+        if registration == "auto" and same_grid(scan, other):
+            arrays[seq.name] = on_grid(scan, other, source.what(seq))  # as it is
+            continue
+        found = register_rigid(scan, other, source.what(seq), mask)
+        arrays[seq.name], records[seq.name] = found.array, found.record()
+    return arrays, records
 
 
 def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = None,

@@ -645,6 +645,8 @@ def _intensity_entry(item: dict) -> dict:
         return {"case_id": item["case_id"], **prep.stats[0], "mask_rule": prep.mask_rule}
     entry["inputs"] = [{"sequence": name, **st}
                        for name, st in zip(prep.inputs, prep.stats, strict=True)]
+    if prep.registration:  # preprocess.registration: each registered sequence's transform
+        entry["registered"] = prep.registration
     return entry
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Brain extraction of the shared raw heads: seconds per head, mask volume, the checks.
+"""Brain extraction of the shared raw heads: seconds per head, mask volume, the checks; and
+rigid registration of the further sequences of one exam to the first.
 
     python scripts/bench_brain.py [--threads 2] [--overlays DIR] [--deepbet-itself]
+                                  [--stages extraction registration]
 
 For each head in ``MEDAE_DATA/brain/raw_heads`` (default ``../shared/data``) and the GE grid
 phantom: what ``preprocess.brain: auto`` decides (the rule, or the one-line refusal), the
@@ -11,6 +13,12 @@ the mask's volume, and the seconds of N4 bias-field correction inside that mask
 ``--overlays DIR`` draws each mask over its scan (DIR/<name>/overlay_*.png);
 ``--deepbet-itself`` also runs deepbet's own ``BrainExtraction`` (needs its dependencies:
 pandas, tqdm, connected-components-3d, fill_voids) and reports the Dice of the two masks.
+
+Registration (``preprocess.registration: rigid``, :mod:`medae.register`): the raw PD of one
+adult onto his T1, the raw T1 with the neck onto the T2 slab of niivue_register, and IXI002's
+skull-stripped T1 onto its T2 (with the T2's brain mask as the metric's region): the seconds,
+the rotation and shift found (how far the brain's centre moves), the mutual information before
+(world coordinates as the scanner wrote them) and after, the overlap, or the one-line refusal.
 """
 
 from __future__ import annotations
@@ -29,11 +37,20 @@ from medae.brain import extract_brain
 from medae.errors import MedaeError
 from medae.masks import implausible_brain, mask_volume_cm3
 from medae.preprocess import PreprocessConfig, brain_mask
+from medae.register import register_rigid
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ["mccausland_chris/chris_t1.nii.gz", "mccausland_chris/chris_PD.nii.gz",
          "niivue_register/T2w.nii.gz", "niivue_register/T1_head_ext2.nii.gz"]
 PHANTOM = "dicom/ge_mprage_t1/In/05_3D_Ax_T1_MP_RAGE_R22"
+#: (first sequence, further sequence, the first's brain mask or None), under MEDAE_DATA/brain
+PAIRS = [("raw_heads/mccausland_chris/chris_t1.nii.gz",
+          "raw_heads/mccausland_chris/chris_PD.nii.gz", None),
+         ("raw_heads/niivue_register/T2w.nii.gz", "raw_heads/niivue_register/T1_head_ext2.nii.gz",
+          None),
+         ("healthy/ixi002/hd_bet_IXI002-Guys-0828-T2.nii.gz",
+          "healthy/ixi002/hd_bet_IXI002-Guys-0828-T1.nii.gz",
+          "healthy/ixi002/hd_bet_mask_IXI002-Guys-0828-T2.nii.gz")]
 
 
 def main() -> None:
@@ -44,8 +61,39 @@ def main() -> None:
     ap.add_argument("--overlays", type=Path)
     ap.add_argument("--deepbet-itself", action="store_true")
     ap.add_argument("--n4-shrink", type=int, default=4)
+    ap.add_argument("--stages", nargs="+", choices=["extraction", "registration"],
+                    default=["extraction", "registration"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if "extraction" in args.stages:
+        extraction(args)
+    if "registration" in args.stages:
+        registration(args.data / "brain")
+
+
+def registration(root: Path) -> None:
+    """One line per pair: what rigid registration found, and its seconds."""
+    print("\n| first | further | seconds | rotation ° | shift mm (R, A, S) | MI before → after "
+          "| overlap | |")
+    print("|---|---|---|---|---|---|---|---|")
+    for first, further, mask in PAIRS:
+        fixed, moving = medae.load_scan(root / first), medae.load_scan(root / further)
+        region = medae.load_scan(root / mask).array > 0 if mask else None
+        t0 = time.perf_counter()
+        try:
+            r = register_rigid(fixed, moving, f"sequence {Path(further).name}", region)
+        except MedaeError as exc:
+            print(f"| {Path(first).name} | {Path(further).name} | "
+                  f"{time.perf_counter() - t0:.1f} | | | | | refused: {exc} |", flush=True)
+            continue
+        print(f"| {Path(first).name} | {Path(further).name} | {r.seconds:.1f} | "
+              f"{r.rotation_deg:.2f} | {', '.join(f'{v:.2f}' for v in r.shift_mm)} | "
+              f"{r.metric_before:.3f} → {r.metric:.3f} | {100 * r.overlap:.0f}% of its "
+              f"{r.region} | |", flush=True)
+
+
+def extraction(args) -> None:
+    """One line per head: brain extraction, its mask, N4 inside it."""
     paths = [args.data / "brain" / "raw_heads" / h for h in HEADS] + [args.data / PHANTOM]
     bet = None
     if args.deepbet_itself:

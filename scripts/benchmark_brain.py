@@ -187,6 +187,10 @@ def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto
     if pre.get("brain") in ("auto", "none") and pre.get("brain_volume_cm3") in (None, [800, 2000]):
         pre.pop("brain", None)
         pre.pop("brain_volume_cm3", None)
+    # ... and their sequences share one grid: preprocess.registration auto takes them as they
+    # are, as before the setting existed
+    if pre.get("registration") in ("auto", "none"):
+        pre.pop("registration", None)
     blob = json.dumps([config, steps], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

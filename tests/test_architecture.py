@@ -36,8 +36,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("medae.scoring", "medae.samples"),
     ("medae.bundle",),
     ("medae.preprocess", "medae.config"),
-    ("medae.brain", "medae.bias"),
-    ("medae.io", "medae.models", "medae.masks", "medae.device"),
+    ("medae.brain", "medae.bias", "medae.register"),
+    ("medae.io", "medae.models", "medae.masks", "medae.device", "medae.itk"),
     ("medae.errors", "medae.version"),
 ]
 
@@ -60,7 +60,8 @@ KNOWN: dict[tuple[str, str], str] = {
 #: modules that must import without torch or MONAI (a fresh interpreter checks sys.modules)
 TORCH_FREE = ("medae", "medae.io", "medae.masks", "medae.config", "medae.scoring",
               "medae.scoring.heatmap", "medae.scoring.threshold", "medae.scoring.candidates",
-              "medae.evaluation", "medae.synthetic", "medae.overlay", "medae.report")
+              "medae.evaluation", "medae.synthetic", "medae.overlay", "medae.report",
+              "medae.register", "medae.itk")
 
 
 def _modules() -> dict[str, Path]:

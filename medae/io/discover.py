@@ -89,10 +89,17 @@ class ScanSource:
         for seq in self.sequences:
             if names is not None and seq.name not in names:
                 continue
-            other = (dicom.read_dicom_series(seq.series) if seq.series is not None
-                     else _read(seq.path, seq.volume))
-            out[seq.name] = on_grid(scan, other, f"sequence {seq.name} of case {self.case_id}")
+            out[seq.name] = on_grid(scan, self.load_sequence(seq), self.what(seq))
         return out
+
+    def load_sequence(self, seq: SequenceRef) -> Scan:
+        """A further sequence of this case as it is stored, on its own grid."""
+        return (dicom.read_dicom_series(seq.series) if seq.series is not None
+                else _read(seq.path, seq.volume))
+
+    def what(self, seq: SequenceRef) -> str:
+        """How messages name a further sequence: ``sequence t1 of case CASE``."""
+        return f"sequence {seq.name} of case {self.case_id}"
 
     def load_companion(self, which: str, scan: Scan) -> np.ndarray | None:
         """The ``mask`` or ``label`` file as a boolean array on ``scan``'s array grid."""

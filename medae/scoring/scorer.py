@@ -274,11 +274,15 @@ class AnomalyModel:
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
-               precision: str = "32", brain: str | None = None) -> AnomalyModel:
+               precision: str = "32", brain: str | None = None,
+               registration: str | None = None) -> AnomalyModel:
     """Load a trained bundle for scoring (``device``: auto, cpu or cuda; ``brain``: a
-    ``preprocess.brain`` mode that replaces the bundle's, e.g. ``"given"``)."""
+    ``preprocess.brain`` mode that replaces the bundle's, e.g. ``"given"``; ``registration``:
+    a ``preprocess.registration`` mode that replaces the bundle's, e.g. ``"rigid"``)."""
     dev = resolve_device(device)
     model = AnomalyModel.from_bundle(load_bundle(run_dir, dev), dev, batch_size, precision)
     if brain is not None:
         model.preprocess_config = replace(model.preprocess_config, brain=brain)
+    if registration is not None:
+        model.preprocess_config = replace(model.preprocess_config, registration=registration)
     return model

@@ -81,6 +81,12 @@ async function main() {
   if (rec.brain) {  // a brain recipe (preprocess.brain): how the mask was made, and its volume
     fact("brain mask", `${Number(rec.brain_volume_cm3).toFixed(0)} cm³ (${rec.mask_rule || "?"})`);
   }
+  for (const [name, r] of Object.entries(rec.registered || {})) {  // preprocess.registration
+    const shift = Math.hypot(...(r.shift_mm || [0, 0, 0]));
+    fact(`${name} registered`, `rotated ${Number(r.rotation_deg).toFixed(1)}°, moved `
+         + `${shift.toFixed(1)} mm (mutual information ${r.mutual_information_before} → `
+         + `${r.mutual_information})`);
+  }
   const links = ["anomaly_map.nii.gz", "candidates.nii.gz", "candidates.csv",
                  "overlay_ortho.png", "overlay_mosaic.png"];
   if (hasImage) links.unshift("image.nii.gz");

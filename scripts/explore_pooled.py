@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""One model, two patients it has never seen: how far the pooled voxel AP falls below each
+patient's own, and which map settings close the gap.
+
+    python scripts/explore_pooled.py RUN [RUN ...]      # benchmark run folders of one fold
+
+Each RUN is a model of ``scripts/benchmark_brain.py``, trained on some patients of a dataset
+and calibrated on one it held out (``validation_cases`` in its ``model.json``); with the fold's
+test patient that makes two unseen patients scored by one model, as a user's new patients would
+be.  For each map setting (the recipe's, then the variants below; the model is never retrained),
+it prints per patient the voxel AP and best Dice, the pooled AP over both, and the Dice the
+calibration patient's own Dice-optimal voxel threshold gives on the test patient (the transfer
+the default operating point relies on, without the candidate size rule).  Map variants:
+
+- ``median 6 mm`` / ``median 9 mm``: wider in-plane median filters (9 mm: a release ago's, 5
+  voxels at 1.875 mm), ``rim 6 mm``: with a release ago's brain rim (3 voxels at 1.875 mm);
+  ``median 5 mm 3D``: across slices too;
+- ``scale: brain q99``: each scan's map divided by the 99th percentile of its own analysed
+  voxels (a per-scan scale, as if every map were read against its own brain).
+
+Voxels inside the brain mask, as ``medae evaluate`` counts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from medae import load_scan  # noqa: E402
+from medae.evaluation.pooled import PooledVoxels  # noqa: E402
+from medae.io.discover import read_manifest  # noqa: E402
+from medae.scoring.scorer import load_model  # noqa: E402
+
+
+def _variants(cfg) -> dict:
+    return {"recipe": (cfg, None),
+            "median 6 mm": (dataclasses.replace(cfg, median_mm=(6.0, 6.0, 0.0)), None),
+            "median 9 mm": (dataclasses.replace(cfg, median_mm=(9.375, 9.375, 0.0)), None),
+            "median 9 mm, rim 6 mm": (dataclasses.replace(cfg, median_mm=(9.375, 9.375, 0.0),
+                                                          erode_mm=6.0), None),
+            "median 5 mm 3D": (dataclasses.replace(cfg, median_mm=5.0), None),
+            "scale: brain q99": (cfg, 99.0)}
+
+
+def _pv(parts) -> PooledVoxels:
+    pv = PooledVoxels()
+    for x, y in parts:
+        pv.add(x, y)
+    return pv
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    args = ap.parse_args()
+    table: dict[str, list[dict]] = {}
+    for run in args.runs:
+        meta = json.loads((run / "model.json").read_text())
+        calib = (meta.get("validation_cases") or [None])[0]
+        test = run.parent.name.removeprefix("test-")
+        sources = {s.case_id: s for s in read_manifest(run.parent / "train.csv")}
+        sources.update({s.case_id: s for s in read_manifest(run.parent / "test.csv")})
+        model = load_model(run, device="cpu")
+        base = model.map_config
+        maps: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        for case in [c for c in (calib, test) if c]:
+            src = sources[case]
+            scan, prep = model.load(src)
+            label = load_scan(src.label).array > 0
+            for name, (cfg, q) in _variants(base).items():
+                model.map_config = cfg
+                m = model.scan_map(scan, prep)
+                heat = m.heatmap.astype(np.float64)
+                if q is not None:
+                    heat = heat / max(float(np.percentile(heat[m.analysed], q)), 1e-12)
+                brain = m.brain_mask
+                maps.setdefault(name, {})[case] = (heat[brain].astype(np.float32), label[brain])
+            model.map_config = base
+        for name, per in maps.items():
+            own = {c: _pv([xy]) for c, xy in per.items()}
+            row = {"run": run.name, "calib": calib, "test": test,
+                   "ap_test": own[test].average_precision(), "dice_test": own[test].best_dice()[0]}
+            if calib:
+                thr = own[calib].best_dice()[1]
+                tx, ty = per[test]
+                called = tx > thr
+                row.update(ap_calib=own[calib].average_precision(),
+                           ap_pooled=_pv(per.values()).average_precision(),
+                           dice_transfer=float(2 * (called & ty).sum()
+                                               / max(called.sum() + ty.sum(), 1)))
+            table.setdefault(name, []).append(row)
+            print(f"{run.parent.name}/{run.name} [{name}] " + ", ".join(
+                f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    print("\n| map | runs | AP calib | AP test | pooled AP | pooled − mean AP | test [Dice] | "
+          "test Dice at calib's threshold |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rows in table.items():
+        keys = ("ap_calib", "ap_test", "ap_pooled", "gap", "dice_test", "dice_transfer")
+        for r in rows:
+            if "ap_pooled" in r:
+                r["gap"] = r["ap_pooled"] - (r["ap_calib"] + r["ap_test"]) / 2
+        mean = {k: [r[k] for r in rows if k in r] for k in keys}
+        print(f"| {name} | {len(rows)} | " + " | ".join(
+            f"{np.mean(v):.3f}" if v else "–" for v in mean.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
