@@ -259,6 +259,7 @@ def test_extraction_of_a_raw_head_with_the_neck():
 
 
 @pytest.mark.slow
+@needs_deepbet
 def test_cli_trains_and_scores_raw_heads_and_fails_the_phantom(tmp_path):
     """medae train / score with --brain: the phantom is skipped in training and fails scoring
     with one line; a raw T2 head is extracted; the skull-stripped BraTS FLAIR is scored as
