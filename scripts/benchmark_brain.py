@@ -143,13 +143,19 @@ def _run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}; see {log}")
 
 
+#: settings each recipe keeps from its own file (its intensity normalisation), not brain_flair's
+OWN_KEYS = ("preprocess.normalise", "preprocess.percentiles")
+
+
 def _protocol_overrides() -> list[str]:
-    """The preprocessing and post-processing of brain_flair.yaml, for every recipe."""
+    """The preprocessing and post-processing of brain_flair.yaml, for every recipe (but the
+    intensity normalisation, :data:`OWN_KEYS`: each recipe's own)."""
     cfg = yaml.safe_load((ROOT / "configs" / "brain_flair.yaml").read_text())
     sets = []
     for section in ("preprocess", "scoring"):
         for key, value in cfg[section].items():
-            sets.append(f"{section}.{key}={json.dumps(value)}")
+            if f"{section}.{key}" not in OWN_KEYS:
+                sets.append(f"{section}.{key}={json.dumps(value)}")
     sets += [f"data.{key}={json.dumps(cfg['data'][key])}"
              for key in ("min_foreground", "val_fraction", "lesion_samples", "lesion_margin_mm")
              if key in cfg["data"]]
