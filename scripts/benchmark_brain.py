@@ -45,15 +45,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["raw", "intensity", "ae2d", "vae2d", "sae2d", "dae2d", "brain_flair", "brain_multi"]
 #: rows that are a recipe with different settings: raw thresholding is the intensity recipe with
 #: no post-processing (the FLAIR value itself inside the brain mask, at the scan's resolution)
+#: the exploratory variants below were measured on brain_flair as it normalised then
+PCT = "preprocess.normalise=percentile"
 VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             # exploratory (not in the default list): brain_flair on the scans' own 1 mm grid
             # instead of 1.875 mm in-plane, so the reconstruction keeps the detail of the scan
             "brain_flair_1mm": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
-                                                "preprocess.size=[176, 208, null]"]),
+                                                "preprocess.size=[176, 208, null]", PCT]),
             # ... as it ran in the quick benchmark, before recipes trained in bf16
             "brain_flair_1mm_fp32": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
                                                      "preprocess.size=[176, 208, null]",
-                                                     'train.precision="32"']),
+                                                     'train.precision="32"', PCT]),
             # the recipe in each training precision: brain_flair trains with precision auto
             # (bf16 where the CPU or GPU has it natively, else float32), so its row holds the
             # runs of the precision this machine trains in; these rows hold each one's
@@ -64,7 +66,7 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             "brain_multi_bf16": ("brain_multi", ["train.precision=bf16"]),
             # an ensemble of three seeds (train.ensemble: members trained on the same patients;
             # the map is the residual of their mean reconstruction); 3x the training time
-            "brain_flair_x3": ("brain_flair", ["train.ensemble=3"]),
+            "brain_flair_x3": ("brain_flair", ["train.ensemble=3", PCT]),
             # each scan normalised by its brain's median and interquartile range (normalise:
             # robust) instead of its 0.5th/99.5th percentiles, which a large bright lesion moves:
             # maps on one scale from scan to scan, so one threshold holds across them (issue 26)
@@ -78,7 +80,14 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             # exploratory: brain_flair with in-plane rotation (±10°) and zoom (±10%) of the
             # training slices as well as the left-right flip (two training patients are few)
             "brain_flair_aug": ("brain_flair", ["data.augment={flip_lr: true, rotate_deg: 10, "
-                                                "zoom: 0.1}"])}
+                                                "zoom: 0.1}", PCT]),
+            # the recipes as they were before they normalised by the brain's median and IQR
+            # (issue 26): each scan's 0.5th/99.5th brain percentiles to 0/1
+            "raw_percentile": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", PCT]),
+            "intensity_percentile": ("intensity", [PCT]),
+            "brain_flair_percentile": ("brain_flair", [PCT]),
+            "brain_flair_percentile_fp32": ("brain_flair", [PCT, 'train.precision="32"']),
+            "brain_flair_percentile_bf16": ("brain_flair", [PCT, "train.precision=bf16"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("best_dice", "[Dice] (upper bound)"),
            ("dice_calibrated", "deployable Dice (default operating point)"),
