@@ -144,3 +144,56 @@ def test_native_is_the_default_and_leaves_brats_byte_identical(tmp_path):
     digest = hashlib.sha256(np.ascontiguousarray(default.image).tobytes()
                             + np.packbits(default.mask).tobytes()).hexdigest()
     assert digest == _BRATS_INPUT
+
+
+@pytest.mark.slow
+def test_training_and_scoring_in_template_space_record_each_fit(tmp_path):
+    """medae train / score with preprocess.space template: the bundle holds each training
+    scan's fit, result.json the scored scan's, and the maps are on the scan's own grid."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    ixi = shared("brain", "healthy", "ixi002")
+    brats = shared("brain", "brats2013", "pat0001", "Flair_subtrMeanDivStd.nii.gz")
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    for name in ("hd_bet_IXI002-Guys-0828-T2.nii.gz", "hd_bet_dilated_IXI002-Guys-0828-T2.nii.gz"):
+        (healthy / name).symlink_to(ixi / name)
+
+    def cli(*args):
+        res = subprocess.run([sys.executable, "-m", "medae", *args], capture_output=True,
+                             text=True, timeout=900, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-2000:]
+
+    run = tmp_path / "run"
+    cli("train", "--config", str(ROOT / "configs" / "intensity.yaml"), "--data", str(healthy),
+        "--output", str(run), "--brain", "auto", "-q", "--set", "preprocess.space=template")
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["preprocess"]["space"] == "template"
+    fits = [entry["template"] for entry in meta["intensity"]]
+    assert len(fits) == 2 and all(f["dice"] > 0.9 and 0.85 < f["scale"] < 1.0 for f in fits)
+    out = tmp_path / "out"
+    cli("score", "--model", str(run), "--input", str(brats), "--output", str(out), "-q",
+        "--no-overlays")
+    case = next(out.glob("*/result.json")).parent
+    record = json.loads((case / "result.json").read_text())
+    assert record["space"] == "template"
+    fit = record["template"]
+    assert fit["template"] == "mni_icbm152_2009a_sym_2mm" and fit["dice"] > 0.9
+    assert 0 < record["stages"]["template registration"] < record["stages"]["load"]
+    heat = medae.load_scan(case / "anomaly_map.nii.gz")
+    source = medae.load_scan(brats)
+    assert heat.shape == source.shape and np.allclose(heat.affine, source.affine, atol=1e-4)
+
+
+def test_one_subject_slab_crossfit_is_refused_in_template_space():
+    from medae.samples import Fold
+
+    image, mask, _ = _source()
+    prep = preprocess(_scan(image), PreprocessConfig(spacing=(2.0, 2.0, 2.0), space="template"),
+                      mask=mask)
+    with pytest.raises(MedaeError, match=r"^data\.calibration crossfit with one subject holds"):
+        Fold(frozenset({"a"}), (0, 2)).model_slices(prep)
