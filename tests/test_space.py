@@ -112,7 +112,7 @@ def test_a_failing_case_is_refused_in_one_line():
     noise = np.where(box, np.random.default_rng(0).uniform(1, 100, _SHAPE), 0).astype(np.float32)
     cfg = PreprocessConfig(spacing=(2.0, 2.0, 2.0), space="template")
     for img, region, why in [(image, half, "the brain mask overlaps the template's brain by a "
-                                           "Dice of 0.58 (at least 0.88)"),
+                                           "Dice of 0.58 (at least 0.85)"),
                              (noise, box, "the images share no structure, under 0.05 nats")]:
         with pytest.raises(MedaeError) as err:
             preprocess(_scan(img), cfg, mask=region)
@@ -174,7 +174,7 @@ def test_training_and_scoring_in_template_space_record_each_fit(tmp_path):
     meta = json.loads((run / "model.json").read_text())
     assert meta["preprocess"]["space"] == "template"
     fits = [entry["template"] for entry in meta["intensity"]]
-    assert len(fits) == 2 and all(f["dice"] > 0.9 and 0.85 < f["scale"] < 1.0 for f in fits)
+    assert len(fits) == 1 and fits[0]["dice"] > 0.9 and 0.85 < fits[0]["scale"] < 1.0  # one trains
     out = tmp_path / "out"
     cli("score", "--model", str(run), "--input", str(brats), "--output", str(out), "-q",
         "--no-overlays")
