@@ -102,7 +102,7 @@ class Fold:
 
     def model_slices(self, prep: Prepared, held: bool = True) -> np.ndarray:
         """Bool per model-space axial slice: held out (``held``) or trained on."""
-        if prep.template is not None:  # template space: model slices are not the scan's
+        if getattr(prep, "template", None) is not None:  # template space: not the scan's slices
             raise MedaeError("data.calibration crossfit with one subject holds out axial slabs "
                              "of its scan, which the model's slices in preprocess.space "
                              "template do not follow: train on two subjects or more, or in "
