@@ -31,7 +31,7 @@ from medae.masks import (
     implausible_brain,
     mask_volume_cm3,
 )
-from medae.register import TemplateFit
+from medae.register import TemplateFit, register_template
 
 Size3 = tuple[int | None, int | None, int | None]
 #: the values of ``preprocess.brain`` (and ``--brain``)
@@ -498,8 +498,6 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
         seconds["bias correction"] = time.perf_counter() - t0
     fit = None
     if config.space == "template":
-        from medae.register import register_template
-
         try:
             fit = register_template(channels[0], native, scan.affine)
         except MedaeError as exc:

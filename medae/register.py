@@ -28,6 +28,12 @@ sequence's grid: maps stay on that grid.  The result is checked: a mutual inform
 what a head does between two sequences (:data:`MAX_ROTATION_DEG`, :data:`MAX_SHIFT_MM`) refuses
 the case in one line naming the file.  Affines are RAS+ (nibabel); SimpleITK's physical space
 is LPS: :func:`to_sitk` and :func:`sitk_affine` convert, flipping the first two world axes.
+
+Template space (``preprocess.space: template``): :func:`register_template` registers a case's
+first sequence, inside its brain mask, to the shipped 2 mm MNI template by an affine transform
+with the same method (:func:`_method`), checks it (mutual information, the Dice of the two brain
+masks, the scale), and :class:`TemplateFit` resamples once into the template's grid and once
+back onto the scan's (:func:`resample`).
 """
 
 from __future__ import annotations
