@@ -25,7 +25,9 @@ NIfTI/CSV, overlays; and brain extraction, bias correction and registration, wit
 they ran) and, for a brain recipe (``preprocess.brain``), the mode and the brain mask's volume
 (``brain``, ``brain_volume_cm3``) beside ``mask_rule``; with ``preprocess.registration``, the
 mode (``registration``) and, per further sequence registered to the first, the transform found
-(``registered``: rotation, shift, matrix, mutual information, overlap, seconds).  A case is
+(``registered``: rotation, shift, matrix, mutual information, overlap, seconds); with
+``preprocess.space: template``, ``space`` and the affine fit to the template (``template``:
+matrix, scale, mutual information, Dice, seconds; ``stages``: template registration).  A case is
 written into a hidden temporary folder and renamed into place when complete, so a killed job
 never leaves a partial case; ``--continue`` skips finished cases.  Tables are rebuilt from the
 per-case records (every 30 s and at the end), so shards of one job can share ``OUT``.
@@ -347,6 +349,8 @@ def _brain_record(model: AnomalyModel, prep) -> dict:
                    registered=prep.registration)
     if prep.brain != "none":
         out.update(brain=prep.brain, brain_volume_cm3=prep.brain_volume_cm3)
+    if prep.template is not None:  # preprocess.space template: the affine fit to the template
+        out.update(space="template", template=prep.template.record())
     if model.preprocess_config.bias_correction != "none":
         out.update(bias_correction=model.preprocess_config.bias_correction,
                    n4_shrink=model.preprocess_config.n4_shrink)

@@ -31,12 +31,15 @@ from medae.masks import (
     implausible_brain,
     mask_volume_cm3,
 )
+from medae.register import TemplateFit, register_template
 
 Size3 = tuple[int | None, int | None, int | None]
 #: the values of ``preprocess.brain`` (and ``--brain``)
 BRAIN_MODES = ("auto", "extract", "given", "none")
 #: the values of ``preprocess.registration`` (and ``--registration``)
 REGISTRATION_MODES = ("auto", "rigid", "none")
+#: the values of ``preprocess.space``
+SPACES = ("native", "template")
 
 
 NORMALISATIONS = ("percentile", "robust", "zscore", "none")
@@ -87,6 +90,12 @@ class PreprocessConfig:
             or ``"auto"`` (rigid for a sequence stored on a grid of its own; a sequence on the
             first's very grid, shape and affine, was written there by whoever co-registered
             them, as BraTS and the MS scans are, and is taken as it is, byte for byte).
+        space: where the model sees the scan: ``"native"`` (resampled to ``spacing`` on the
+            scan's own axes: the default, and what bundles without the key did) or
+            ``"template"`` (the first input, inside its brain mask, registered by an affine
+            transform to the shipped 2 mm MNI template, and every input resampled once onto the
+            template's grid: :func:`medae.register.register_template`; needs ``spacing`` [2, 2,
+            2]).  Maps are on the scan's own grid either way.
     """
 
     spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
@@ -101,8 +110,16 @@ class PreprocessConfig:
     bias_correction: str = "none"
     n4_shrink: int = 4
     registration: str = "none"
+    space: str = "native"
 
     def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise MedaeError(f"preprocess.space: unknown value {self.space!r} "
+                             f"(known: {', '.join(SPACES)})")
+        if self.space == "template" and (self.spacing is None
+                                         or tuple(map(float, self.spacing)) != (2.0, 2.0, 2.0)):
+            raise MedaeError("preprocess.space template: the model sees the shipped template's "
+                             f"2 mm grid: set preprocess.spacing [2, 2, 2], not {self.spacing}")
         if self.registration not in REGISTRATION_MODES:
             raise MedaeError(f"preprocess.registration: unknown value {self.registration!r} "
                              f"(known: {', '.join(REGISTRATION_MODES)})")
@@ -169,6 +186,8 @@ class PreprocessConfig:
             del d["bias_correction"], d["n4_shrink"]
         if d["registration"] == "none":  # nor those that take sequences in world space
             del d["registration"]
+        if d["space"] == "native":  # nor those whose models see the scan on its own axes
+            del d["space"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @property
@@ -202,6 +221,9 @@ class Prepared:
     # per further sequence registered to the first (preprocess.registration): the transform
     # found, its mutual information and seconds (medae.register.Registration.record)
     registration: dict[str, dict] = field(default_factory=dict)
+    # preprocess.space template: the scan's affine fit to the template (model space is the
+    # template's grid; medae.register.TemplateFit), else None
+    template: TemplateFit | None = None
 
 
 #: scans of more voxels than this are held in 16 bits when scored, where that loses nothing
@@ -474,6 +496,20 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
                 what = f" (input {c + 1})" if len(channels) > 1 else ""
                 raise MedaeError(f"{scan.source}: {exc}{what}") from None
         seconds["bias correction"] = time.perf_counter() - t0
+    fit = None
+    if config.space == "template":
+        try:
+            fit = register_template(channels[0], native, scan.affine)
+        except MedaeError as exc:
+            raise MedaeError(f"{scan.source}: {exc}") from None
+        seconds["template registration"] = fit.seconds
+        shape = fit.shape
+
+    def to_model_grid(array: np.ndarray, nearest: bool) -> np.ndarray:
+        if fit is None:
+            return _resize(array, shape, nearest=nearest)
+        return fit.to_template(array, order=0 if nearest else 1)
+
     stats = []
     for c, arr in enumerate(channels):
         try:
@@ -483,17 +519,17 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
             where = (channel_sources[c] if channel_sources and c < len(channel_sources)
                      else scan.source)
             raise MedaeError(f"{where}: {exc}{what}") from None
-    fg = resize_mask(native, shape)
+    fg = resize_mask(native, shape) if fit is None else to_model_grid(native, True) > 0.5
     if not fg.any():
         raise MedaeError(f"{scan.source}: the foreground mask vanishes at "
                          f"{config.spacing} mm")
     image = np.empty((len(channels), *shape), np.float32)
     for c, arr in enumerate(channels):
-        image[c] = apply_normalisation(_resize(arr, shape, nearest=False), stats[c], config.clip)
+        image[c] = apply_normalisation(to_model_grid(arr, False), stats[c], config.clip)
     image[:, ~fg] = 0.0
     lab = None
     if label is not None:
-        lab = _resize(np.asarray(label, np.float32) > 0, shape, nearest=True) > 0.5
+        lab = to_model_grid(np.asarray(label, np.float32) > 0, True) > 0.5
     size = tuple(n if s is None else int(s) for n, s in zip(shape, config.size, strict=True))
     lo_hi = np.argwhere(fg)
     centre = (lo_hi.min(0) + lo_hi.max(0) + 1) / 2.0
@@ -506,7 +542,7 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
                     native_mask=native if keep_native else None, mask_rule=rule,
                     native_inputs=channels if keep_native else None,
                     spacing=tuple(float(v) for v in (config.spacing or scan.spacing)),
-                    brain=config.brain, seconds=seconds,
+                    brain=config.brain, seconds=seconds, template=fit,
                     brain_volume_cm3=None if config.brain == "none" else
                     round(mask_volume_cm3(native, scan.spacing), 1))
 
@@ -542,6 +578,10 @@ def to_scan_space(array: np.ndarray, prepared: Prepared, nearest: bool = False,
     shape = prepared.resampled_shape
     # the inverse crop/pad: model voxel v sits at v + offset in the resampled volume
     inv = tuple(-o for o in prepared.offset)
+    if prepared.template is not None:  # the template's grid, then once onto the scan's
+        back = _crop_pad(np.asarray(array, np.float32), inv, shape, fill)
+        return prepared.template.to_scan(back, prepared.scan_shape, order=0 if nearest else 1,
+                                         fill=fill, z=z)
     z0, z1, _ = (z or slice(None)).indices(prepared.scan_shape[2])
     ks = np.arange(z0, max(z0, z1))
     if ks.size == 0:

@@ -102,6 +102,11 @@ class Fold:
 
     def model_slices(self, prep: Prepared, held: bool = True) -> np.ndarray:
         """Bool per model-space axial slice: held out (``held``) or trained on."""
+        if getattr(prep, "template", None) is not None:  # template space: not the scan's slices
+            raise MedaeError("data.calibration crossfit with one subject holds out axial slabs "
+                             "of its scan, which the model's slices in preprocess.space "
+                             "template do not follow: train on two subjects or more, or in "
+                             "native space")
         out = self._held(prep.image.shape[3], prep.spacing[2], float(prep.offset[2]))
         return out if held else ~out
 

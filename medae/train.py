@@ -642,7 +642,12 @@ def _intensity_entry(item: dict) -> dict:
     prep = item["prepared"]
     entry = {"case_id": item["case_id"], "mask_rule": prep.mask_rule}
     if len(prep.stats) == 1:
-        return {"case_id": item["case_id"], **prep.stats[0], "mask_rule": prep.mask_rule}
+        entry = {"case_id": item["case_id"], **prep.stats[0], "mask_rule": prep.mask_rule}
+        if prep.template is not None:  # preprocess.space template: each scan's affine fit
+            entry["template"] = prep.template.record()
+        return entry
+    if prep.template is not None:
+        entry["template"] = prep.template.record()
     entry["inputs"] = [{"sequence": name, **st}
                        for name, st in zip(prep.inputs, prep.stats, strict=True)]
     if prep.registration:  # preprocess.registration: each registered sequence's transform

@@ -3,7 +3,8 @@
 rigid registration of the further sequences of one exam to the first.
 
     python scripts/bench_brain.py [--threads 2] [--overlays DIR] [--deepbet-itself]
-                                  [--stages extraction registration]
+                                  [--stages extraction registration score]
+                                  [--model RUN_DIR] [--no-n4] [--space native|template]
 
 For each head in ``MEDAE_DATA/brain/raw_heads`` (default ``../shared/data``) and the GE grid
 phantom: what ``preprocess.brain: auto`` decides (the rule, or the one-line refusal), the
@@ -19,12 +20,24 @@ adult onto his T1, the raw T1 with the neck onto the T2 slab of niivue_register,
 skull-stripped T1 onto its T2 (with the T2's brain mask as the metric's region): the seconds,
 the rotation and shift found (how far the brain's centre moves), the mutual information before
 (world coordinates as the scanner wrote them) and after, the overlap, or the one-line refusal.
+
+End to end (``--stages score``): a raw 1 mm head (chris_t1, the T2w slab) from its file to the
+heat map, candidates, NIfTI and overlays by ``medae score`` with the model's defaults (a
+subprocess, ``--threads`` threads), the seconds of each stage from its ``result.json`` (load,
+and within it brain extraction, N4, registration; the model's reconstruction, heat map,
+candidates, writing, overlays) and the command's whole wall time.  The model is ``--model``,
+or the intensity recipe calibrated on IXI002's skull-stripped T2s with ``--brain auto`` (and
+N4 unless ``--no-n4``; ``--space template`` registers each head to the MNI template).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,14 +74,75 @@ def main() -> None:
     ap.add_argument("--overlays", type=Path)
     ap.add_argument("--deepbet-itself", action="store_true")
     ap.add_argument("--n4-shrink", type=int, default=4)
-    ap.add_argument("--stages", nargs="+", choices=["extraction", "registration"],
-                    default=["extraction", "registration"])
+    ap.add_argument("--stages", nargs="+", choices=["extraction", "registration", "score"],
+                    default=["extraction", "registration", "score"])
+    ap.add_argument("--model", type=Path, help="a trained bundle for --stages score")
+    ap.add_argument("--no-n4", action="store_true", help="the quick model without N4")
+    ap.add_argument("--space", choices=["native", "template"], default="native")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if "extraction" in args.stages:
         extraction(args)
     if "registration" in args.stages:
         registration(args.data / "brain")
+    if "score" in args.stages:
+        scoring(args)
+
+
+#: the raw heads scored end to end, under MEDAE_DATA/brain/raw_heads
+SCORED = ["mccausland_chris/chris_t1.nii.gz", "niivue_register/T2w.nii.gz"]
+#: result.json's stages, in the table's order (brain extraction, N4 and registration run
+#: within load)
+STAGES = ["load", "brain extraction", "bias correction", "registration",
+          "template registration", "reconstruct", "heat map", "candidates", "write NIfTI/CSV",
+          "overlays"]
+
+
+def _medae(threads: int, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return subprocess.run([sys.executable, "-m", "medae", *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+
+
+def scoring(args) -> None:
+    """One line per raw head: ``medae score`` from file to maps, seconds per stage."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench_brain_"))
+    run = args.model
+    if run is None:
+        healthy = tmp / "healthy"
+        healthy.mkdir()
+        ixi = args.data / "brain" / "healthy" / "ixi002"
+        for name in ("hd_bet_IXI002-Guys-0828-T2.nii.gz",
+                     "hd_bet_dilated_IXI002-Guys-0828-T2.nii.gz"):
+            (healthy / name).symlink_to(ixi / name)
+        sets = [] if args.no_n4 else ["--set", "preprocess.bias_correction=n4"]
+        if args.space == "template":
+            sets += ["--set", "preprocess.space=template"]
+        run = tmp / "run"
+        res = _medae(args.threads, "train", "--config", str(ROOT / "configs" / "intensity.yaml"),
+                     "--data", str(healthy), "--output", str(run), "--brain", "auto", "-q",
+                     *sets)
+        if res.returncode:
+            raise SystemExit(f"training the quick model failed: {res.stderr.strip()[-500:]}")
+    print(f"\nmedae score with {run}'s defaults, {args.threads} threads, load average "
+          f"{os.getloadavg()[0]:.1f} at the start")
+    print("| scan | " + " | ".join(STAGES) + " | command (s) |")
+    print("|---|" + "---|" * (len(STAGES) + 1))
+    for head in SCORED:
+        path = args.data / "brain" / "raw_heads" / head
+        out = tmp / f"out_{path.name.split('.')[0]}"
+        t0 = time.perf_counter()
+        res = _medae(args.threads, "score", "--model", str(run), "--input", str(path),
+                     "--output", str(out), "-q")
+        wall = time.perf_counter() - t0
+        if res.returncode:
+            print(f"| {path.name} | failed: {res.stderr.strip()[-300:]} |", flush=True)
+            continue
+        record = json.loads(next(out.glob("*/result.json")).read_text())
+        stages = record["stages"]
+        cells = [f"{stages[k]:.1f}" if k in stages else "-" for k in STAGES]
+        print(f"| {path.name} | " + " | ".join(cells) + f" | {wall:.1f} |", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 def registration(root: Path) -> None:

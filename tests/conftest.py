@@ -30,6 +30,19 @@ def shared(*parts: str) -> Path:
     return path
 
 
+def _deepbet_missing() -> str | None:
+    from medae import brain
+
+    if brain.available():
+        return None
+    return f"deepbet {brain.VERSION} not installed ({brain.INSTALL})"
+
+
+#: tests that run brain extraction (medae[brain]) skip, saying why, without deepbet
+needs_deepbet = pytest.mark.skipif(_deepbet_missing() is not None,
+                                   reason=_deepbet_missing() or "")
+
+
 def write_phantoms(folder: Path, n: int, shape=(24, 28, 20), seed: int = 0,
                    lesion: bool = False) -> list[Path]:
     """Small 'healthy' head phantoms (ellipsoid brain with a brighter core, noise) as NIfTI.
@@ -80,6 +93,27 @@ def write_dicom_volume(folder: Path, volume, spacing=(2.0, 2.0, 2.0), *, series_
     return write_dicom_series(folder, np.asarray(volume), positions=positions,
                               orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), spacing=spacing,
                               attributes=attributes, first_file=0)
+
+
+def write_scan_dicom(folder: Path, scan) -> list[Path]:
+    """Write a loaded :class:`~medae.io.Scan` (whole-number values) as a DICOM series with the
+    project's writer, on the very grid of its RAS affine (oblique or not): pixel (column i, row
+    j) of slice k is the scan's voxel (i, j, k); identifiers that must never reach an output."""
+    import numpy as np
+
+    from medae.synthetic import write_dicom_series
+
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ scan.affine
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    positions = [lps[:3, 3] + k * lps[:3, 2] for k in range(scan.shape[2])]
+    volume = np.round(np.asarray(scan.array, np.float32))
+    assert np.array_equal(volume, scan.array) and np.abs(volume).max() < 32768
+    return write_dicom_series(folder, volume.astype(np.int16), positions=positions,
+                              orientation=[*(lps[:3, 0] / spacing[0]), *(lps[:3, 1] / spacing[1])],
+                              spacing=spacing, attributes={
+                                  "PatientName": "Doe^Jane", "PatientID": "PID-12345",
+                                  "PatientBirthDate": "19700101",
+                                  "AccessionNumber": "ACC-998877"})
 
 
 TINY_2D = ["model.channels=[8, 16, 32]", "preprocess.spacing=[2, 2, 2]",

@@ -12,7 +12,7 @@ from importlib import metadata
 
 import numpy as np
 import pytest
-from conftest import ROOT, shared
+from conftest import ROOT, needs_deepbet, shared
 
 import medae
 from medae import brain
@@ -22,8 +22,6 @@ from medae.masks import compute_mask, implausible_brain, mask_volume_cm3
 from medae.preprocess import PreprocessConfig, prepare_source, preprocess
 
 PHANTOM = ("dicom", "ge_mprage_t1", "In", "05_3D_Ax_T1_MP_RAGE_R22")
-needs_deepbet = pytest.mark.skipif(
-    not brain.available(), reason=f"deepbet {brain.VERSION} not installed ({brain.INSTALL})")
 
 
 def _ellipsoid(shape=(150, 180, 130), radii=(62.0, 78.0, 55.0)) -> np.ndarray:

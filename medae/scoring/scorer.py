@@ -110,7 +110,10 @@ def scored_channels(preprocess: PreprocessConfig, map_config: MapConfig) -> list
 
 def field_of_view(prep: Prepared) -> np.ndarray:
     """The scan voxels that the model's crop covers (bool, scan grid), built axis by axis with
-    the same nearest-neighbour rule as :func:`to_scan_space` (no full-size float array)."""
+    the same nearest-neighbour rule as :func:`to_scan_space` (no full-size float array; in
+    template space, the model's view brought back by that very function)."""
+    if prep.template is not None:
+        return to_scan_space(np.ones(prep.image.shape[1:], np.float32), prep, nearest=True) > 0.5
     axes = []
     for off, size, rs, ss in zip(prep.offset, prep.image.shape[1:], prep.resampled_shape,
                                  prep.scan_shape, strict=True):

@@ -7,13 +7,13 @@ Redistributed with its copyright notice (``medae/data/NOTICE_MNI_ICBM152.txt``);
 from __future__ import annotations
 
 import functools
-import gzip
 from dataclasses import dataclass
 from importlib import resources
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from medae.io.packaged import packaged_nifti
 
 TEMPLATE_NAME = "mni_icbm152_2009a_sym_2mm"
 TEMPLATE_FILES = {
@@ -62,17 +62,10 @@ class Template:
         return (self.affine @ np.append(com, 1.0))[:3]
 
 
-def _read_packaged(name: str) -> nib.Nifti1Image:
-    data = resources.files("medae").joinpath("data", name).read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    return nib.Nifti1Image.from_bytes(data)
-
-
 @functools.lru_cache(maxsize=1)
 def shipped_template() -> Template:
     """The shipped template, read once (read-only arrays)."""
-    imgs = {k: _read_packaged(v) for k, v in TEMPLATE_FILES.items()}
+    imgs = {k: packaged_nifti(v) for k, v in TEMPLATE_FILES.items()}
     affine = imgs["t1"].affine.copy()
     for k, img in imgs.items():
         if img.shape != imgs["t1"].shape or not np.allclose(img.affine, affine):

@@ -87,6 +87,11 @@ async function main() {
          + `${shift.toFixed(1)} mm (mutual information ${r.mutual_information_before} → `
          + `${r.mutual_information})`);
   }
+  if (rec.template) {  // preprocess.space template: the affine fit to the MNI template
+    const t = rec.template;
+    fact("template space", `${t.template}: scale ${Number(t.scale).toFixed(2)}, brain Dice `
+         + `${Number(t.dice).toFixed(2)} (mutual information ${t.mutual_information})`);
+  }
   const links = ["anomaly_map.nii.gz", "candidates.nii.gz", "candidates.csv",
                  "overlay_ortho.png", "overlay_mosaic.png"];
   if (hasImage) links.unshift("image.nii.gz");
