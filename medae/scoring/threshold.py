@@ -273,14 +273,13 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
         warnings.append(f"the candidate rule on only {n} {source} scan(s) (at least "
                         f"{MIN_HEALTHY_SCANS} are advised): one scan's bright spots decide it")
     mv = f"{min_volume_mm3:g}"
-    rejected = None
+    rejected = problem = None
     if rule in ("dice", "froc"):
         point = labelled_threshold(labelled, min_volume_mm3, rule, froc_fp)
         problem = _degenerate(point, rule, n_patients, n_lesion)
         if problem and operating_point == "auto":
             warnings.append(problem + ": the default is the 1% healthy-voxel rule instead")
-            rejected = {**point, "rule": rule}
-            rule = "fpr"
+            rejected, rule, problem = {**point, "rule": rule}, "fpr", None
     if rule in ("dice", "froc"):
         what = (f"{n_patients} labelled {source} scan(s) with {n_lesion} lesion voxels"
                 + (f" and {len(labelled) - n_patients} without lesions"
@@ -308,7 +307,8 @@ def calibrate(maps: list[HealthyMap], scan_scores: list[float], source: str,
                         "training scan, pooled)")
     if rejected is not None:
         point["rejected"] = rejected
-    problem = _degenerate(point, rule, n_patients, n_lesion) if n_lesion else None
+    if rule not in ("dice", "froc") and n_lesion:  # the labelled point was judged above
+        problem = _degenerate(point, rule, n_patients, n_lesion)
     if problem:
         warnings.append(problem)
     figures = [f"{name} {point[k]:.3f}" for k, name in
