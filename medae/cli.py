@@ -116,6 +116,14 @@ REGISTRATION_CHOICES = ("auto", "rigid", "none")
 REGISTRATION_HELP = ("further sequences onto the first's grid: rigid (registered by mutual "
                      "information), auto (rigid unless stored on the first's grid) or none "
                      "(world coordinates as written); overrides preprocess.registration")
+#: ``--space`` (medae.preprocess.SPACES) and ``--bias-correction`` (BIAS_CORRECTIONS)
+SPACE_CHOICES = ("native", "template")
+SPACE_HELP = ("the model's space: native (each scan's own pose and size) or template (each "
+              "brain affinely registered to the shipped MNI template first; maps and "
+              "candidates come back on the scan's grid); overrides preprocess.space")
+BIAS_CHOICES = ("n4", "none")
+BIAS_HELP = ("n4 (each input divided by its N4 bias field, fitted inside the brain mask) or "
+             "none; overrides preprocess.bias_correction")
 
 
 def train_overrides(args: argparse.Namespace) -> list[str]:
@@ -128,7 +136,9 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
     for flag, key in (("epochs", "train.epochs"), ("steps", "train.steps"),
                       ("seed", "train.seed"), ("precision", "train.precision"),
                       ("brain", "preprocess.brain"),
-                      ("registration", "preprocess.registration")):
+                      ("registration", "preprocess.registration"),
+                      ("space", "preprocess.space"),
+                      ("bias_correction", "preprocess.bias_correction")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -309,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     tr.add_argument("--brain", choices=BRAIN_CHOICES, help=BRAIN_HELP)
     tr.add_argument("--registration", choices=REGISTRATION_CHOICES, help=REGISTRATION_HELP)
+    tr.add_argument("--space", choices=SPACE_CHOICES, help=SPACE_HELP)
+    tr.add_argument("--bias-correction", choices=BIAS_CHOICES, help=BIAS_HELP)
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="dotted override, e.g. --set model.latent_size=256 (repeatable)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress output")

@@ -40,6 +40,8 @@ BRAIN_MODES = ("auto", "extract", "given", "none")
 REGISTRATION_MODES = ("auto", "rigid", "none")
 #: the values of ``preprocess.space``
 SPACES = ("native", "template")
+#: the values of ``preprocess.bias_correction``
+BIAS_CORRECTIONS = ("n4", "none")
 
 
 NORMALISATIONS = ("percentile", "robust", "zscore", "none")
@@ -123,9 +125,9 @@ class PreprocessConfig:
         if self.registration not in REGISTRATION_MODES:
             raise MedaeError(f"preprocess.registration: unknown value {self.registration!r} "
                              f"(known: {', '.join(REGISTRATION_MODES)})")
-        if self.bias_correction not in ("n4", "none"):
+        if self.bias_correction not in BIAS_CORRECTIONS:
             raise MedaeError(f"preprocess.bias_correction: unknown value "
-                             f"{self.bias_correction!r} (known: n4, none)")
+                             f"{self.bias_correction!r} (known: {', '.join(BIAS_CORRECTIONS)})")
         if (isinstance(self.n4_shrink, bool) or not isinstance(self.n4_shrink, int)
                 or not 1 <= self.n4_shrink <= 16):
             raise MedaeError(f"preprocess.n4_shrink: an integer from 1 to 16, got "

@@ -130,6 +130,21 @@ def test_a_failing_case_is_refused_in_one_line():
 _BRATS_INPUT = "42f1d34a3f3982ab28f4580a4a61c50c6d2aeadf9aba3b58b22bf8053f933754"
 
 
+def test_the_train_flags_set_the_space_and_the_bias_correction():
+    from medae.cli import BIAS_CHOICES, SPACE_CHOICES, build_parser, train_overrides
+    from medae.preprocess import BIAS_CORRECTIONS, SPACES
+
+    assert SPACE_CHOICES == SPACES and BIAS_CHOICES == BIAS_CORRECTIONS  # the CLI's, torch-free
+    args = build_parser().parse_args(["train", "--config", "c.yaml", "--data", "d", "--output",
+                                      "o", "--set", "preprocess.space=native", "--space",
+                                      "template", "--bias-correction", "n4"])
+    assert train_overrides(args) == ["preprocess.space=native", "preprocess.space=template",
+                                     "preprocess.bias_correction=n4"]  # the flag wins
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--config", "c.yaml", "--data", "d", "--output",
+                                   "o", "--space", "mni"])
+
+
 def test_native_is_the_default_and_leaves_brats_byte_identical(tmp_path):
     assert PreprocessConfig().space == "native" and "space" not in PreprocessConfig().to_dict()
     assert PreprocessConfig(space="template", spacing=(2.0, 2.0, 2.0)).to_dict()["space"] == \
@@ -170,7 +185,7 @@ def test_training_and_scoring_in_template_space_record_each_fit(tmp_path):
 
     run = tmp_path / "run"
     cli("train", "--config", str(ROOT / "configs" / "intensity.yaml"), "--data", str(healthy),
-        "--output", str(run), "--brain", "auto", "-q", "--set", "preprocess.space=template")
+        "--output", str(run), "--brain", "auto", "-q", "--space", "template")
     meta = json.loads((run / "model.json").read_text())
     assert meta["preprocess"]["space"] == "template"
     fits = [entry["template"] for entry in meta["intensity"]]
