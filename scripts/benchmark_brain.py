@@ -253,6 +253,10 @@ def main() -> None:
                     help="run again the runs recorded before the default operating point "
                          "followed the calibration data (their deployable Dice is the "
                          "candidate rule's)")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="with --refresh-operating-point: where a stale run's trained model is "
+                         "still in --work, calibrate it again (medae calibrate on the patients "
+                         "it was calibrated on) instead of training it again")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: build the table from docs/benchmark_runs.json")
     ap.add_argument("--readme", action="store_true", help="also update the README's table")
@@ -304,9 +308,16 @@ def main() -> None:
                     train_csv = _manifest(fold / "train.csv", train_cases)
                     test_csv = _manifest(fold / "test.csv", {test: cases[test]})
                     run = fold / f"{recipe}-seed{seed}-{protocol}"
-                    if stale and run.exists():  # its bundle holds the former calibration
-                        _set_aside(run)
+                    if not run.exists():  # recorded under another name of the same settings
+                        run = next((d for d in sorted(fold.glob(f"*-seed{seed}-{protocol}"))
+                                    if d.is_dir()), run)
                     t0 = time.time()
+                    recalibrated = None
+                    if stale and args.recalibrate and (run / "model.json").exists():
+                        _recalibrate(medae, run, train_csv, cases, args.device)
+                        recalibrated = row
+                    elif stale and run.exists():  # its bundle holds the former calibration
+                        _set_aside(run)
                     _one_run(medae, run, base, train_csv, test_csv, seed, args.device,
                              [*sets, *variant_sets, *extra])
                     row = _row(run)
@@ -315,6 +326,10 @@ def main() -> None:
                                date=datetime.date.today().isoformat(),
                                minutes=round((time.time() - t0) / 60, 1),
                                machine=machine)
+                    if recalibrated:  # the weights are those trained then
+                        row.update(trained=recalibrated.get("trained") or dict(
+                            commit=recalibrated.get("commit"),
+                            minutes=recalibrated.get("minutes")), recalibrated=True)
                     # read again before writing: another benchmark process may have added runs
                     ledger = [r for r in _load_ledger() if not _same(r, key)] + [row]
                     _save_ledger(ledger)
@@ -413,6 +428,27 @@ def _stale(row: dict) -> bool:
     return (row["operating_point"] in ("dice", "froc")
             and figures.get("requested", "auto") == "auto"
             and (figures.get("sensitivity") or 0.0) < 0.5)
+
+
+def _recalibrate(medae: list[str], run: Path, train_csv: Path, cases: dict[str, dict],
+                 device: str) -> None:
+    """Calibrate a stale run's model again with today's rules, on the patients its training
+    calibrated on (its held-out validation patients, or its training patients where it had
+    none), in place of its former calibration; the stale folder is set aside."""
+    bundle = json.loads((run / "model.json").read_text())
+    held_out = bundle.get("validation_cases") or []
+    data = (_manifest(run.with_name(run.name + ".calibration.csv"),
+                      {c: cases[c] for c in held_out}) if held_out else train_csv)
+    fresh = run.with_name(run.name + ".recalibrated")
+    if fresh.exists():
+        shutil.rmtree(fresh)
+    _run([*medae, "calibrate", "--model", str(run), "--data", str(data), "--output", str(fresh),
+          "--device", device], run.with_suffix(".log"))
+    old = run.with_name(run.name + ".stale")
+    if old.exists():
+        shutil.rmtree(old)
+    run.rename(old)
+    fresh.rename(run)  # the log stays: it holds the training and this calibration
 
 
 def _set_aside(run: Path) -> None:

@@ -177,6 +177,43 @@ def test_degenerate_labelled_points_are_refreshed(bench, monkeypatch, tmp_path):
     assert bench._stale({**runs[0], "calibration_figures": {"sensitivity": 0.2}})
 
 
+def test_recalibrate_calibrates_the_trained_model_again_on_its_own_patients(bench, monkeypatch,
+                                                                           tmp_path):
+    """--refresh-operating-point --recalibrate: a stale run whose model is still on disk (here
+    under another name of the same settings) is calibrated again by medae calibrate on its
+    held-out validation patient, not trained again; its row keeps the training's commit."""
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0")
+    runs = json.loads(bench.LEDGER.read_text())["runs"]
+    runs[0]["calibration_figures"]["sensitivity"] = 0.2
+    runs[0]["commit"], runs[0]["minutes"] = "trained1", 8.0
+    bench._save_ledger(runs)
+    fold = tmp_path / "work" / "brats" / "test-pat0002"
+    run = fold / bench._calls[0][0].replace("brain_flair", "brain_flair_old")
+    run.mkdir(parents=True)
+    (run / "model.json").write_text(json.dumps({"validation_cases": ["pat0001"]}))
+    commands = []
+
+    def fake_medae(cmd, log):
+        commands.append(cmd)
+        out = Path(cmd[cmd.index("--output") + 1])
+        out.mkdir()
+        (out / "model.json").write_text('{"recalibrated": true}')
+
+    monkeypatch.setattr(bench, "_run", fake_medae)
+    bench._calls.clear()
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0",
+          "--refresh-operating-point", "--recalibrate")
+    [cmd] = commands
+    assert cmd[3] == "calibrate" and cmd[cmd.index("--model") + 1] == str(run)
+    manifest = Path(cmd[cmd.index("--data") + 1]).read_text().splitlines()
+    assert [line.split(",")[0] for line in manifest] == ["case_id", "pat0001"]
+    assert [c[0] for c in bench._calls] == [run.name]  # scored and evaluated, not trained
+    assert json.loads((run / "model.json").read_text()) == {"recalibrated": True}
+    assert (fold / (run.name + ".stale") / "model.json").exists()
+    [row] = json.loads(bench.LEDGER.read_text())["runs"]
+    assert row["recalibrated"] and row["trained"] == {"commit": "trained1", "minutes": 8.0}
+
+
 def test_auto_precision_finds_runs_trained_elsewhere(bench, monkeypatch):
     """A recipe with train.precision auto is hashed with the precision it trains in; tables
     built on a machine where auto resolves otherwise find the recorded runs with
