@@ -270,7 +270,7 @@ def test_cli_trains_and_scores_raw_heads_and_fails_the_phantom(tmp_path):
     train_on = {"t2.nii.gz": ixi / "hd_bet_IXI002-Guys-0828-T2.nii.gz",
                 "t1.nii.gz": ixi / "hd_bet_IXI002-Guys-0828-T1.nii.gz",
                 "t2_dilated.nii.gz": ixi / "hd_bet_dilated_IXI002-Guys-0828-T2.nii.gz",
-                "phantom": phantom}
+                "raw_t2w.nii.gz": raw, "phantom": phantom}
     for folder, items in ((healthy, train_on),
                           (scans, {"brats.nii.gz": brats, "t2w.nii.gz": raw,
                                    "phantom": phantom})):
@@ -296,6 +296,14 @@ def test_cli_trains_and_scores_raw_heads_and_fails_the_phantom(tmp_path):
     assert "brain mask is mostly background" in skipped[0]["error"]
     meta = json.loads((run / "model.json").read_text())
     assert meta["preprocess"]["brain"] == "auto"
+    # a raw head among the training scans is brain-extracted, and scoring replays it exactly
+    [entry] = [e for e in meta["intensity"] if e["case_id"].startswith("raw_t2w")]
+    assert entry["mask_rule"].startswith("auto: brain extracted by deepbet 1.0.2")
+    from medae.preprocess import PreprocessConfig, prepare_source
+
+    _, again = prepare_source(medae.discover(raw)[0],
+                              PreprocessConfig.from_dict(meta["preprocess"]))
+    assert (again.stats[0]["low"], again.stats[0]["high"]) == (entry["low"], entry["high"])
     out = tmp_path / "out"
     res = medae_cli("score", "--model", str(run), "--input", str(scans), "--output", str(out),
                     "-q", "--no-overlays")
@@ -313,6 +321,7 @@ def test_cli_trains_and_scores_raw_heads_and_fails_the_phantom(tmp_path):
     assert t2w["mask_rule"].startswith("auto: brain extracted by deepbet 1.0.2 (not "
                                        "skull-stripped: no constant background)")
     assert t2w["stages"]["brain extraction"] > 0
+    assert t2w["mask_rule"] == entry["mask_rule"]
     b = json.loads((out / "brats" / "result.json").read_text())
     assert b["mask_rule"].startswith("auto, skull-stripped: skull-stripped background")
     # the same model with --brain none: the BraTS map byte for byte
