@@ -15,8 +15,13 @@ the default operating point relies on, without the candidate size rule).  Map va
 - ``median 6 mm`` / ``median 9 mm``: wider in-plane median filters (9 mm: a release ago's, 5
   voxels at 1.875 mm), ``rim 6 mm``: with a release ago's brain rim (3 voxels at 1.875 mm);
   ``median 5 mm 3D``: across slices too;
-- ``scale: brain q99``: each scan's map divided by the 99th percentile of its own analysed
-  voxels (a per-scan scale, as if every map were read against its own brain).
+- ``scale: brain qP``: each scan's map divided by the P-th percentile of its own analysed
+  voxels (P = 90, 95, 99: a per-scan scale, as if every map were read against its own brain);
+  ``scale: brain z``: (map - median) / (q90 - median) of its own analysed voxels; ``scale:
+  brain q75`` / ``scale: brain mad``: (map - median) / (q75 - median) or / its median absolute
+  deviation (spreads that a lesion of up to a quarter of the brain hardly moves).
+
+``--scales-only``: the recipe's map and the per-scan scales (one map per scan, quicker).
 
 Voxels inside the brain mask, as ``medae evaluate`` counts them.
 """
@@ -41,13 +46,30 @@ from medae.scoring.scorer import load_model  # noqa: E402
 
 
 def _variants(cfg) -> dict:
+    """Map settings (the model is never retrained): name -> (map config, None)."""
     return {"recipe": (cfg, None),
             "median 6 mm": (dataclasses.replace(cfg, median_mm=(6.0, 6.0, 0.0)), None),
             "median 9 mm": (dataclasses.replace(cfg, median_mm=(9.375, 9.375, 0.0)), None),
             "median 9 mm, rim 6 mm": (dataclasses.replace(cfg, median_mm=(9.375, 9.375, 0.0),
                                                           erode_mm=6.0), None),
-            "median 5 mm 3D": (dataclasses.replace(cfg, median_mm=5.0), None),
-            "scale: brain q99": (cfg, 99.0)}
+            "median 5 mm 3D": (dataclasses.replace(cfg, median_mm=5.0), None)}
+
+
+#: per-scan scales of the recipe's map: a percentile of its analysed voxels (divided by it),
+#: or "z": (map - median) / (q90 - median)
+SCALES = {"scale: brain q90": 90.0, "scale: brain q95": 95.0, "scale: brain q99": 99.0,
+          "scale: brain z": "z", "scale: brain q75": "q75", "scale: brain mad": "mad"}
+
+
+def _scaled(heat: np.ndarray, analysed: np.ndarray, how) -> np.ndarray:
+    values = heat[analysed]
+    if how in ("z", "q75"):
+        median, upper = np.percentile(values, (50, 90 if how == "z" else 75))
+        return (heat - median) / max(float(upper - median), 1e-12)
+    if how == "mad":
+        median = float(np.median(values))
+        return (heat - median) / max(float(np.median(np.abs(values - median))), 1e-12)
+    return heat / max(float(np.percentile(values, how)), 1e-12)
 
 
 def _pv(parts) -> PooledVoxels:
@@ -60,6 +82,8 @@ def _pv(parts) -> PooledVoxels:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--scales-only", action="store_true",
+                    help="only the recipe's map and its per-scan scales")
     args = ap.parse_args()
     table: dict[str, list[dict]] = {}
     for run in args.runs:
@@ -75,14 +99,20 @@ def main() -> None:
             src = sources[case]
             scan, prep = model.load(src)
             label = load_scan(src.label).array > 0
-            for name, (cfg, q) in _variants(base).items():
+            variants = _variants(base)
+            for name, (cfg, _) in variants.items():
+                if args.scales_only and name != "recipe":
+                    continue
                 model.map_config = cfg
                 m = model.scan_map(scan, prep)
                 heat = m.heatmap.astype(np.float64)
-                if q is not None:
-                    heat = heat / max(float(np.percentile(heat[m.analysed], q)), 1e-12)
                 brain = m.brain_mask
                 maps.setdefault(name, {})[case] = (heat[brain].astype(np.float32), label[brain])
+                if name == "recipe":
+                    for sname, how in SCALES.items():
+                        scaled = _scaled(heat, m.analysed, how)
+                        maps.setdefault(sname, {})[case] = (scaled[brain].astype(np.float32),
+                                                            label[brain])
             model.map_config = base
         for name, per in maps.items():
             own = {c: _pv([xy]) for c, xy in per.items()}
