@@ -220,7 +220,9 @@ def _save_ledger(runs: list[dict]) -> None:
     doc = {"about": "One entry per benchmark run of scripts/benchmark_brain.py (written by it); "
                     "'protocol' hashes the recipe as it resolves with the protocol overrides "
                     "(every setting) and the steps; 'recipe' is the name it was run under; "
-                    "'commit' is the code that trained and scored the model.", "runs": runs}
+                    "'commit' is the code that trained and scored the model (a row marked "
+                    "'recalibrated' was calibrated again and scored by 'commit', with the "
+                    "weights that 'trained' names).", "runs": runs}
     tmp = LEDGER.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, LEDGER)
@@ -326,10 +328,12 @@ def main() -> None:
                                date=datetime.date.today().isoformat(),
                                minutes=round((time.time() - t0) / 60, 1),
                                machine=machine)
-                    if recalibrated:  # the weights are those trained then
+                    if recalibrated:  # the weights are those trained then, calibrated on the
+                        # same patients as then (the bundle's source reads "recalibration")
                         row.update(trained=recalibrated.get("trained") or dict(
                             commit=recalibrated.get("commit"),
-                            minutes=recalibrated.get("minutes")), recalibrated=True)
+                            minutes=recalibrated.get("minutes")), recalibrated=True,
+                            calibration=recalibrated["calibration"])
                     # read again before writing: another benchmark process may have added runs
                     ledger = [r for r in _load_ledger() if not _same(r, key)] + [row]
                     _save_ledger(ledger)

@@ -212,6 +212,7 @@ def test_recalibrate_calibrates_the_trained_model_again_on_its_own_patients(benc
     assert (fold / (run.name + ".stale") / "model.json").exists()
     [row] = json.loads(bench.LEDGER.read_text())["runs"]
     assert row["recalibrated"] and row["trained"] == {"commit": "trained1", "minutes": 8.0}
+    assert row["calibration"] == "held-out validation scans"  # the same patients as then
 
 
 def test_auto_precision_finds_runs_trained_elsewhere(bench, monkeypatch):
