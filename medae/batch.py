@@ -237,6 +237,10 @@ def check_output(out: Path) -> bool:
     if not ours:
         for name in TOP_LEVEL:
             if os.path.lexists(out / name):
+                # a shard of this job may have written run.json (always its first file, never
+                # removed) since it was read above: read it again before refusing
+                if _is_output_folder(out):
+                    return True
                 raise MedaeError(out / name, "exists and was not written by medae; it would be "
                                              "overwritten: choose another --output")
     return ours

@@ -105,6 +105,32 @@ def test_concurrent_shards_on_one_output_folder(intensity_model, lesion_cases,  
     assert metrics["n_scans"] == N_CASES
 
 
+def test_a_shard_that_writes_run_json_during_the_check_is_not_mistaken_for_a_stranger(
+        tmp_path, monkeypatch):
+    """The check reads run.json, then looks for medae's tables: another shard of the job may
+    write its run.json (then scores.csv) in between. The check reads run.json again before
+    refusing (the race CI once hit: 'run.json: exists and was not written by medae')."""
+    from medae import batch
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real, calls = batch._is_output_folder, []
+
+    def first_read_before_the_other_shard_wrote(folder):
+        calls.append(folder)
+        if len(calls) == 1:  # the other shard writes run.json and scores.csv now
+            (out / "run.json").write_text(json.dumps({"medae_version": "x", "shard": "2/2"}))
+            (out / "scores.csv").write_text("case_id\n")
+            return False
+        return real(folder)
+
+    monkeypatch.setattr(batch, "_is_output_folder", first_read_before_the_other_shard_wrote)
+    assert batch.check_output(out) is True and len(calls) == 2
+    (out / "run.json").write_text("{}")  # a stranger's run.json is still refused
+    with pytest.raises(MedaeError, match=r"scores\.csv: exists and was not written by medae"):
+        batch.check_output(out)
+
+
 # ------------------------------------------------------------------------------------------------
 # 2. the viewer serves nothing outside OUT; 9. Host check on loopback, timeout, CSP
 
