@@ -34,6 +34,7 @@ import torch
 
 import medae
 from medae.brain import extract_brain
+from medae.evaluation import curves
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ["mccausland_chris/chris_t1.nii.gz", "mccausland_chris/chris_PD.nii.gz",
@@ -83,7 +84,7 @@ def main() -> None:
         t_ref = time.perf_counter() - t0
         cm3 = float(np.prod(scan.spacing)) / 1000
         both = np.count_nonzero(ours & ref)
-        dice = 2 * both / (np.count_nonzero(ours) + np.count_nonzero(ref))
+        dice = curves.dice(ours, ref)
         print(f"| {Path(head).name} | {ours.sum() * cm3:,.0f} | {t_ours:.1f} | "
               f"{ref.sum() * cm3:,.0f} | {t_ref:.1f} | {dice:.3f} | "
               f"{both / max(1, ref.sum()):.3f} |", flush=True)

@@ -81,8 +81,9 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             # training slices as well as the left-right flip (two training patients are few)
             "brain_flair_aug": ("brain_flair", ["data.augment={flip_lr: true, rotate_deg: 10, "
                                                 "zoom: 0.1}", PCT]),
-            # the recipes as they were before they normalised by the brain's median and IQR
-            # (issue 26): each scan's 0.5th/99.5th brain percentiles to 0/1
+            # the recipes with their percentile normalisation pinned (each scan's 0.5th/99.5th
+            # brain percentiles to 0/1), so their recorded runs stay found should a recipe
+            # change to normalise: robust (issue 26)
             "raw_percentile": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", PCT]),
             "intensity_percentile": ("intensity", [PCT]),
             "brain_flair_percentile": ("brain_flair", [PCT]),
@@ -314,10 +315,10 @@ def main() -> None:
                         run = next((d for d in sorted(fold.glob(f"*-seed{seed}-{protocol}"))
                                     if d.is_dir()), run)
                     t0 = time.time()
-                    recalibrated = None
+                    former = None  # the row of a run calibrated again below
                     if stale and args.recalibrate and (run / "model.json").exists():
                         _recalibrate(medae, run, train_csv, cases, args.device)
-                        recalibrated = row
+                        former = row
                     elif stale and run.exists():  # its bundle holds the former calibration
                         _set_aside(run)
                     _one_run(medae, run, base, train_csv, test_csv, seed, args.device,
@@ -328,12 +329,11 @@ def main() -> None:
                                date=datetime.date.today().isoformat(),
                                minutes=round((time.time() - t0) / 60, 1),
                                machine=machine)
-                    if recalibrated:  # the weights are those trained then, calibrated on the
-                        # same patients as then (the bundle's source reads "recalibration")
-                        row.update(trained=recalibrated.get("trained") or dict(
-                            commit=recalibrated.get("commit"),
-                            minutes=recalibrated.get("minutes")), recalibrated=True,
-                            calibration=recalibrated["calibration"])
+                    if former:  # the weights are those trained then, calibrated on the same
+                        # patients as then (the bundle's source reads "recalibration")
+                        row.update(trained=former.get("trained") or dict(
+                            commit=former.get("commit"), minutes=former.get("minutes")),
+                            recalibrated=True, calibration=former["calibration"])
                     # read again before writing: another benchmark process may have added runs
                     ledger = [r for r in _load_ledger() if not _same(r, key)] + [row]
                     _save_ledger(ledger)
@@ -448,17 +448,14 @@ def _recalibrate(medae: list[str], run: Path, train_csv: Path, cases: dict[str, 
         shutil.rmtree(fresh)
     _run([*medae, "calibrate", "--model", str(run), "--data", str(data), "--output", str(fresh),
           "--device", device], run.with_suffix(".log"))
-    old = run.with_name(run.name + ".stale")
-    if old.exists():
-        shutil.rmtree(old)
-    run.rename(old)
-    fresh.rename(run)  # the log stays: it holds the training and this calibration
+    _set_aside(run, with_log=False)  # the log stays: it holds the training and this calibration
+    fresh.rename(run)
 
 
-def _set_aside(run: Path) -> None:
+def _set_aside(run: Path, with_log: bool = True) -> None:
     """Move a stale run's folder and log out of the way (``.stale``), so it is run again from
     the start with the code of today; an older set-aside copy is replaced."""
-    for path in (run, run.with_suffix(".log")):
+    for path in (run, run.with_suffix(".log")) if with_log else (run,):
         if path.exists():
             old = path.with_name(path.name + ".stale")
             if old.is_dir():

@@ -47,11 +47,6 @@ def _voxels(run: Path, case: str, label_path) -> tuple[np.ndarray, np.ndarray]:
     return heat[brain].astype(np.float32), label[brain]
 
 
-def _dice(x: np.ndarray, y: np.ndarray, thr: float) -> float:
-    called = x > thr
-    return float(2 * np.count_nonzero(called & y) / max(called.sum() + y.sum(), 1))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "benchmark")
@@ -87,7 +82,7 @@ def main() -> None:
             thr = pooled.best_dice()[1]
             own = PooledVoxels()
             own.add(x, y)
-            row = (_dice(x, y, thresholds[test]), _dice(x, y, thr), own.best_dice()[0])
+            row = (own.dice_at(thresholds[test]), own.dice_at(thr), own.best_dice()[0])
             rows.append(row)
             print(f"| {test} | {seed} | {held[test]} | {row[0]:.3f} | {row[1]:.3f} "
                   f"({', '.join(others)}) | {row[2]:.3f} |", flush=True)

@@ -120,12 +120,9 @@ def main() -> None:
                    "ap_test": own[test].average_precision(), "dice_test": own[test].best_dice()[0]}
             if calib:
                 thr = own[calib].best_dice()[1]
-                tx, ty = per[test]
-                called = tx > thr
                 row.update(ap_calib=own[calib].average_precision(),
                            ap_pooled=_pv(per.values()).average_precision(),
-                           dice_transfer=float(2 * (called & ty).sum()
-                                               / max(called.sum() + ty.sum(), 1)))
+                           dice_transfer=own[test].dice_at(thr))
             table.setdefault(name, []).append(row)
             print(f"{run.parent.name}/{run.name} [{name}] " + ", ".join(
                 f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
