@@ -37,8 +37,9 @@ from medae.brain import extract_brain
 from medae.evaluation import curves
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADS = ["mccausland_chris/chris_t1.nii.gz", "mccausland_chris/chris_PD.nii.gz",
-         "niivue_register/T2w.nii.gz", "niivue_register/T1_head_ext2.nii.gz"]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_brain import HEADS  # noqa: E402  (the shared raw heads, as bench_brain.py measures)
 
 
 def hdbet_mask(run, array: np.ndarray, spacing, mode: str, tta: bool) -> np.ndarray:
