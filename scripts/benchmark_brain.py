@@ -77,6 +77,8 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             "brain_flair_robust_fp32": ("brain_flair", ["preprocess.normalise=robust",
                                                         'train.precision="32"']),
             "brain_multi_robust": ("brain_multi", ["preprocess.normalise=robust"]),
+            "brain_multi_robust_fp32": ("brain_multi", ["preprocess.normalise=robust",
+                                                        'train.precision="32"']),
             # exploratory: brain_flair with in-plane rotation (±10°) and zoom (±10%) of the
             # training slices as well as the left-right flip (two training patients are few)
             "brain_flair_aug": ("brain_flair", ["data.augment={flip_lr: true, rotate_deg: 10, "
@@ -88,7 +90,10 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             "intensity_percentile": ("intensity", [PCT]),
             "brain_flair_percentile": ("brain_flair", [PCT]),
             "brain_flair_percentile_fp32": ("brain_flair", [PCT, 'train.precision="32"']),
-            "brain_flair_percentile_bf16": ("brain_flair", [PCT, "train.precision=bf16"])}
+            "brain_flair_percentile_bf16": ("brain_flair", [PCT, "train.precision=bf16"]),
+            "brain_multi_percentile": ("brain_multi", [PCT]),
+            "brain_multi_percentile_fp32": ("brain_multi", [PCT, 'train.precision="32"']),
+            "brain_multi_percentile_bf16": ("brain_multi", [PCT, "train.precision=bf16"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("best_dice", "[Dice] (upper bound)"),
            ("dice_calibrated", "deployable Dice (default operating point)"),
