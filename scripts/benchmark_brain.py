@@ -79,6 +79,13 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             "brain_multi_robust": ("brain_multi", ["preprocess.normalise=robust"]),
             "brain_multi_robust_fp32": ("brain_multi", ["preprocess.normalise=robust",
                                                         'train.precision="32"']),
+            # calibrated on maps of scans (or, with one training patient, 20 mm axial slabs) that
+            # the scoring model did not see: fold models trained on the rest (data.calibration:
+            # crossfit; one training more per fold, the final model trains on every patient)
+            "brain_flair_crossfit_fp32": ("brain_flair", ["data.calibration=crossfit",
+                                                          'train.precision="32"']),
+            "brain_multi_crossfit_fp32": ("brain_multi", ["data.calibration=crossfit",
+                                                          'train.precision="32"']),
             # exploratory: brain_flair with in-plane rotation (±10°) and zoom (±10%) of the
             # training slices as well as the left-right flip (two training patients are few)
             "brain_flair_aug": ("brain_flair", ["data.augment={flip_lr: true, rotate_deg: 10, "
