@@ -28,12 +28,13 @@ from medae.scoring.scorer import AnomalyModel
 
 def recalibrate(model_dir: str | os.PathLike, sources: Sequence[ScanSource],
                 output: str | os.PathLike, *, operating_point: str | None = None,
-                froc_fp: float | None = None, device: str = "auto",
-                batch_size: int = 32) -> tuple[Path, dict]:
+                froc_fp: float | None = None, map_units: str | None = None,
+                device: str = "auto", batch_size: int = 32) -> tuple[Path, dict]:
     """Calibrate the bundle in ``model_dir`` on ``sources`` and write it into ``output``.
 
-    ``operating_point`` / ``froc_fp`` replace the recipe's ``scoring`` settings of the same name
-    (None: keep them).  Returns the new bundle's folder and its calibration.
+    ``operating_point`` / ``froc_fp`` / ``map_units`` replace the recipe's ``scoring`` settings
+    of the same name (None: keep them; every threshold is calibrated in the new map's units).
+    Returns the new bundle's folder and its calibration.
     """
     src, out = Path(model_dir), Path(output)
     if not sources:
@@ -53,6 +54,8 @@ def recalibrate(model_dir: str | os.PathLike, sources: Sequence[ScanSource],
         scoring["operating_point"] = operating_point
     if froc_fp is not None:
         scoring["froc_fp"] = froc_fp
+    if map_units is not None:
+        scoring["map_units"] = map_units
     config["scoring"] = scoring
     map_cfg = MapConfig.from_dict(scoring, bundle.preprocess.spacing)  # checked before work
     data = DataConfig.from_dict(config["data"])

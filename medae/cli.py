@@ -177,7 +177,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     sources = _discover(args.data, args).sources
     run, cal = recalibrate(args.model, sources, args.output,
                            operating_point=args.operating_point, froc_fp=args.froc_fp,
-                           device=args.device)
+                           map_units=args.map_units, device=args.device)
     print(f"model bundle: {run}")
     _print_operating_point(cal)
     return 0
@@ -276,7 +276,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medae.config import OPERATING_POINTS
+    from medae.config import MAP_UNITS, OPERATING_POINTS
 
     parser = argparse.ArgumentParser(
         prog="medae",
@@ -341,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "labelled scans -> dice, healthy scans -> candidates)")
     ca.add_argument("--froc-fp", type=float,
                     help="false candidates per scan that the froc rule allows")
+    ca.add_argument("--map-units", choices=MAP_UNITS,
+                    help="the heat map's units (default: the model's): iqr measures each "
+                         "scan's residual in interquartile ranges of its own brain intensities, "
+                         "so one threshold means the same on every scan")
     ca.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     _add_layout_options(ca)
     ca.set_defaults(func=_cmd_calibrate)

@@ -257,6 +257,8 @@ def dump_config(config: dict) -> str:
 
 
 RESIDUALS = ("abs", "squared", "positive")
+#: the units of the heat map (``scoring.map_units``)
+MAP_UNITS = ("normalised", "iqr")
 #: default threshold rules (``scoring.operating_point``; see :mod:`medae.scoring.threshold`)
 OPERATING_POINTS = ("auto", "dice", "froc", "candidates", "fpr")
 #: false candidates per calibration scan the ``froc`` rule allows by default
@@ -290,6 +292,12 @@ class MapConfig:
             ``candidates`` (<= 1 false candidate per healthy scan), ``fpr`` (1% of healthy
             voxels above it).
         froc_fp: false candidates per calibration scan that ``froc`` allows.
+        map_units: the residual's units: ``normalised`` (the normalised image's, in which the
+            model reads and reconstructs the scan) or ``iqr`` (interquartile ranges of that
+            scan's own brain intensities, per input sequence: a scale that a large lesion hardly
+            moves, where it moves the 99.5th percentile that percentile normalisation maps to 1,
+            so that one threshold means the same on every scan; maps ranked the same within a
+            scan either way).
 
     Bundles written before maps were computed at the scan's resolution used ``erode`` and
     ``median`` in voxels of the model grid: :meth:`from_dict` converts them with the model's
@@ -304,8 +312,12 @@ class MapConfig:
     channels: tuple[str, ...] | None = None
     operating_point: str = "auto"
     froc_fp: float = FROC_FP_PER_SCAN
+    map_units: str = "normalised"
 
     def __post_init__(self) -> None:
+        if self.map_units not in MAP_UNITS:
+            raise MedaeError(f"scoring.map_units: expected one of {MAP_UNITS}, "
+                             f"got {self.map_units!r}")
         if self.operating_point not in OPERATING_POINTS:
             raise MedaeError(f"scoring.operating_point: expected one of {OPERATING_POINTS}, "
                              f"got {self.operating_point!r}")
@@ -364,6 +376,8 @@ class MapConfig:
         d = asdict(self)
         if d["channels"] is None:  # one-sequence bundles stay as they were
             del d["channels"]
+        if d["map_units"] == "normalised":  # ... and bundles in the units they always had
+            del d["map_units"]
         for key in ("median_mm", "channels"):
             if isinstance(d.get(key), tuple):
                 d[key] = list(d[key])

@@ -260,12 +260,14 @@ def intensity_stats(image: np.ndarray, mask: np.ndarray, config: PreprocessConfi
         inside = inside.astype(np.float32)  # a compacted scan: the float32 scan's percentiles
     if inside.size == 0:
         raise MedaeError("the foreground mask is empty: nothing to normalise")
+    # every normalisation also records the interquartile range of the voxels (in the scan's
+    # units): scoring.map_units iqr measures the residual in it (see normalised_iqr)
     if config.normalise == "percentile":
-        lo, hi = (float(v) for v in np.percentile(inside, config.percentiles,
-                                                  overwrite_input=True))
+        lo, hi, q1, q3 = (float(v) for v in np.percentile(
+            inside, (*config.percentiles, 25, 75), overwrite_input=True))
         if hi - lo <= 1e-12 * max(1.0, abs(hi)):
             raise MedaeError("constant intensity inside the mask: cannot normalise")
-        return {"low": lo, "high": hi}
+        return {"low": lo, "high": hi, "iqr": q3 - q1}
     if config.normalise == "robust":
         q1, median, q3 = (float(v) for v in np.percentile(inside, (25, 50, 75),
                                                            overwrite_input=True))
@@ -273,13 +275,36 @@ def intensity_stats(image: np.ndarray, mask: np.ndarray, config: PreprocessConfi
         if iqr <= 1e-12 * max(1.0, abs(median)):
             raise MedaeError("the intensities inside the mask have no spread (interquartile "
                              "range 0): cannot normalise robustly (use normalise: percentile)")
-        return {"low": median - ROBUST_RANGE[0] * iqr, "high": median + ROBUST_RANGE[1] * iqr}
+        return {"low": median - ROBUST_RANGE[0] * iqr, "high": median + ROBUST_RANGE[1] * iqr,
+                "iqr": iqr}
     if config.normalise == "zscore":
         mean, sd = float(inside.mean(dtype=np.float64)), float(inside.std(dtype=np.float64))
         if sd <= 1e-12 * max(1.0, abs(mean)):
             raise MedaeError("constant intensity inside the mask: cannot normalise")
-        return {"mean": mean, "sd": sd}
-    return {}
+        q1, q3 = (float(v) for v in np.percentile(inside, (25, 75), overwrite_input=True))
+        return {"mean": mean, "sd": sd, "iqr": q3 - q1}
+    q1, q3 = (float(v) for v in np.percentile(inside, (25, 75), overwrite_input=True))
+    return {"iqr": q3 - q1}
+
+
+def normalised_iqr(stats: dict) -> float:
+    """The interquartile range of a scan's brain intensities in the units of its normalised
+    image (:func:`intensity_stats` recorded it in the scan's units): dividing a residual of the
+    normalised image by it gives the residual in interquartile ranges of that scan."""
+    iqr = stats.get("iqr")
+    if iqr is None:
+        raise MedaeError("no interquartile range recorded for this scan's intensities")
+    if "low" in stats:
+        out = iqr / (stats["high"] - stats["low"])
+    elif "mean" in stats:
+        out = iqr / stats["sd"]
+    else:
+        out = iqr
+    if not out > 1e-12:
+        raise MedaeError("the brain intensities have no spread (interquartile range 0): the map "
+                         "cannot be measured in interquartile ranges (scoring.map_units: "
+                         "normalised)")
+    return float(out)
 
 
 def apply_normalisation(image: np.ndarray, stats: dict, clip: bool = False) -> np.ndarray:

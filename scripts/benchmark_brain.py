@@ -86,6 +86,14 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
                                                           'train.precision="32"']),
             "brain_multi_crossfit_fp32": ("brain_multi", ["data.calibration=crossfit",
                                                           'train.precision="32"']),
+            # each scan's map in interquartile ranges of its own brain intensities (scoring.
+            # map_units: iqr) while the model reads percentile-normalised input: the scale of
+            # robust normalisation for the threshold, the input the recipes were tuned on
+            "brain_flair_iqr_fp32": ("brain_flair", ["scoring.map_units=iqr",
+                                                     'train.precision="32"']),
+            "brain_multi_iqr_fp32": ("brain_multi", ["scoring.map_units=iqr",
+                                                     'train.precision="32"']),
+            "intensity_iqr": ("intensity", ["scoring.map_units=iqr"]),
             # exploratory: brain_flair with in-plane rotation (±10°) and zoom (±10%) of the
             # training slices as well as the left-right flip (two training patients are few)
             "brain_flair_aug": ("brain_flair", ["data.augment={flip_lr: true, rotate_deg: 10, "
@@ -101,6 +109,13 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             "brain_multi_percentile": ("brain_multi", [PCT]),
             "brain_multi_percentile_fp32": ("brain_multi", [PCT, 'train.precision="32"']),
             "brain_multi_percentile_bf16": ("brain_multi", [PCT, "train.precision=bf16"])}
+#: variants that differ from another only in how its maps are measured (``scoring`` settings
+#: that ``medae calibrate`` takes): where that variant's model of the fold and seed is on disk,
+#: it is calibrated again in the variant's settings (on the patients it calibrated on) instead
+#: of trained again, which gives the bundle that training with the settings gives
+DERIVED = {"brain_flair_iqr_fp32": ("brain_flair_fp32", ["--map-units", "iqr"]),
+           "brain_multi_iqr_fp32": ("brain_multi_fp32", ["--map-units", "iqr"]),
+           "intensity_iqr": ("intensity", ["--map-units", "iqr"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("best_dice", "[Dice] (upper bound)"),
            ("dice_calibrated", "deployable Dice (default operating point)"),
@@ -333,6 +348,20 @@ def main() -> None:
                         former = row
                     elif stale and run.exists():  # its bundle holds the former calibration
                         _set_aside(run)
+                    derived = None  # the row of the model calibrated again in this variant's way
+                    if recipe in DERIVED and not (run / "model.json").exists():
+                        parent, how = DERIVED[recipe]
+                        pbase, psets = VARIANTS.get(parent, (parent, []))
+                        pprotocol = _protocol(pbase, [*sets, *psets, *extra],
+                                              steps if pbase != "intensity" else None,
+                                              args.device)
+                        source = next((d for d in sorted(fold.glob(f"*-seed{seed}-{pprotocol}"))
+                                       if (d / "model.json").exists()), None)
+                        if source is not None:
+                            _recalibrate(medae, source, train_csv, cases, args.device,
+                                         output=run, extra=how)
+                            derived = dict(_find(ledger, dataset=dname, test=test, seed=seed,
+                                                 protocol=pprotocol) or {}, run=source.name)
                     _one_run(medae, run, base, train_csv, test_csv, seed, args.device,
                              [*sets, *variant_sets, *extra])
                     row = _row(run)
@@ -341,6 +370,11 @@ def main() -> None:
                                date=datetime.date.today().isoformat(),
                                minutes=round((time.time() - t0) / 60, 1),
                                machine=machine)
+                    if derived is not None:  # trained as its parent variant's run was
+                        row.update(trained=derived.get("trained") or dict(
+                            commit=derived.get("commit"), minutes=derived.get("minutes")),
+                            derived_from=derived["run"],
+                            calibration=derived.get("calibration", row["calibration"]))
                     if former:  # the weights are those trained then, calibrated on the same
                         # patients as then (the bundle's source reads "recalibration")
                         row.update(trained=former.get("trained") or dict(
@@ -447,21 +481,25 @@ def _stale(row: dict) -> bool:
 
 
 def _recalibrate(medae: list[str], run: Path, train_csv: Path, cases: dict[str, dict],
-                 device: str) -> None:
-    """Calibrate a stale run's model again with today's rules, on the patients its training
+                 device: str, output: Path | None = None, extra: list[str] = ()) -> None:
+    """Calibrate a run's model again with today's rules, on the patients its training
     calibrated on (its held-out validation patients, or its training patients where it had
-    none), in place of its former calibration; the stale folder is set aside."""
+    none): in place of its former calibration (the stale folder is set aside), or, with
+    ``output``, into that new run folder with ``extra`` arguments of ``medae calibrate``
+    (a variant that measures the maps of the same model otherwise)."""
     bundle = json.loads((run / "model.json").read_text())
     held_out = bundle.get("validation_cases") or []
     data = (_manifest(run.with_name(run.name + ".calibration.csv"),
                       {c: cases[c] for c in held_out}) if held_out else train_csv)
-    fresh = run.with_name(run.name + ".recalibrated")
+    target = output or run
+    fresh = target.with_name(target.name + ".recalibrated")
     if fresh.exists():
         shutil.rmtree(fresh)
     _run([*medae, "calibrate", "--model", str(run), "--data", str(data), "--output", str(fresh),
-          "--device", device], run.with_suffix(".log"))
-    _set_aside(run, with_log=False)  # the log stays: it holds the training and this calibration
-    fresh.rename(run)
+          "--device", device, *extra], target.with_suffix(".log"))
+    if output is None:
+        _set_aside(run, with_log=False)  # the log stays: it holds the training and this
+    fresh.rename(target)
 
 
 def _set_aside(run: Path, with_log: bool = True) -> None:

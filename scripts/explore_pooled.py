@@ -19,7 +19,11 @@ the default operating point relies on, without the candidate size rule).  Map va
   voxels (P = 90, 95, 99: a per-scan scale, as if every map were read against its own brain);
   ``scale: brain z``: (map - median) / (q90 - median) of its own analysed voxels; ``scale:
   brain q75`` / ``scale: brain mad``: (map - median) / (q75 - median) or / its median absolute
-  deviation (spreads that a lesion of up to a quarter of the brain hardly moves).
+  deviation (spreads that a lesion of up to a quarter of the brain hardly moves);
+  ``scale: intensity IQR``: the map times the scan's normalisation range (its 0.5th-99.5th
+  brain percentiles, which a large lesion moves) over 5.5 interquartile ranges of its brain
+  intensities (which it hardly moves): the residual in the units robust normalisation would
+  give, while the model keeps reading percentile-normalised input (first channel).
 
 ``--scales-only``: the recipe's map and the per-scan scales (one map per scan, quicker).
 
@@ -42,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from medae import load_scan  # noqa: E402
 from medae.evaluation.pooled import PooledVoxels  # noqa: E402
 from medae.io.discover import read_manifest  # noqa: E402
+from medae.preprocess import ROBUST_RANGE  # noqa: E402
 from medae.scoring.scorer import load_model  # noqa: E402
 
 
@@ -58,10 +63,22 @@ def _variants(cfg) -> dict:
 #: per-scan scales of the recipe's map: a percentile of its analysed voxels (divided by it),
 #: or "z": (map - median) / (q90 - median)
 SCALES = {"scale: brain q90": 90.0, "scale: brain q95": 95.0, "scale: brain q99": 99.0,
-          "scale: brain z": "z", "scale: brain q75": "q75", "scale: brain mad": "mad"}
+          "scale: brain z": "z", "scale: brain q75": "q75", "scale: brain mad": "mad",
+          "scale: intensity IQR": "iqr"}
+#: robust normalisation's [0, 1] spans this many interquartile ranges (medae.preprocess)
+IQR_SPAN = sum(ROBUST_RANGE)
 
 
-def _scaled(heat: np.ndarray, analysed: np.ndarray, how) -> np.ndarray:
+def _scaled(heat: np.ndarray, analysed: np.ndarray, how, scan=None, prep=None) -> np.ndarray:
+    if how == "iqr":
+        stats = prep.stats[0]
+        if "low" not in stats:
+            raise SystemExit("scale: intensity IQR needs a model with percentile or robust "
+                             "normalisation")
+        inside = np.asarray(scan.array if scan.array.ndim == 3 else scan.array[0])[
+            prep.native_mask].astype(np.float32)
+        q1, q3 = np.percentile(inside, (25, 75))
+        return heat * (stats["high"] - stats["low"]) / max(IQR_SPAN * float(q3 - q1), 1e-12)
     values = heat[analysed]
     if how in ("z", "q75"):
         median, upper = np.percentile(values, (50, 90 if how == "z" else 75))
@@ -110,7 +127,7 @@ def main() -> None:
                 maps.setdefault(name, {})[case] = (heat[brain].astype(np.float32), label[brain])
                 if name == "recipe":
                     for sname, how in SCALES.items():
-                        scaled = _scaled(heat, m.analysed, how)
+                        scaled = _scaled(heat, m.analysed, how, scan, prep)
                         maps.setdefault(sname, {})[case] = (scaled[brain].astype(np.float32),
                                                             label[brain])
             model.map_config = base

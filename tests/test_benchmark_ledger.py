@@ -238,3 +238,49 @@ def test_auto_precision_finds_runs_trained_elsewhere(bench, monkeypatch):
           "--table-only", "--auto-precision", "32")
     table = bench.RESULTS.with_name("results_quick.md").read_text()
     assert "| brain_flair |" not in table
+
+
+def test_a_map_units_variant_calibrates_its_parents_model_again(bench, monkeypatch, tmp_path):
+    """brain_flair_iqr_fp32 measures brain_flair_fp32's model in other map units: where that
+    model of the fold and seed is on disk it is calibrated again (medae calibrate --map-units
+    iqr, on its own held-out patient) into the variant's run folder, not trained again; the
+    parent's folder and row stay as they were; without a parent model it trains."""
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_fp32", "--seeds", "0", "1")
+    runs = json.loads(bench.LEDGER.read_text())["runs"]
+    for r in runs:
+        r["commit"], r["minutes"] = "trained1", 8.0
+    bench._save_ledger(runs)
+    fold = tmp_path / "work" / "brats" / "test-pat0002"
+    parent = fold / bench._calls[0][0]
+    parent.mkdir(parents=True)
+    (parent / "model.json").write_text(json.dumps({"validation_cases": ["pat0001"]}))
+    commands = []
+
+    def fake_medae(cmd, log):
+        commands.append(cmd)
+        out = Path(cmd[cmd.index("--output") + 1])
+        out.mkdir()
+        (out / "model.json").write_text('{"recalibrated": true}')
+
+    monkeypatch.setattr(bench, "_run", fake_medae)
+    bench._calls.clear()
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_iqr_fp32", "--seeds", "0",
+          "1")
+    [cmd] = commands  # seed 0 has its parent's model, seed 1 none
+    assert cmd[3] == "calibrate" and cmd[cmd.index("--model") + 1] == str(parent)
+    assert cmd[-2:] == ["--map-units", "iqr"]
+    manifest = Path(cmd[cmd.index("--data") + 1]).read_text().splitlines()
+    assert [line.split(",")[0] for line in manifest] == ["case_id", "pat0001"]
+    derived = Path(cmd[cmd.index("--output") + 1]).with_suffix("")
+    assert derived.name.startswith("brain_flair_iqr_fp32-seed0-")
+    assert json.loads((derived / "model.json").read_text()) == {"recalibrated": True}
+    assert json.loads((parent / "model.json").read_text()) == {"validation_cases": ["pat0001"]}
+    assert [c[0] for c in bench._calls] == [derived.name, derived.name.replace("seed0", "seed1")]
+    assert "scoring.map_units=iqr" in bench._calls[1][3]  # seed 1: trained with the setting
+    rows = {(r["recipe"], r["seed"]): r for r in json.loads(bench.LEDGER.read_text())["runs"]}
+    assert len(rows) == 4 and rows["brain_flair_fp32", 0]["commit"] == "trained1"
+    row = rows["brain_flair_iqr_fp32", 0]
+    assert row["derived_from"] == parent.name
+    assert row["trained"] == {"commit": "trained1", "minutes": 8.0}
+    assert row["protocol"] != rows["brain_flair_fp32", 0]["protocol"]
+    assert "derived_from" not in rows["brain_flair_iqr_fp32", 1]

@@ -27,6 +27,7 @@ from medae.preprocess import (
     PreprocessConfig,
     apply_normalisation,
     denormalise,
+    normalised_iqr,
     prepare_source,
     preprocess,
     to_scan_space,
@@ -211,10 +212,16 @@ class AnomalyModel:
         held = [recon]  # (C, x, y, z) model space; let go before the score's copy below
         del recon
 
+        # scoring.map_units iqr: each sequence's residual in interquartile ranges of its brain
+        per_iqr = [np.float32(1.0 / normalised_iqr(st)) if cfg.map_units == "iqr" else None
+                   for st in prep.stats]
+
         def channels(z: slice, which=None):
             picked = self.scored if which is None else (which,)
-            return [(apply_normalisation(prep.native_inputs[c][:, :, z], prep.stats[c], clip),
-                     to_scan_space(held[0][c], prep, z=z)) for c in picked]
+            pairs = [(apply_normalisation(prep.native_inputs[c][:, :, z], prep.stats[c], clip),
+                      to_scan_space(held[0][c], prep, z=z)) for c in picked]
+            return [(im, rc) if per_iqr[c] is None else (im * per_iqr[c], rc * per_iqr[c])
+                    for c, (im, rc) in zip(picked, pairs, strict=True)]
 
         heat, _ = anomaly_map_slabs(channels, analysed, cfg, scan.spacing, eroded=True)
         per_channel = None
