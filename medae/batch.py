@@ -104,6 +104,11 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i - 1, n
 
 
+#: the overlays' colour-bar label per scoring.map_units
+MAP_UNITS_LABEL = {"normalised": "anomaly score",
+                   "iqr": "anomaly score (IQRs of this brain)"}
+
+
 def _source_text(src: ScanSource) -> str:
     return str(src.path) + (f" [{src.series.volume}]" if src.series and src.series.volume else "")
 
@@ -143,13 +148,15 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
             t_overlays = time.perf_counter()
             write_overlays(scan.array, result.heatmap, scan.spacing, tmp,
                            candidates=result.labels, threshold=result.threshold,
-                           mask=result.analysed, units="anomaly score", title=src.case_id)
+                           mask=result.analysed, units=MAP_UNITS_LABEL[result.map_units],
+                           title=src.case_id)
             stages["overlays"] = time.perf_counter() - t_overlays
         row["seconds"] = round(time.perf_counter() - t0, 3)  # loading to outputs written
         record = {"row": row, "threshold": result.threshold,
                   "threshold_rule": result.threshold_rule, "mask_rule": result.mask_rule,
                   **(brain or {}),
                   "min_volume_mm3": result.min_volume_mm3, "inputs": list(inputs),
+                  "map_units": result.map_units,
                   "operating_point": result.operating_point,
                   "model_sha256": model_sha,
                   "stages": {k: round(v, 4) for k, v in stages.items()},

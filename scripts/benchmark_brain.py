@@ -44,18 +44,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["raw", "intensity", "ae2d", "vae2d", "sae2d", "dae2d", "brain_flair", "brain_multi"]
 #: rows that are a recipe with different settings: raw thresholding is the intensity recipe with
-#: no post-processing (the FLAIR value itself inside the brain mask, at the scan's resolution)
-#: the exploratory variants below were measured on brain_flair as it normalised then
+#: no post-processing, measured in the normalised image's units (the FLAIR value itself inside
+#: the brain mask, at the scan's resolution, each scan's 0.5th/99.5th brain percentiles to 0/1)
 PCT = "preprocess.normalise=percentile"
-VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
-            # exploratory (not in the default list): brain_flair on the scans' own 1 mm grid
-            # instead of 1.875 mm in-plane, so the reconstruction keeps the detail of the scan
-            "brain_flair_1mm": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
-                                                "preprocess.size=[176, 208, null]", PCT]),
-            # ... as it ran in the quick benchmark, before recipes trained in bf16
-            "brain_flair_1mm_fp32": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
-                                                     "preprocess.size=[176, 208, null]",
-                                                     'train.precision="32"', PCT]),
+#: maps in the normalised image's units, as every recipe measured them before scoring.map_units
+#: iqr became their default (issue 26): the variants measured then keep it pinned, so their
+#: recorded runs stay found (a run's hash leaves map_units out when it is normalised)
+NRM = "scoring.map_units=normalised"
+VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", NRM]),
             # the recipe in each training precision: brain_flair trains with precision auto
             # (bf16 where the CPU or GPU has it natively, else float32), so its row holds the
             # runs of the precision this machine trains in; these rows hold each one's
@@ -64,57 +60,80 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0"]),
             # the multi-sequence recipe in each precision (it also trains with precision auto)
             "brain_multi_fp32": ("brain_multi", ['train.precision="32"']),
             "brain_multi_bf16": ("brain_multi", ["train.precision=bf16"]),
-            # an ensemble of three seeds (train.ensemble: members trained on the same patients;
-            # the map is the residual of their mean reconstruction); 3x the training time
-            "brain_flair_x3": ("brain_flair", ["train.ensemble=3", PCT]),
-            # each scan normalised by its brain's median and interquartile range (normalise:
-            # robust) instead of its 0.5th/99.5th percentiles, which a large bright lesion moves:
-            # maps on one scale from scan to scan, so one threshold holds across them (issue 26)
-            "raw_robust": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0",
-                                         "preprocess.normalise=robust"]),
-            "intensity_robust": ("intensity", ["preprocess.normalise=robust"]),
-            "brain_flair_robust": ("brain_flair", ["preprocess.normalise=robust"]),
-            "brain_flair_robust_fp32": ("brain_flair", ["preprocess.normalise=robust",
-                                                        'train.precision="32"']),
-            "brain_multi_robust": ("brain_multi", ["preprocess.normalise=robust"]),
-            "brain_multi_robust_fp32": ("brain_multi", ["preprocess.normalise=robust",
-                                                        'train.precision="32"']),
-            # calibrated on maps of scans (or, with one training patient, 20 mm axial slabs) that
-            # the scoring model did not see: fold models trained on the rest (data.calibration:
-            # crossfit; one training more per fold, the final model trains on every patient)
-            "brain_flair_crossfit_fp32": ("brain_flair", ["data.calibration=crossfit",
-                                                          'train.precision="32"']),
-            "brain_multi_crossfit_fp32": ("brain_multi", ["data.calibration=crossfit",
-                                                          'train.precision="32"']),
+            # the recipes with maps in the normalised image's units (before map_units iqr)
+            "brain_flair_normalised": ("brain_flair", [NRM]),
+            "brain_flair_normalised_fp32": ("brain_flair", [NRM, 'train.precision="32"']),
+            "brain_flair_normalised_bf16": ("brain_flair", [NRM, "train.precision=bf16"]),
+            "brain_multi_normalised": ("brain_multi", [NRM]),
+            "brain_multi_normalised_fp32": ("brain_multi", [NRM, 'train.precision="32"']),
+            "brain_multi_normalised_bf16": ("brain_multi", [NRM, "train.precision=bf16"]),
             # each scan's map in interquartile ranges of its own brain intensities (scoring.
             # map_units: iqr) while the model reads percentile-normalised input: the scale of
-            # robust normalisation for the threshold, the input the recipes were tuned on
+            # robust normalisation for the threshold, the input the recipes were tuned on (the
+            # recipes' default since; these names hold the runs derived from the ones above)
             "brain_flair_iqr_fp32": ("brain_flair", ["scoring.map_units=iqr",
                                                      'train.precision="32"']),
             "brain_multi_iqr_fp32": ("brain_multi", ["scoring.map_units=iqr",
                                                      'train.precision="32"']),
+            # ... not for the intensity baseline: its map is the normalised intensity itself,
+            # not a residual about a reconstruction, so in IQR units it keeps each scan's
+            # offset (median - 0.5th percentile: 2.6 to 4.8 IQR on BraTS) and one threshold
+            # holds less (BraTS deployable 0.40 against 0.71, measured)
             "intensity_iqr": ("intensity", ["scoring.map_units=iqr"]),
-            # exploratory: brain_flair with in-plane rotation (±10°) and zoom (±10%) of the
-            # training slices as well as the left-right flip (two training patients are few)
+            # the exploratory variants below were measured on brain_flair as it normalised and
+            # measured its maps then (percentile normalisation, normalised units)
+            # brain_flair on the scans' own 1 mm grid instead of 1.875 mm in-plane, so the
+            # reconstruction keeps the detail of the scan
+            "brain_flair_1mm": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
+                                                "preprocess.size=[176, 208, null]", PCT, NRM]),
+            # ... as it ran in the quick benchmark, before recipes trained in bf16
+            "brain_flair_1mm_fp32": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
+                                                     "preprocess.size=[176, 208, null]",
+                                                     'train.precision="32"', PCT, NRM]),
+            # an ensemble of three seeds (train.ensemble: members trained on the same patients;
+            # the map is the residual of their mean reconstruction); 3x the training time
+            "brain_flair_x3": ("brain_flair", ["train.ensemble=3", PCT, NRM]),
+            # each scan normalised by its brain's median and interquartile range (normalise:
+            # robust) instead of its 0.5th/99.5th percentiles, which a large bright lesion moves:
+            # maps on one scale from scan to scan, so one threshold holds across them (issue 26)
+            "raw_robust": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0",
+                                         "preprocess.normalise=robust", NRM]),
+            "intensity_robust": ("intensity", ["preprocess.normalise=robust", NRM]),
+            "brain_flair_robust": ("brain_flair", ["preprocess.normalise=robust", NRM]),
+            "brain_flair_robust_fp32": ("brain_flair", ["preprocess.normalise=robust",
+                                                        'train.precision="32"', NRM]),
+            "brain_multi_robust": ("brain_multi", ["preprocess.normalise=robust", NRM]),
+            "brain_multi_robust_fp32": ("brain_multi", ["preprocess.normalise=robust",
+                                                        'train.precision="32"', NRM]),
+            # calibrated on maps of scans (or, with one training patient, 20 mm axial slabs) that
+            # the scoring model did not see: fold models trained on the rest (data.calibration:
+            # crossfit; one training more per fold, the final model trains on every patient)
+            "brain_flair_crossfit_fp32": ("brain_flair", ["data.calibration=crossfit",
+                                                          'train.precision="32"', NRM]),
+            "brain_multi_crossfit_fp32": ("brain_multi", ["data.calibration=crossfit",
+                                                          'train.precision="32"', NRM]),
+            # brain_flair with in-plane rotation (±10°) and zoom (±10%) of the training slices
+            # as well as the left-right flip (two training patients are few)
             "brain_flair_aug": ("brain_flair", ["data.augment={flip_lr: true, rotate_deg: 10, "
-                                                "zoom: 0.1}", PCT]),
+                                                "zoom: 0.1}", PCT, NRM]),
             # the recipes with their percentile normalisation pinned (each scan's 0.5th/99.5th
             # brain percentiles to 0/1), so their recorded runs stay found should a recipe
             # change to normalise: robust (issue 26)
-            "raw_percentile": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", PCT]),
-            "intensity_percentile": ("intensity", [PCT]),
-            "brain_flair_percentile": ("brain_flair", [PCT]),
-            "brain_flair_percentile_fp32": ("brain_flair", [PCT, 'train.precision="32"']),
-            "brain_flair_percentile_bf16": ("brain_flair", [PCT, "train.precision=bf16"]),
-            "brain_multi_percentile": ("brain_multi", [PCT]),
-            "brain_multi_percentile_fp32": ("brain_multi", [PCT, 'train.precision="32"']),
-            "brain_multi_percentile_bf16": ("brain_multi", [PCT, "train.precision=bf16"])}
+            "raw_percentile": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", PCT,
+                                             NRM]),
+            "intensity_percentile": ("intensity", [PCT, NRM]),
+            "brain_flair_percentile": ("brain_flair", [PCT, NRM]),
+            "brain_flair_percentile_fp32": ("brain_flair", [PCT, 'train.precision="32"', NRM]),
+            "brain_flair_percentile_bf16": ("brain_flair", [PCT, "train.precision=bf16", NRM]),
+            "brain_multi_percentile": ("brain_multi", [PCT, NRM]),
+            "brain_multi_percentile_fp32": ("brain_multi", [PCT, 'train.precision="32"', NRM]),
+            "brain_multi_percentile_bf16": ("brain_multi", [PCT, "train.precision=bf16", NRM])}
 #: variants that differ from another only in how its maps are measured (``scoring`` settings
 #: that ``medae calibrate`` takes): where that variant's model of the fold and seed is on disk,
 #: it is calibrated again in the variant's settings (on the patients it calibrated on) instead
 #: of trained again, which gives the bundle that training with the settings gives
-DERIVED = {"brain_flair_iqr_fp32": ("brain_flair_fp32", ["--map-units", "iqr"]),
-           "brain_multi_iqr_fp32": ("brain_multi_fp32", ["--map-units", "iqr"]),
+DERIVED = {"brain_flair_iqr_fp32": ("brain_flair_normalised_fp32", ["--map-units", "iqr"]),
+           "brain_multi_iqr_fp32": ("brain_multi_normalised_fp32", ["--map-units", "iqr"]),
            "intensity_iqr": ("intensity", ["--map-units", "iqr"])}
 METRICS = [("voxel_ap", "voxel AP"), ("voxel_auroc", "voxel AUROC"),
            ("best_dice", "[Dice] (upper bound)"),
@@ -180,13 +199,14 @@ def _run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"failed ({res.returncode}): {' '.join(cmd)}; see {log}")
 
 
-#: settings each recipe keeps from its own file (its intensity normalisation), not brain_flair's
-OWN_KEYS = ("preprocess.normalise", "preprocess.percentiles")
+#: settings each recipe keeps from its own file (its intensity normalisation and the units its
+#: map is measured in, which suit how it makes the map), not brain_flair's
+OWN_KEYS = ("preprocess.normalise", "preprocess.percentiles", "scoring.map_units")
 
 
 def _protocol_overrides() -> list[str]:
     """The preprocessing and post-processing of brain_flair.yaml, for every recipe (but the
-    intensity normalisation, :data:`OWN_KEYS`: each recipe's own)."""
+    intensity normalisation and map units, :data:`OWN_KEYS`: each recipe's own)."""
     cfg = yaml.safe_load((ROOT / "configs" / "brain_flair.yaml").read_text())
     sets = []
     for section in ("preprocess", "scoring"):
@@ -234,6 +254,9 @@ def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto
     # are, as before the setting existed
     if pre.get("registration") in ("auto", "none"):
         pre.pop("registration", None)
+    # ... and maps in the normalised image's units, as before scoring.map_units existed
+    if config["scoring"].get("map_units") == "normalised":
+        config["scoring"].pop("map_units")
     blob = json.dumps([config, steps], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -241,11 +241,13 @@ def test_auto_precision_finds_runs_trained_elsewhere(bench, monkeypatch):
 
 
 def test_a_map_units_variant_calibrates_its_parents_model_again(bench, monkeypatch, tmp_path):
-    """brain_flair_iqr_fp32 measures brain_flair_fp32's model in other map units: where that
+    """brain_flair_iqr_fp32 measures brain_flair_normalised_fp32's model (maps in the normalised
+    image's units, as the recipe measured them before map_units iqr) in IQR units: where that
     model of the fold and seed is on disk it is calibrated again (medae calibrate --map-units
     iqr, on its own held-out patient) into the variant's run folder, not trained again; the
     parent's folder and row stay as they were; without a parent model it trains."""
-    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_fp32", "--seeds", "0", "1")
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_normalised_fp32", "--seeds",
+          "0", "1")
     runs = json.loads(bench.LEDGER.read_text())["runs"]
     for r in runs:
         r["commit"], r["minutes"] = "trained1", 8.0
@@ -278,9 +280,13 @@ def test_a_map_units_variant_calibrates_its_parents_model_again(bench, monkeypat
     assert [c[0] for c in bench._calls] == [derived.name, derived.name.replace("seed0", "seed1")]
     assert "scoring.map_units=iqr" in bench._calls[1][3]  # seed 1: trained with the setting
     rows = {(r["recipe"], r["seed"]): r for r in json.loads(bench.LEDGER.read_text())["runs"]}
-    assert len(rows) == 4 and rows["brain_flair_fp32", 0]["commit"] == "trained1"
+    assert len(rows) == 4 and rows["brain_flair_normalised_fp32", 0]["commit"] == "trained1"
     row = rows["brain_flair_iqr_fp32", 0]
     assert row["derived_from"] == parent.name
     assert row["trained"] == {"commit": "trained1", "minutes": 8.0}
-    assert row["protocol"] != rows["brain_flair_fp32", 0]["protocol"]
+    assert row["protocol"] != rows["brain_flair_normalised_fp32", 0]["protocol"]
     assert "derived_from" not in rows["brain_flair_iqr_fp32", 1]
+    # the recipe measures its maps in IQR units now: its float32 name finds the derived runs
+    bench._calls.clear()
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_fp32", "--seeds", "0", "1")
+    assert bench._calls == []

@@ -120,7 +120,8 @@ def test_calibrating_a_model_in_iqr_units_equals_training_in_them(tmp_path, caps
     common = ["--config", str(ROOT / "configs" / "intensity.yaml"), "--data", str(man),
               "--device", "cpu", "-q", "--set", "data.val_fraction=0.5",
               "--set", "preprocess.size=[24, 28, 20]"]
-    assert main(["train", *common, "--output", str(tmp_path / "plain")]) == 0
+    assert main(["train", *common, "--output", str(tmp_path / "plain"),
+                 "--set", "scoring.map_units=normalised"]) == 0
     assert main(["train", *common, "--output", str(tmp_path / "iqr"),
                  "--set", "scoring.map_units=iqr"]) == 0
     plain = json.loads((tmp_path / "plain" / "model.json").read_text())
@@ -136,7 +137,7 @@ def test_calibrating_a_model_in_iqr_units_equals_training_in_them(tmp_path, caps
                  "--map-units", "iqr"]) == 0
     again = json.loads((tmp_path / "again" / "model.json").read_text())
     assert again["config"]["scoring"]["map_units"] == "iqr"
-    assert "map_units" not in plain["config"]["scoring"]
+    assert plain["config"]["scoring"]["map_units"] == "normalised"
     a, t, p = again["calibration"], trained["calibration"], plain["calibration"]
     assert a["default"] == t["default"] == "dice"
     assert a["default_threshold"] == pytest.approx(t["default_threshold"], rel=1e-6)
@@ -149,7 +150,7 @@ def test_calibrating_a_model_in_iqr_units_equals_training_in_them(tmp_path, caps
     assert main(["score", "--model", str(tmp_path / "again"), "--input", str(test_csv),
                  "--output", str(out), "--device", "cpu", "--no-overlays", "-q"]) == 0
     rec = json.loads((out / "p0" / "result.json").read_text())
-    assert rec["threshold"] == a["default_threshold"]
+    assert rec["threshold"] == a["default_threshold"] and rec["map_units"] == "iqr"
     cands = load_scan(out / "p0" / "candidates.nii.gz").array > 0
     lesion = load_scan(images[4].with_name("sub04_label.nii.gz")).array > 0
     assert 2 * (cands & lesion).sum() / (cands.sum() + lesion.sum()) > 0.5

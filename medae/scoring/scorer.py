@@ -77,6 +77,8 @@ class ScoreResult:
         reconstruction: the first input's reconstruction in its units (only when asked for).
         channel_maps: per input sequence, its own map (multi-sequence models, when asked for).
         timings: seconds per stage ("reconstruct", "heat map", "candidates").
+        map_units: the map's units (``scoring.map_units``): ``normalised`` (the normalised
+            image's) or ``iqr`` (interquartile ranges of the scan's brain intensities).
     """
 
     heatmap: np.ndarray
@@ -95,6 +97,7 @@ class ScoreResult:
     channel_maps: dict[str, np.ndarray] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     operating_point: dict | None = None
+    map_units: str = "normalised"
 
 
 def scored_channels(preprocess: PreprocessConfig, map_config: MapConfig) -> list[int]:
@@ -280,7 +283,8 @@ class AnomalyModel:
                            analysed=m.analysed, brain_mask=m.brain_mask, mask_rule=m.mask_rule,
                            min_volume_mm3=self.map_config.min_volume_mm3,
                            reconstruction=recon_scan, channel_maps=m.channel_maps,
-                           timings=timings, operating_point=self.operating_point(fpr, threshold))
+                           timings=timings, operating_point=self.operating_point(fpr, threshold),
+                           map_units=self.map_config.map_units)
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
