@@ -13,7 +13,8 @@ calibration patient's own Dice-optimal voxel threshold gives on the test patient
 the default operating point relies on, without the candidate size rule), and the Dice at the
 threshold that 1% of its lesion-free brain voxels exceed (the voxel rule, which the default
 falls back to where the labelled point is degenerate).  A run without a held-out patient (MS:
-one training patient, which calibrates itself) pairs its training patient with the test one.  Map variants:
+one training patient, which calibrates itself) pairs its training patient with the test one.
+Map variants:
 
 - ``median 6 mm`` / ``median 9 mm``: wider in-plane median filters (9 mm: a release ago's, 5
   voxels at 1.875 mm), ``rim 6 mm``: with a release ago's brain rim (3 voxels at 1.875 mm);
