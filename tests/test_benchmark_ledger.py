@@ -290,3 +290,19 @@ def test_a_map_units_variant_calibrates_its_parents_model_again(bench, monkeypat
     bench._calls.clear()
     _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_fp32", "--seeds", "0", "1")
     assert bench._calls == []
+
+
+def test_map_units_are_each_recipes_own_and_normalised_keeps_old_hashes(bench):
+    """brain_flair measures its maps in IQR units; the benchmark copies its post-processing to
+    every recipe but not its map units (the intensity baseline keeps its own), and a run pinned
+    to normalised units has the hash it had before the setting existed."""
+    sets = bench._protocol_overrides()
+    assert not any(s.startswith("scoring.map_units") for s in sets)
+    plain = bench._protocol("intensity", sets, None)
+    assert plain == bench._protocol("intensity", [*sets, bench.NRM], None)
+    assert plain != bench._protocol("intensity", [*sets, "scoring.map_units=iqr"], None)
+    flair = [*sets, "train.steps=400", 'train.precision="32"']
+    assert bench._protocol("brain_flair", flair, 400) == \
+        bench._protocol("brain_flair", [*flair, "scoring.map_units=iqr"], 400)
+    assert bench._protocol("brain_flair", flair, 400) != \
+        bench._protocol("brain_flair", [*flair, bench.NRM], 400)
