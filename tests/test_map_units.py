@@ -151,6 +151,7 @@ def test_calibrating_a_model_in_iqr_units_equals_training_in_them(tmp_path, caps
                  "--output", str(out), "--device", "cpu", "--no-overlays", "-q"]) == 0
     rec = json.loads((out / "p0" / "result.json").read_text())
     assert rec["threshold"] == a["default_threshold"] and rec["map_units"] == "iqr"
+    assert "IQR of each scan&#x27;s brain (calibrated" in (out / "index.html").read_text()
     cands = load_scan(out / "p0" / "candidates.nii.gz").array > 0
     lesion = load_scan(images[4].with_name("sub04_label.nii.gz")).array > 0
     assert 2 * (cands & lesion).sum() / (cands.sum() + lesion.sum()) > 0.5

@@ -69,9 +69,14 @@ def case_rows(out: Path, rows: Sequence[dict]) -> list[dict]:
             "n_candidates": _num(row.get("n_candidates")),
             "volume_mm3": sum(vols) if ok else None,
             "threshold": _num(rec.get("threshold")), "rule": str(rec.get("threshold_rule", "")),
+            "units": str(rec.get("map_units", "normalised")),
             "ortho": ok and (out / case / "overlay_ortho.png").is_file(),
         })
     return cases
+
+
+#: how a threshold's units read after its value (scoring.map_units)
+UNITS = {"iqr": " IQR of each scan's brain"}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -112,11 +117,11 @@ def _settings_html(out: Path, cases: Sequence[dict]) -> str:
     e = html.escape
     run = _read_json(out / "run.json")
     args = run.get("arguments") if isinstance(run.get("arguments"), dict) else {}
-    rules = sorted({(c["threshold"], c["rule"]) for c in cases if c["threshold"] is not None},
-                   key=lambda r: (r[0], r[1]))
+    rules = sorted({(c["threshold"], c["rule"], c.get("units", "normalised")) for c in cases
+                    if c["threshold"] is not None}, key=lambda r: (r[0], r[1], r[2]))
     items = [("model", f'{run.get("model_name", "?")} ({run.get("model", "?")})')]
-    items += [("voxel threshold", f"{_fmt(t, 6)} ({rule})") for t, rule in rules] or \
-             [("voxel threshold", "–")]
+    items += [("voxel threshold", f"{_fmt(t, 6)}{UNITS.get(units, '')} ({rule})")
+              for t, rule, units in rules] or [("voxel threshold", "–")]
     point = run.get("operating_point")
     if isinstance(point, dict):
         figures = [f"{name} {_fmt(_num(point.get(key)), 3)}" for key, name in
