@@ -216,14 +216,21 @@ class AnomalyModel:
         del recon
 
         # scoring.map_units iqr: each sequence's residual in interquartile ranges of its brain
-        per_iqr = [np.float32(1.0 / normalised_iqr(st)) if cfg.map_units == "iqr" else None
-                   for st in prep.stats]
+        # (only the sequences a map is made of: a context sequence's spread is never needed)
+        iqr = cfg.map_units == "iqr"
+        per_iqr = {c: np.float32(1.0 / normalised_iqr(prep.stats[c])) for c in self.scored
+                   } if iqr else {}
 
         def channels(z: slice, which=None):
             picked = self.scored if which is None else (which,)
             pairs = [(apply_normalisation(prep.native_inputs[c][:, :, z], prep.stats[c], clip),
                       to_scan_space(held[0][c], prep, z=z)) for c in picked]
-            return [(im, rc) if per_iqr[c] is None else (im * per_iqr[c], rc * per_iqr[c])
+            if not iqr:
+                return pairs
+            for c in picked:  # a channel's own map (channel_maps) of a context sequence
+                if c not in per_iqr:
+                    per_iqr[c] = np.float32(1.0 / normalised_iqr(prep.stats[c]))
+            return [(im * per_iqr[c], rc * per_iqr[c])
                     for c, (im, rc) in zip(picked, pairs, strict=True)]
 
         heat, _ = anomaly_map_slabs(channels, analysed, cfg, scan.spacing, eroded=True)
