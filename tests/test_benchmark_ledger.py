@@ -53,6 +53,21 @@ def _main(mod, monkeypatch, *argv):
     mod.main()
 
 
+def _fake_calibrate(bench, monkeypatch) -> list[list[str]]:
+    """Replace the benchmark's medae commands by one that writes a recalibrated bundle into
+    --output; returns the list the commands are recorded in."""
+    commands = []
+
+    def fake_medae(cmd, log):
+        commands.append(cmd)
+        out = Path(cmd[cmd.index("--output") + 1])
+        out.mkdir()
+        (out / "model.json").write_text('{"recalibrated": true}')
+
+    monkeypatch.setattr(bench, "_run", fake_medae)
+    return commands
+
+
 def test_runs_are_kept_and_not_repeated(bench, monkeypatch):
     _main(bench, monkeypatch, "--quick", "--recipes", "raw", "brain_flair", "--seeds", "0", "1")
     # raw is one run (a rule has no seed), brain_flair one per seed; the quick fold is pat0002
@@ -191,15 +206,7 @@ def test_recalibrate_calibrates_the_trained_model_again_on_its_own_patients(benc
     run = fold / bench._calls[0][0].replace("brain_flair", "brain_flair_old")
     run.mkdir(parents=True)
     (run / "model.json").write_text(json.dumps({"validation_cases": ["pat0001"]}))
-    commands = []
-
-    def fake_medae(cmd, log):
-        commands.append(cmd)
-        out = Path(cmd[cmd.index("--output") + 1])
-        out.mkdir()
-        (out / "model.json").write_text('{"recalibrated": true}')
-
-    monkeypatch.setattr(bench, "_run", fake_medae)
+    commands = _fake_calibrate(bench, monkeypatch)
     bench._calls.clear()
     _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair", "--seeds", "0",
           "--refresh-operating-point", "--recalibrate")
@@ -256,15 +263,7 @@ def test_a_map_units_variant_calibrates_its_parents_model_again(bench, monkeypat
     parent = fold / bench._calls[0][0]
     parent.mkdir(parents=True)
     (parent / "model.json").write_text(json.dumps({"validation_cases": ["pat0001"]}))
-    commands = []
-
-    def fake_medae(cmd, log):
-        commands.append(cmd)
-        out = Path(cmd[cmd.index("--output") + 1])
-        out.mkdir()
-        (out / "model.json").write_text('{"recalibrated": true}')
-
-    monkeypatch.setattr(bench, "_run", fake_medae)
+    commands = _fake_calibrate(bench, monkeypatch)
     bench._calls.clear()
     _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_iqr_fp32", "--seeds", "0",
           "1")
