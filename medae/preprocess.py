@@ -10,6 +10,7 @@ voxels.  :func:`prepare_source` is the one path from a case on disk to model inp
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -44,7 +45,11 @@ SPACES = ("native", "template")
 BIAS_CORRECTIONS = ("n4", "none")
 
 
-NORMALISATIONS = ("percentile", "robust", "zscore", "none")
+NORMALISATIONS = ("percentile", "robust", "zscore", "histogram", "none")
+#: ``normalise: histogram``: the brain percentiles between the ``percentiles`` pair that are
+#: mapped piecewise-linearly onto the standard learned from the training scans (Nyul & Udupa
+#: 1999, as TorchIO's HistogramStandardization: its deciles)
+HISTOGRAM_LANDMARKS = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
 #: ``normalise: robust``: 0 and 1 are the median minus 3.5 and plus 2 interquartile ranges, where
 #: the 0.5th and 99.5th percentiles of lesion-free brain voxels lie in the shared FLAIR scans
 #: (BraTS 2013 and Lesjak MS, lesions left out: -2.5 to -5.3 and +1.2 to +2.2 IQR), so healthy
@@ -65,8 +70,15 @@ class PreprocessConfig:
             ``"robust"`` (the median inside the mask minus :data:`ROBUST_RANGE` [0] and plus
             [1] interquartile ranges to 0 and 1: set by the healthy-looking bulk of the brain,
             so a large bright lesion does not rescale the scan as it moves a high percentile),
-            ``"zscore"`` (mean 0, sd 1 inside the mask) or ``"none"``.
-        percentiles: low and high percentiles for ``"percentile"``.
+            ``"zscore"`` (mean 0, sd 1 inside the mask), ``"histogram"`` (histogram
+            standardisation, Nyul & Udupa: ``percentile``'s 0 and 1, and between them the
+            brain's deciles (:data:`HISTOGRAM_LANDMARKS`) mapped piecewise-linearly onto
+            ``standard``, so that every scan's tissues land where the training scans' did) or
+            ``"none"``.
+        percentiles: low and high percentiles for ``"percentile"`` and ``"histogram"``.
+        standard: ``normalise: histogram``'s standard: per input, the mean of the training
+            scans' deciles in ``percentile`` units (learned by ``medae train`` when not given,
+            and stored in the bundle); ``None`` before it is learned (``percentile`` then).
         clip: clip normalised values to [0, 1] (needed for BCE); off by default so bright
             lesions keep their contrast.
         inputs: the sequences the model reads, in channel order (e.g. ``[flair, t1]``), matched
@@ -113,8 +125,22 @@ class PreprocessConfig:
     n4_shrink: int = 4
     registration: str = "none"
     space: str = "native"
+    standard: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.standard is not None:
+            if self.normalise != "histogram":
+                raise MedaeError("preprocess.standard: only with preprocess.normalise histogram")
+            ok = (isinstance(self.standard, tuple) and len(self.standard) == self.channels
+                  and all(len(row) == len(HISTOGRAM_LANDMARKS)
+                          and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  and math.isfinite(v) for v in row)
+                          and all(b > a for a, b in itertools.pairwise(row))
+                          for row in self.standard))
+            if not ok:
+                raise MedaeError(f"preprocess.standard: per input, {len(HISTOGRAM_LANDMARKS)} "
+                                 f"increasing numbers (the deciles' places), got "
+                                 f"{self.standard!r}")
         if self.space not in SPACES:
             raise MedaeError(f"preprocess.space: unknown value {self.space!r} "
                              f"(known: {', '.join(SPACES)})")
@@ -174,6 +200,8 @@ class PreprocessConfig:
         for key in ("spacing", "size", "percentiles", "inputs", "brain_volume_cm3"):
             if isinstance(v.get(key), list):
                 v[key] = tuple(v[key])
+        if isinstance(v.get("standard"), list):
+            v["standard"] = tuple(tuple(r) if isinstance(r, list) else r for r in v["standard"])
         return cls(**v)
 
     def to_dict(self) -> dict:
@@ -190,6 +218,10 @@ class PreprocessConfig:
             del d["registration"]
         if d["space"] == "native":  # nor those whose models see the scan on its own axes
             del d["space"]
+        if d["standard"] is None:  # nor those without a learned histogram standard
+            del d["standard"]
+        else:
+            d["standard"] = [list(r) for r in d["standard"]]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @property
@@ -253,10 +285,12 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return np.asarray(mask, bool)[np.ix_(*index)]
 
 
-def intensity_stats(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig) -> dict:
-    """The statistics that :func:`apply_normalisation` uses, from the voxels inside ``mask``."""
+def intensity_stats(image: np.ndarray, mask: np.ndarray, config: PreprocessConfig,
+                    channel: int = 0) -> dict:
+    """The statistics that :func:`apply_normalisation` uses, from the voxels inside ``mask``
+    (``channel``: which input, for ``normalise: histogram``'s standard)."""
     inside = image[mask]  # a copy: the percentiles may reorder it (no second copy)
-    if config.normalise in ("percentile", "robust") and inside.dtype != np.float32:
+    if config.normalise in ("percentile", "robust", "histogram") and inside.dtype != np.float32:
         inside = inside.astype(np.float32)  # a compacted scan: the float32 scan's percentiles
     if inside.size == 0:
         raise MedaeError("the foreground mask is empty: nothing to normalise")
@@ -268,6 +302,18 @@ def intensity_stats(image: np.ndarray, mask: np.ndarray, config: PreprocessConfi
         if hi - lo <= 1e-12 * max(1.0, abs(hi)):
             raise MedaeError("constant intensity inside the mask: cannot normalise")
         return {"low": lo, "high": hi, "iqr": q3 - q1}
+    if config.normalise == "histogram":
+        n = len(HISTOGRAM_LANDMARKS)
+        values = [float(v) for v in np.percentile(
+            inside, (*config.percentiles, 25, 75, *HISTOGRAM_LANDMARKS), overwrite_input=True)]
+        lo, hi, q1, q3 = values[:4]
+        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+            raise MedaeError("constant intensity inside the mask: cannot normalise")
+        out = {"low": lo, "high": hi, "iqr": q3 - q1, "q1": q1, "q3": q3,
+               "landmarks": values[4:4 + n]}
+        if config.standard is not None:
+            out["standard"] = [float(v) for v in config.standard[channel]]
+        return out
     if config.normalise == "robust":
         q1, median, q3 = (float(v) for v in np.percentile(inside, (25, 50, 75),
                                                            overwrite_input=True))
@@ -294,7 +340,10 @@ def normalised_iqr(stats: dict) -> float:
     iqr = stats.get("iqr")
     if iqr is None:
         raise MedaeError("no interquartile range recorded for this scan's intensities")
-    if "low" in stats:
+    if "standard" in stats:  # histogram standardisation: the quartiles' distance once mapped
+        q = apply_normalisation(np.array([stats["q1"], stats["q3"]], np.float64), stats)
+        out = float(q[1] - q[0])
+    elif "low" in stats:
         out = iqr / (stats["high"] - stats["low"])
     elif "mean" in stats:
         out = iqr / stats["sd"]
@@ -311,6 +360,8 @@ def apply_normalisation(image: np.ndarray, stats: dict, clip: bool = False) -> n
     """Normalised intensities (float32) everywhere (no masking): the same rule on any grid."""
     if "low" in stats:
         out = (image - np.float32(stats["low"])) / np.float32(stats["high"] - stats["low"])
+        if "standard" in stats:
+            out = _piecewise(out, *_knots(stats))
     elif "mean" in stats:
         out = (image - np.float32(stats["mean"])) / np.float32(stats["sd"])
     else:
@@ -324,10 +375,62 @@ def apply_normalisation(image: np.ndarray, stats: dict, clip: bool = False) -> n
 def denormalise(image: np.ndarray, stats: dict) -> np.ndarray:
     """Back to the scan's units (the inverse of :func:`apply_normalisation` without clipping)."""
     if "low" in stats:
+        if "standard" in stats:
+            source, standard = _knots(stats)
+            image = _piecewise(image, standard, source)
         return image * (stats["high"] - stats["low"]) + stats["low"]
     if "mean" in stats:
         return image * stats["sd"] + stats["mean"]
     return image
+
+
+def _knots(stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``normalise: histogram``: a scan's deciles in ``percentile`` units (0 and 1 at its ends,
+    kept strictly increasing) and the standard's places for them."""
+    source = increasing(np.concatenate(([0.0], normalised_landmarks(stats), [1.0])))
+    standard = np.concatenate(([0.0], np.asarray(stats["standard"], np.float64), [1.0]))
+    return source, standard
+
+
+def increasing(values: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """``values`` made strictly increasing by a hair where they tie (a scan of few distinct
+    intensities), so that a piecewise-linear map through them is defined."""
+    out = np.array(values, np.float64)
+    for i in range(1, out.size):
+        out[i] = max(out[i], out[i - 1] + eps)
+    return out
+
+
+def normalised_landmarks(stats: dict) -> np.ndarray:
+    """``normalise: histogram``: a scan's deciles (:data:`HISTOGRAM_LANDMARKS`) in
+    ``percentile`` units, what the standard is learned from."""
+    return (np.asarray(stats["landmarks"], np.float64) - stats["low"]) / (stats["high"]
+                                                                          - stats["low"])
+
+
+def standardise_prepared(prepared: Prepared, standard) -> None:
+    """Map a scan prepared before its histogram standard was known (its model-space image as
+    ``percentile`` gives it) onto ``standard`` (per input), in place: the image and statistics
+    preparing it with the standard gives."""
+    for c, st in enumerate(prepared.stats):
+        st["standard"] = [float(v) for v in standard[c]]
+        image = prepared.image[c]
+        inside = image != 0  # the background stays 0 (0 is a knot of the map)
+        image[inside] = _piecewise(image[inside], *_knots(st))
+
+
+def _piecewise(values: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """The piecewise-linear map through the knots ``xp -> fp``, continued beyond the ends with
+    the end segments' slopes (a lesion brighter than the 99.5th percentile keeps its contrast);
+    float32, the input's shape."""
+    x = np.asarray(values, np.float32)
+    out = np.interp(x, xp, fp).astype(np.float32)
+    lo, hi = x < xp[0], x > xp[-1]
+    if lo.any():
+        out[lo] = fp[0] + (x[lo] - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0])
+    if hi.any():
+        out[hi] = fp[-1] + (x[hi] - xp[-1]) * (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+    return out
 
 
 def _crop_pad(array: np.ndarray, offset, size, fill=0) -> np.ndarray:
@@ -540,7 +643,7 @@ def preprocess(scan: Scan, config: PreprocessConfig, mask: np.ndarray | None = N
     stats = []
     for c, arr in enumerate(channels):
         try:
-            stats.append(intensity_stats(arr, native, config))
+            stats.append(intensity_stats(arr, native, config, c))
         except MedaeError as exc:
             what = f" (input {c + 1})" if len(channels) > 1 else ""
             where = (channel_sources[c] if channel_sources and c < len(channel_sources)

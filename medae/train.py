@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
@@ -36,7 +37,12 @@ from medae.io.discover import ScanSource
 from medae.io.files import read_regular
 from medae.models import apply_coarse_noise, autoencoder_loss, create_model
 from medae.models.noise import draw_coarse_noise_params
-from medae.preprocess import PreprocessConfig
+from medae.preprocess import (
+    PreprocessConfig,
+    increasing,
+    normalised_landmarks,
+    standardise_prepared,
+)
 from medae.samples import (
     SLAB_MM,
     Augment,
@@ -289,6 +295,10 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
         raise MedaeError("no training scans found")
     train_items, val_items, by_id, skipped = _load_cases(sources, pre, dc, seed, crossfit,
                                                          run, d)
+    if pre.normalise == "histogram" and pre.standard is None:
+        pre = learn_standard(pre, train_items, val_items)
+        config = {**config, "preprocess": {**config["preprocess"],
+                                           "standard": pre.to_dict()["standard"]}}
     r = _Run(config, dev, d, seed, precision, pre, kwargs, progress)
     train_ds, val_ds = r.datasets(train_items, val_items)
     calibration = None
@@ -393,6 +403,23 @@ def _open_run(run: Path, config: dict, resume: bool, d: Dist) -> None:
         raise MedaeError(ckpt_path, "no checkpoint to resume from")
     if d.main and not resume:
         atomic_write_bytes(run / "config.yaml", dump_config(config).encode())
+
+
+def learn_standard(pre: PreprocessConfig, train_items: list[dict], val_items: list[dict]
+                   ) -> PreprocessConfig:
+    """``normalise: histogram``: the standard is the mean of the training scans' deciles (in
+    ``percentile`` units, per input); the cached scans, prepared before it was known (as
+    ``percentile`` gives them), are mapped onto it in place, as preparing them again would.
+    Returns the preprocessing with its ``standard``."""
+    own = [[normalised_landmarks(st) for st in it["prepared"].stats] for it in train_items]
+    standard = tuple(tuple(float(v) for v in increasing(np.mean([o[c] for o in own], axis=0)))
+                     for c in range(pre.channels))
+    pre = replace(pre, standard=standard)
+    for it in train_items + val_items:
+        standardise_prepared(it["prepared"], standard)
+    log.info("preprocess.normalise histogram: the standard deciles of %d training scan(s): %s",
+             len(train_items), "; ".join(" ".join(f"{v:.3f}" for v in row) for row in standard))
+    return pre
 
 
 def _load_cases(sources: list[ScanSource], pre: PreprocessConfig, dc: DataConfig, seed: int,

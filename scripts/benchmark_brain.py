@@ -105,6 +105,13 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             "brain_multi_robust": ("brain_multi", ["preprocess.normalise=robust", NRM]),
             "brain_multi_robust_fp32": ("brain_multi", ["preprocess.normalise=robust",
                                                         'train.precision="32"', NRM]),
+            # histogram standardisation (Nyul & Udupa): every scan's brain deciles mapped onto
+            # the training patients' mean, so that one model reads each patient's tissues at the
+            # levels it learned (issue 26: MS patient19's sit lower than patient07's)
+            "brain_flair_hist_fp32": ("brain_flair", ["preprocess.normalise=histogram",
+                                                      'train.precision="32"']),
+            "brain_multi_hist_fp32": ("brain_multi", ["preprocess.normalise=histogram",
+                                                      'train.precision="32"']),
             # calibrated on maps of scans (or, with one training patient, 20 mm axial slabs) that
             # the scoring model did not see: fold models trained on the rest (data.calibration:
             # crossfit; one training more per fold, the final model trains on every patient)

@@ -69,12 +69,51 @@ def _variants(cfg) -> dict:
 SCALES = {"scale: brain q90": 90.0, "scale: brain q95": 95.0, "scale: brain q99": 99.0,
           "scale: brain z": "z", "scale: brain q75": "q75", "scale: brain mad": "mad",
           "scale: intensity IQR": "iqr", "scale: intensity med-p0.5": ("low", 0.5),
-          "scale: intensity med-p5": ("low", 5.0), "scale: intensity med-q1": ("low", 25.0)}
+          "scale: intensity med-p5": ("low", 5.0), "scale: intensity med-q1": ("low", 25.0),
+          "scale: normal-intensity q90 (1 IQR)": ("normal", 1.0),
+          "scale: normal-intensity q90 (2 IQR)": ("normal", 2.0),
+          "scale: trimmed q90": ("trimmed", 3.0),
+          "scale: white stripe sd": ("ws", "sd"), "scale: white stripe width": ("ws", "width")}
 #: robust normalisation's [0, 1] spans this many interquartile ranges (medae.preprocess)
 IQR_SPAN = sum(ROBUST_RANGE)
 
 
 def _scaled(heat: np.ndarray, analysed: np.ndarray, how, scan=None, prep=None) -> np.ndarray:
+    if isinstance(how, tuple) and how[0] == "normal":
+        # the map's 90th percentile over the analysed voxels whose intensity looks normal
+        # (within k IQRs of the brain's median: bright and dark lesions left out)
+        first = np.asarray(scan.array if scan.array.ndim == 3 else scan.array[0])
+        q1, med, q3 = np.percentile(first[prep.native_mask], (25, 50, 75))
+        k = how[1] * float(q3 - q1)
+        normal = analysed & (np.abs(first - med) <= k)
+        return heat / max(float(np.percentile(heat[normal], 90)), 1e-12)
+    if isinstance(how, tuple) and how[0] == "ws":
+        # WhiteStripe (Shinohara et al. 2014): the largest peak of the brain's histogram (white
+        # matter) and the intensities within 5% of quantile around it: their sd, or their span
+        stats = prep.stats[0]
+        first = np.asarray(scan.array if scan.array.ndim == 3 else scan.array[0])
+        inside = np.sort(first[prep.native_mask].astype(np.float64))
+        lo, hi = np.percentile(inside, (0.5, 99.5))
+        hist, edges = np.histogram(inside[(inside >= lo) & (inside <= hi)], bins=200)
+        hist = np.convolve(hist, np.ones(7) / 7, mode="same")
+        mode = (edges[np.argmax(hist)] + edges[np.argmax(hist) + 1]) / 2
+        q = np.searchsorted(inside, mode) / inside.size
+        a, b = np.quantile(inside, (max(q - 0.05, 0), min(q + 0.05, 1)))
+        stripe = inside[(inside >= a) & (inside <= b)]
+        spread = stripe.std() if how[1] == "sd" else b - a
+        return heat * (stats["high"] - stats["low"]) / max(float(spread), 1e-12)
+    if isinstance(how, tuple) and how[0] == "trimmed":
+        # the 90th percentile of the map's values below its own upper fence (q75 + c IQR of the
+        # map), recomputed until it settles: a large lesion's voxels left out
+        values = heat[analysed]
+        keep = values
+        for _ in range(10):
+            q25, q75 = np.percentile(keep, (25, 75))
+            nxt = values[values <= q75 + how[1] * (q75 - q25)]
+            if nxt.size == keep.size:
+                break
+            keep = nxt
+        return heat / max(float(np.percentile(keep, 90)), 1e-12)
     if how == "iqr" or isinstance(how, tuple):
         stats = prep.stats[0]
         if "low" not in stats:
@@ -109,6 +148,9 @@ def _pv(parts) -> PooledVoxels:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--calib-trained", action="store_true",
+                    help="calibrate on the first patient the model was trained on (as a fold "
+                         "with no held-out patient must), not the held-out one")
     ap.add_argument("--scales-only", action="store_true",
                     help="only the recipe's map and its per-scan scales")
     args = ap.parse_args()
@@ -117,10 +159,12 @@ def main() -> None:
         meta = json.loads((run / "model.json").read_text())
         # the held-out calibration patient, or (MS: one training patient, which calibrates
         # itself) the training patient
-        calib = (meta.get("validation_cases") or [None])[0]
+        calib = None if args.calib_trained else (meta.get("validation_cases") or [None])[0]
         if calib is None:
             trained = [s.case_id for s in read_manifest(run.parent / "train.csv")]
-            calib = trained[0] if len(trained) == 1 else None
+            held = set(meta.get("validation_cases") or [])
+            trained = [c for c in trained if c not in held]
+            calib = trained[0] if len(trained) == 1 or args.calib_trained else None
         test = run.parent.name.removeprefix("test-")
         sources = {s.case_id: s for s in read_manifest(run.parent / "train.csv")}
         sources.update({s.case_id: s for s in read_manifest(run.parent / "test.csv")})
