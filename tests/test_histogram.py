@@ -1,0 +1,160 @@
+"""Histogram standardisation (``preprocess.normalise: histogram``, Nyul & Udupa): every scan's
+brain deciles mapped onto the standard learned from the training scans, so that a model reads
+a patient whose tissues sit at other levels as it read its training patients (issue 26: MS
+patient19's healthy tissue sits lower than patient07's in percentile units)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import ROOT, write_phantoms
+
+from medae.cli import main
+from medae.errors import MedaeError
+from medae.preprocess import (
+    HISTOGRAM_LANDMARKS,
+    PreprocessConfig,
+    apply_normalisation,
+    denormalise,
+    intensity_stats,
+    normalised_iqr,
+    normalised_landmarks,
+)
+
+
+def _tissues(seed: int = 0, n: int = 200_000) -> np.ndarray:
+    """Brain-like intensities: 'CSF' 20, 'grey' 70, 'white' 100 in 15/40/45%, noise sd 4."""
+    rng = np.random.default_rng(seed)
+    classes = rng.choice([20.0, 70.0, 100.0], size=n, p=[0.15, 0.40, 0.45])
+    return (classes + rng.normal(0, 4, n)).astype(np.float32)
+
+
+def _distorted(x: np.ndarray) -> np.ndarray:
+    """The same tissues as another scanner might write them: a monotone, non-linear map
+    (grey matter pushed towards CSF, a different gain and offset)."""
+    return (3.0 * 100 * (x.clip(0) / 100) ** 1.6 + 40).astype(np.float32)
+
+
+def _standardised(x: np.ndarray, standard) -> tuple[np.ndarray, dict]:
+    cfg = PreprocessConfig(normalise="histogram", standard=(tuple(standard),))
+    stats = intensity_stats(x, np.ones(x.shape, bool), cfg)
+    return apply_normalisation(x, stats), stats
+
+
+def test_the_standard_undoes_a_monotone_distortion_that_percentiles_keep():
+    a = _tissues(0)
+    b = _distorted(_tissues(1))  # another patient, same tissues, another scanner's curve
+    plain = PreprocessConfig(normalise="percentile")
+    learn = intensity_stats(a, np.ones(a.shape, bool), PreprocessConfig(normalise="histogram"))
+    standard = normalised_landmarks(learn)
+    assert len(standard) == len(HISTOGRAM_LANDMARKS)
+    na, _ = _standardised(a, standard)
+    nb, _ = _standardised(b, standard)
+    pa = apply_normalisation(a, intensity_stats(a, np.ones(a.shape, bool), plain))
+    pb = apply_normalisation(b, intensity_stats(b, np.ones(b.shape, bool), plain))
+    # the tissue classes' medians (grey matter: the class the distortion moves most)
+    truth_a, truth_b = _tissues(0), _tissues(1)
+    grey_a = np.abs(np.round(truth_a / 10) * 10 - 70) <= 10
+    grey_b = np.abs(np.round(truth_b / 10) * 10 - 70) <= 10
+    std_gap = abs(np.median(na[grey_a]) - np.median(nb[grey_b]))
+    pct_gap = abs(np.median(pa[grey_a]) - np.median(pb[grey_b]))
+    assert std_gap < 0.02
+    assert pct_gap > 0.1  # percentile normalisation leaves grey matter where the curve put it
+
+
+def test_histogram_without_a_standard_is_percentile_and_the_map_inverts():
+    x = _distorted(_tissues(2))
+    mask = np.ones(x.shape, bool)
+    pct = intensity_stats(x, mask, PreprocessConfig(normalise="percentile"))
+    hist = intensity_stats(x, mask, PreprocessConfig(normalise="histogram"))
+    assert (hist["low"], hist["high"], hist["iqr"]) == (pct["low"], pct["high"], pct["iqr"])
+    assert np.array_equal(apply_normalisation(x, hist), apply_normalisation(x, pct))
+    assert hist["landmarks"] == pytest.approx(
+        list(np.percentile(x.astype(np.float64), HISTOGRAM_LANDMARKS)), rel=1e-5)
+    standard = np.linspace(0.08, 0.92, len(HISTOGRAM_LANDMARKS))
+    y, stats = _standardised(x, standard)
+    # the deciles land on the standard, 0 and 1 where percentile puts them
+    assert np.percentile(y, HISTOGRAM_LANDMARKS) == pytest.approx(standard, abs=2e-3)
+    assert np.percentile(y, (0.5, 99.5)) == pytest.approx([0.0, 1.0], abs=2e-3)
+    # beyond the 99.5th percentile the last segment's slope continues (a lesion keeps contrast)
+    bright = np.array([stats["high"] * 1.5], np.float32)
+    assert apply_normalisation(bright, stats)[0] > 1.1
+    back = denormalise(y, stats)
+    assert back == pytest.approx(x, rel=1e-4, abs=1e-3)
+    # the interquartile range in normalised units is the quartiles' distance once mapped
+    q = apply_normalisation(np.array([stats["q1"], stats["q3"]], np.float32), stats)
+    assert normalised_iqr(stats) == pytest.approx(float(q[1] - q[0]), rel=1e-6)
+
+
+def test_the_standard_is_checked_and_kept_out_of_other_bundles():
+    assert "standard" not in PreprocessConfig().to_dict()
+    row = [0.1 * k for k in range(1, 10)]
+    cfg = PreprocessConfig.from_dict({"normalise": "histogram", "standard": [row]})
+    assert cfg.to_dict()["standard"] == [row]
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(MedaeError, match="only with preprocess.normalise histogram"):
+        PreprocessConfig.from_dict({"normalise": "percentile", "standard": [row]})
+    with pytest.raises(MedaeError, match="increasing"):
+        PreprocessConfig.from_dict({"normalise": "histogram", "standard": [row[::-1]]})
+    with pytest.raises(MedaeError, match="increasing"):
+        PreprocessConfig.from_dict({"normalise": "histogram", "standard": [row[:5]]})
+    with pytest.raises(MedaeError, match="increasing"):  # one row per input
+        PreprocessConfig.from_dict({"normalise": "histogram", "standard": [row, row]})
+
+
+def _manifest(path: Path, images: list[Path]) -> Path:
+    rows = ["case_id,image"] + [f"p{i},{p}" for i, p in enumerate(images)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_training_learns_the_standard_and_scoring_reads_a_distorted_scan_on_it(tmp_path):
+    """`medae train` with normalise histogram stores the mean of its training scans' deciles
+    (in percentile units) in model.json; scoring a copy of a training scan written through
+    another scanner's curve reads it at the levels of the original."""
+    images = write_phantoms(tmp_path / "pat", 3, seed=7)
+    man = _manifest(tmp_path / "train.csv", images)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(ROOT / "configs" / "intensity.yaml"), "--data",
+                 str(man), "--output", str(run), "--device", "cpu", "-q",
+                 "--set", "data.val_fraction=0.34", "--set", "preprocess.size=[24, 28, 20]",
+                 "--set", "preprocess.normalise=histogram"]) == 0
+    meta = json.loads((run / "model.json").read_text())
+    trained = [e["case_id"] for e in meta["intensity"]]
+    assert len(trained) == 2 and meta["validation_cases"]
+    expected = []
+    for case in trained:
+        arr = np.asanyarray(nib.load(images[int(case[1:])]).dataobj).astype(np.float32)
+        inside = arr[arr > 0]  # the phantoms' constant background is the mask rule's outside
+        lo, hi = np.percentile(inside, (0.5, 99.5))
+        expected.append((np.percentile(inside, HISTOGRAM_LANDMARKS) - lo) / (hi - lo))
+    standard = meta["preprocess"]["standard"]
+    assert meta["config"]["preprocess"]["standard"] == standard
+    assert standard[0] == pytest.approx(list(np.mean(expected, axis=0)), abs=2e-3)
+    for entry in meta["intensity"]:  # each training scan was read on the standard
+        assert entry["standard"] == standard[0]
+
+    from medae.scoring.scorer import load_model
+
+    model = load_model(run, device="cpu")
+    assert model.preprocess_config.standard == tuple(tuple(r) for r in standard)
+    src = nib.load(images[0])
+    arr = np.asanyarray(src.dataobj).astype(np.float32)
+    warped = np.where(arr > 0, _distorted(arr), 0).astype(np.float32)
+    path = tmp_path / "warped.nii.gz"
+    nib.save(nib.Nifti1Image(warped, src.affine), path)
+    from medae import load_scan
+
+    prep_a = model.prepare(load_scan(images[0]))
+    prep_b = model.prepare(load_scan(path))
+    inside = prep_a.mask & prep_b.mask
+    gap = np.abs(prep_a.image[0][inside] - prep_b.image[0][inside])
+    assert np.median(gap) < 0.02
+    plain = PreprocessConfig(normalise="percentile")
+    pa = apply_normalisation(arr[arr > 0], intensity_stats(arr, arr > 0, plain))
+    pb = apply_normalisation(warped[arr > 0], intensity_stats(warped, arr > 0, plain))
+    assert np.median(np.abs(pa - pb)) > 3 * np.median(gap)
