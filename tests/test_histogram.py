@@ -96,7 +96,7 @@ def test_the_standard_is_checked_and_kept_out_of_other_bundles():
     cfg = PreprocessConfig.from_dict({"normalise": "histogram", "standard": [row]})
     assert cfg.to_dict()["standard"] == [row]
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(MedaeError, match="only with preprocess.normalise histogram"):
+    with pytest.raises(MedaeError, match=r"only with preprocess\.normalise histogram"):
         PreprocessConfig.from_dict({"normalise": "percentile", "standard": [row]})
     with pytest.raises(MedaeError, match="increasing"):
         PreprocessConfig.from_dict({"normalise": "histogram", "standard": [row[::-1]]})
@@ -158,3 +158,37 @@ def test_training_learns_the_standard_and_scoring_reads_a_distorted_scan_on_it(t
     pa = apply_normalisation(arr[arr > 0], intensity_stats(arr, arr > 0, plain))
     pb = apply_normalisation(warped[arr > 0], intensity_stats(warped, arr > 0, plain))
     assert np.median(np.abs(pa - pb)) > 3 * np.median(gap)
+
+
+def test_each_input_learns_its_own_standard():
+    """A two-sequence model: each input's standard is the mean of the training scans' deciles of
+    that input, and every cached scan (training and validation) is mapped onto it in place."""
+    from medae.preprocess import Prepared
+    from medae.train import learn_standard
+
+    cfg = PreprocessConfig(normalise="histogram", inputs=("flair", "t1"))
+
+    def item(seed: int) -> dict:
+        flair = _tissues(seed, 20_000).reshape(20, 20, 50)
+        t1 = _distorted(_tissues(seed + 10, 20_000)).reshape(20, 20, 50)
+        mask = np.ones(flair.shape, bool)
+        stats = [intensity_stats(a, mask, cfg, c) for c, a in enumerate((flair, t1))]
+        image = np.stack([apply_normalisation(a, s) for a, s in zip((flair, t1), stats,
+                                                                    strict=True)])
+        prep = Prepared(image=image, mask=mask, scan_shape=flair.shape,
+                        resampled_shape=flair.shape, offset=(0, 0, 0), stats=stats)
+        return {"case_id": f"c{seed}", "prepared": prep}
+
+    train, val = [item(0), item(1)], [item(2)]
+    own = [[normalised_landmarks(s) for s in it["prepared"].stats] for it in train]
+    learned = learn_standard(cfg, train, val)
+    assert len(learned.standard) == 2
+    for c in range(2):
+        assert learned.standard[c] == pytest.approx(list(np.mean([o[c] for o in own], axis=0)))
+    assert learned.standard[0] != pytest.approx(learned.standard[1], abs=0.05)
+    for it in train + val:
+        for c in range(2):
+            values = it["prepared"].image[c]
+            assert np.percentile(values, HISTOGRAM_LANDMARKS) == pytest.approx(
+                learned.standard[c], abs=3e-3)
+            assert it["prepared"].stats[c]["standard"] == list(learned.standard[c])
