@@ -27,7 +27,17 @@ Map variants:
   ``scale: intensity IQR``: the map times the scan's normalisation range (its 0.5th-99.5th
   brain percentiles, which a large lesion moves) over 5.5 interquartile ranges of its brain
   intensities (which it hardly moves): the residual in the units robust normalisation would
-  give, while the model keeps reading percentile-normalised input (first channel).
+  give, while the model keeps reading percentile-normalised input (first channel);
+  ``scale: intensity med-pP``: the same with the brain's median minus its P-th percentile;
+  ``scale: normal-intensity q90 (k IQR)``: the map over the 90th percentile of its analysed
+  voxels whose intensity lies within k IQRs of the brain's median (lesions left out);
+  ``scale: trimmed q90``: the 90th percentile of the map's values below its own upper fence
+  (q75 + 3 IQR of the map, repeated until it settles); ``scale: white stripe sd / width``:
+  WhiteStripe's spread (Shinohara et al. 2014: the intensities within 5% of quantile around
+  the brain histogram's largest peak) instead of the IQR.
+
+``--calib-trained``: calibrate on the first patient the model was trained on instead of the
+held-out one (as a fold with no held-out patient must): does a seen patient's point transfer?
 
 ``--scales-only``: the recipe's map and the per-scan scales (one map per scan, quicker).
 
