@@ -61,20 +61,20 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             "brain_multi_fp32": ("brain_multi", ['train.precision="32"']),
             "brain_multi_bf16": ("brain_multi", ["train.precision=bf16"]),
             # the recipes with maps in the normalised image's units (before map_units iqr)
-            "brain_flair_normalised": ("brain_flair", [NRM]),
-            "brain_flair_normalised_fp32": ("brain_flair", [NRM, 'train.precision="32"']),
-            "brain_flair_normalised_bf16": ("brain_flair", [NRM, "train.precision=bf16"]),
-            "brain_multi_normalised": ("brain_multi", [NRM]),
-            "brain_multi_normalised_fp32": ("brain_multi", [NRM, 'train.precision="32"']),
-            "brain_multi_normalised_bf16": ("brain_multi", [NRM, "train.precision=bf16"]),
+            "brain_flair_normalised": ("brain_flair", [NRM, PCT]),
+            "brain_flair_normalised_fp32": ("brain_flair", [NRM, 'train.precision="32"', PCT]),
+            "brain_flair_normalised_bf16": ("brain_flair", [NRM, "train.precision=bf16", PCT]),
+            "brain_multi_normalised": ("brain_multi", [NRM, PCT]),
+            "brain_multi_normalised_fp32": ("brain_multi", [NRM, 'train.precision="32"', PCT]),
+            "brain_multi_normalised_bf16": ("brain_multi", [NRM, "train.precision=bf16", PCT]),
             # each scan's map in interquartile ranges of its own brain intensities (scoring.
             # map_units: iqr) while the model reads percentile-normalised input: the scale of
             # robust normalisation for the threshold, the input the recipes were tuned on (the
             # recipes' default since; these names hold the runs derived from the ones above)
             "brain_flair_iqr_fp32": ("brain_flair", ["scoring.map_units=iqr",
-                                                     'train.precision="32"']),
+                                                     'train.precision="32"', PCT]),
             "brain_multi_iqr_fp32": ("brain_multi", ["scoring.map_units=iqr",
-                                                     'train.precision="32"']),
+                                                     'train.precision="32"', PCT]),
             # ... not for the intensity baseline: its map is the normalised intensity itself,
             # not a residual about a reconstruction, so in IQR units it keeps each scan's
             # offset (median - 0.5th percentile: 2.6 to 4.8 IQR on BraTS) and one threshold
@@ -116,9 +116,9 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             # the scoring model did not see: fold models trained on the rest (data.calibration:
             # crossfit; one training more per fold, the final model trains on every patient)
             "brain_flair_crossfit_fp32": ("brain_flair", ["data.calibration=crossfit",
-                                                          'train.precision="32"', NRM]),
+                                                          'train.precision="32"', NRM, PCT]),
             "brain_multi_crossfit_fp32": ("brain_multi", ["data.calibration=crossfit",
-                                                          'train.precision="32"', NRM]),
+                                                          'train.precision="32"', NRM, PCT]),
             # brain_flair with in-plane rotation (±10°) and zoom (±10%) of the training slices
             # as well as the left-right flip (two training patients are few)
             "brain_flair_aug": ("brain_flair", ["data.augment={flip_lr: true, rotate_deg: 10, "
