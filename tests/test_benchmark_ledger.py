@@ -285,10 +285,14 @@ def test_a_map_units_variant_calibrates_its_parents_model_again(bench, monkeypat
     assert row["trained"] == {"commit": "trained1", "minutes": 8.0}
     assert row["protocol"] != rows["brain_flair_normalised_fp32", 0]["protocol"]
     assert "derived_from" not in rows["brain_flair_iqr_fp32", 1]
-    # the recipe measures its maps in IQR units now: its float32 name finds the derived runs
+    # the name finds its runs again, and the recipe's float32 name (histogram standardisation
+    # since) is another protocol: a run of its own, not these
     bench._calls.clear()
-    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_fp32", "--seeds", "0", "1")
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_iqr_fp32", "--seeds", "0", "1")
     assert bench._calls == []
+    _main(bench, monkeypatch, "--quick", "--recipes", "brain_flair_fp32", "--seeds", "0")
+    [(name, *_)] = bench._calls
+    assert name.startswith("brain_flair_fp32-seed0-") and name.split("-")[-1] != row["protocol"]
 
 
 def test_map_units_are_each_recipes_own_and_normalised_keeps_old_hashes(bench):
