@@ -134,13 +134,14 @@ class PreprocessConfig:
             ok = (isinstance(self.standard, tuple) and len(self.standard) == self.channels
                   and all(len(row) == len(HISTOGRAM_LANDMARKS)
                           and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                  and math.isfinite(v) for v in row)
+                                  and math.isfinite(v) and -1e-3 <= v <= 1 + 1e-3
+                                  for v in row)
                           and all(b > a for a, b in itertools.pairwise(row))
                           for row in self.standard))
-            if not ok:
+            if not ok:  # deciles lie between the scan's 0.5th and 99.5th percentiles: in [0, 1]
                 raise MedaeError(f"preprocess.standard: per input, {len(HISTOGRAM_LANDMARKS)} "
-                                 f"increasing numbers (the deciles' places), got "
-                                 f"{self.standard!r}")
+                                 f"increasing numbers between 0 and 1 (the deciles' places), "
+                                 f"got {self.standard!r}")
         if self.space not in SPACES:
             raise MedaeError(f"preprocess.space: unknown value {self.space!r} "
                              f"(known: {', '.join(SPACES)})")

@@ -104,6 +104,8 @@ def test_the_standard_is_checked_and_kept_out_of_other_bundles():
         PreprocessConfig.from_dict({"normalise": "histogram", "standard": [row[:5]]})
     with pytest.raises(MedaeError, match="increasing"):  # one row per input
         PreprocessConfig.from_dict({"normalise": "histogram", "standard": [row, row]})
+    with pytest.raises(MedaeError, match="between 0 and 1"):  # an edited bundle
+        PreprocessConfig.from_dict({"normalise": "histogram", "standard": [[v + 0.5 for v in row]]})
 
 
 def _manifest(path: Path, images: list[Path]) -> Path:
