@@ -157,6 +157,7 @@ def _write_case(out: Path, src: ScanSource, scan, result: ScoreResult, row: dict
                   **(brain or {}),
                   "min_volume_mm3": result.min_volume_mm3, "inputs": list(inputs),
                   "map_units": result.map_units,
+                  "normalisation": result.normalisation,
                   "operating_point": result.operating_point,
                   "model_sha256": model_sha,
                   "stages": {k: round(v, 4) for k, v in stages.items()},

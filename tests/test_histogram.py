@@ -160,6 +160,18 @@ def test_training_learns_the_standard_and_scoring_reads_a_distorted_scan_on_it(t
     pa = apply_normalisation(arr[arr > 0], intensity_stats(arr, arr > 0, plain))
     pb = apply_normalisation(warped[arr > 0], intensity_stats(warped, arr > 0, plain))
     assert np.median(np.abs(pa - pb)) > 3 * np.median(gap)
+    # result.json says how the scan was read: its own deciles and the standard they went to
+    out = tmp_path / "scored"
+    assert main(["score", "--model", str(run), "--input", str(path), "--output", str(out),
+                 "--device", "cpu", "--no-overlays", "-q"]) == 0
+    [record] = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
+    [norm] = record["normalisation"]
+    assert norm["rule"] == "histogram" and norm["standard"] == standard[0]
+    warped_in = warped[warped > 0]
+    lo, hi = np.percentile(warped_in, (0.5, 99.5))
+    assert (norm["low"], norm["high"]) == pytest.approx((lo, hi), rel=1e-4)
+    assert norm["landmarks"] == pytest.approx(list(np.percentile(warped_in, HISTOGRAM_LANDMARKS)),
+                                              rel=1e-4)
 
 
 def test_each_input_learns_its_own_standard():

@@ -79,6 +79,9 @@ class ScoreResult:
         timings: seconds per stage ("reconstruct", "heat map", "candidates").
         map_units: the map's units (``scoring.map_units``): ``normalised`` (the normalised
             image's) or ``iqr`` (interquartile ranges of the scan's brain intensities).
+        normalisation: per input, how the scan was normalised (``preprocess.normalise``) and
+            the statistics measured in its brain (percentiles, interquartile range; with
+            ``histogram``, its deciles and the standard they were mapped onto).
     """
 
     heatmap: np.ndarray
@@ -98,6 +101,7 @@ class ScoreResult:
     timings: dict[str, float] = field(default_factory=dict)
     operating_point: dict | None = None
     map_units: str = "normalised"
+    normalisation: list[dict] | None = None
 
 
 def scored_channels(preprocess: PreprocessConfig, map_config: MapConfig) -> list[int]:
@@ -291,7 +295,9 @@ class AnomalyModel:
                            min_volume_mm3=self.map_config.min_volume_mm3,
                            reconstruction=recon_scan, channel_maps=m.channel_maps,
                            timings=timings, operating_point=self.operating_point(fpr, threshold),
-                           map_units=self.map_config.map_units)
+                           map_units=self.map_config.map_units,
+                           normalisation=[{"rule": self.preprocess_config.normalise, **st}
+                                          for st in prep.stats])
 
 
 def load_model(run_dir: str | os.PathLike, device: str = "auto", batch_size: int = 32,
