@@ -107,7 +107,9 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
                                                         'train.precision="32"', NRM]),
             # histogram standardisation (Nyul & Udupa): every scan's brain deciles mapped onto
             # the training patients' mean, so that one model reads each patient's tissues at the
-            # levels it learned (issue 26: MS patient19's sit lower than patient07's)
+            # levels it learned (issue 26: MS patient19's sit lower than patient07's); the brain
+            # recipes' default since (their _fp32 names resolve to these protocols), so these
+            # names keep those runs found should a recipe change again
             "brain_flair_hist_fp32": ("brain_flair", ["preprocess.normalise=histogram",
                                                       'train.precision="32"']),
             "brain_multi_hist_fp32": ("brain_multi", ["preprocess.normalise=histogram",
