@@ -297,23 +297,19 @@ def intensity_stats(image: np.ndarray, mask: np.ndarray, config: PreprocessConfi
         raise MedaeError("the foreground mask is empty: nothing to normalise")
     # every normalisation also records the interquartile range of the voxels (in the scan's
     # units): scoring.map_units iqr measures the residual in it (see normalised_iqr)
-    if config.normalise == "percentile":
-        lo, hi, q1, q3 = (float(v) for v in np.percentile(
-            inside, (*config.percentiles, 25, 75), overwrite_input=True))
-        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
-            raise MedaeError("constant intensity inside the mask: cannot normalise")
-        return {"low": lo, "high": hi, "iqr": q3 - q1}
-    if config.normalise == "histogram":
-        n = len(HISTOGRAM_LANDMARKS)
+    if config.normalise in ("percentile", "histogram"):
+        hist = config.normalise == "histogram"
         values = [float(v) for v in np.percentile(
-            inside, (*config.percentiles, 25, 75, *HISTOGRAM_LANDMARKS), overwrite_input=True)]
+            inside, (*config.percentiles, 25, 75, *(HISTOGRAM_LANDMARKS if hist else ())),
+            overwrite_input=True)]
         lo, hi, q1, q3 = values[:4]
         if hi - lo <= 1e-12 * max(1.0, abs(hi)):
             raise MedaeError("constant intensity inside the mask: cannot normalise")
-        out = {"low": lo, "high": hi, "iqr": q3 - q1, "q1": q1, "q3": q3,
-               "landmarks": values[4:4 + n]}
-        if config.standard is not None:
-            out["standard"] = [float(v) for v in config.standard[channel]]
+        out = {"low": lo, "high": hi, "iqr": q3 - q1}
+        if hist:  # the quartiles and deciles, and the standard they go to once learned
+            out.update(q1=q1, q3=q3, landmarks=values[4:])
+            if config.standard is not None:
+                out["standard"] = [float(v) for v in config.standard[channel]]
         return out
     if config.normalise == "robust":
         q1, median, q3 = (float(v) for v in np.percentile(inside, (25, 50, 75),

@@ -88,11 +88,16 @@ SCALES = {"scale: brain q90": 90.0, "scale: brain q95": 95.0, "scale: brain q99"
 IQR_SPAN = sum(ROBUST_RANGE)
 
 
+def _first_input(scan) -> np.ndarray:
+    """The scan's first sequence (a multi-sequence scan's array is channels first)."""
+    return np.asarray(scan.array if scan.array.ndim == 3 else scan.array[0])
+
+
 def _scaled(heat: np.ndarray, analysed: np.ndarray, how, scan=None, prep=None) -> np.ndarray:
     if isinstance(how, tuple) and how[0] == "normal":
         # the map's 90th percentile over the analysed voxels whose intensity looks normal
         # (within k IQRs of the brain's median: bright and dark lesions left out)
-        first = np.asarray(scan.array if scan.array.ndim == 3 else scan.array[0])
+        first = _first_input(scan)
         q1, med, q3 = np.percentile(first[prep.native_mask], (25, 50, 75))
         k = how[1] * float(q3 - q1)
         normal = analysed & (np.abs(first - med) <= k)
@@ -101,7 +106,7 @@ def _scaled(heat: np.ndarray, analysed: np.ndarray, how, scan=None, prep=None) -
         # WhiteStripe (Shinohara et al. 2014): the largest peak of the brain's histogram (white
         # matter) and the intensities within 5% of quantile around it: their sd, or their span
         stats = prep.stats[0]
-        first = np.asarray(scan.array if scan.array.ndim == 3 else scan.array[0])
+        first = _first_input(scan)
         inside = np.sort(first[prep.native_mask].astype(np.float64))
         lo, hi = np.percentile(inside, (0.5, 99.5))
         hist, edges = np.histogram(inside[(inside >= lo) & (inside <= hi)], bins=200)
@@ -129,7 +134,7 @@ def _scaled(heat: np.ndarray, analysed: np.ndarray, how, scan=None, prep=None) -
         if "low" not in stats:
             raise SystemExit("scale: intensity IQR needs a model with percentile or robust "
                              "normalisation")
-        inside = np.asarray(scan.array if scan.array.ndim == 3 else scan.array[0])[
+        inside = _first_input(scan)[
             prep.native_mask].astype(np.float32)
         if how == "iqr":
             q1, q3 = np.percentile(inside, (25, 75))
