@@ -114,6 +114,13 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
                                                       'train.precision="32"']),
             "brain_multi_hist_fp32": ("brain_multi", ["preprocess.normalise=histogram",
                                                       'train.precision="32"']),
+            # brain_flair trained on the samples it trained on a release ago (99627fb): axial
+            # slices 1.875 mm apart, those that touch a lesion dropped, instead of every 1 mm
+            # slice with the lesion (grown by 4 mm) masked out of the noise and the loss (issue
+            # 26's bisect: training samples)
+            "brain_flair_slices1875_fp32": ("brain_flair", [
+                "preprocess.spacing=[1.875, 1.875, 1.875]", "data.lesion_samples=drop",
+                'train.precision="32"']),
             # calibrated on maps of scans (or, with one training patient, 20 mm axial slabs) that
             # the scoring model did not see: fold models trained on the rest (data.calibration:
             # crossfit; one training more per fold, the final model trains on every patient)
