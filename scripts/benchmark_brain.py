@@ -47,6 +47,12 @@ RECIPES = ["raw", "intensity", "ae2d", "vae2d", "sae2d", "dae2d", "brain_flair",
 #: no post-processing, measured in the normalised image's units (the FLAIR value itself inside
 #: the brain mask, at the scan's resolution, each scan's 0.5th/99.5th brain percentiles to 0/1)
 PCT = "preprocess.normalise=percentile"
+#: the quick protocol's training length (--quick)
+QUICK_STEPS = 400
+#: brain_flair's training length before it trained 400 steps (issue 26): the variants measured
+#: with it keep it pinned, so their full-protocol runs stay found (the quick protocol's
+#: train.steps=400 comes after and overrides it, so their quick runs stay found too)
+S1200 = "train.steps=1200"
 #: maps in the normalised image's units, as every recipe measured them before scoring.map_units
 #: iqr became their default (issue 26): the variants measured then keep it pinned, so their
 #: recorded runs stay found (a run's hash leaves map_units out when it is normalised)
@@ -61,9 +67,11 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             "brain_multi_fp32": ("brain_multi", ['train.precision="32"']),
             "brain_multi_bf16": ("brain_multi", ["train.precision=bf16"]),
             # the recipes with maps in the normalised image's units (before map_units iqr)
-            "brain_flair_normalised": ("brain_flair", [NRM, PCT]),
-            "brain_flair_normalised_fp32": ("brain_flair", [NRM, 'train.precision="32"', PCT]),
-            "brain_flair_normalised_bf16": ("brain_flair", [NRM, "train.precision=bf16", PCT]),
+            "brain_flair_normalised": ("brain_flair", [NRM, PCT, S1200]),
+            "brain_flair_normalised_fp32": ("brain_flair", [NRM, 'train.precision="32"', PCT,
+                                                             S1200]),
+            "brain_flair_normalised_bf16": ("brain_flair", [NRM, "train.precision=bf16", PCT,
+                                                             S1200]),
             "brain_multi_normalised": ("brain_multi", [NRM, PCT]),
             "brain_multi_normalised_fp32": ("brain_multi", [NRM, 'train.precision="32"', PCT]),
             "brain_multi_normalised_bf16": ("brain_multi", [NRM, "train.precision=bf16", PCT]),
@@ -72,7 +80,7 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             # robust normalisation for the threshold, the input the recipes were tuned on (the
             # recipes' default since; these names hold the runs derived from the ones above)
             "brain_flair_iqr_fp32": ("brain_flair", ["scoring.map_units=iqr",
-                                                     'train.precision="32"', PCT]),
+                                                     'train.precision="32"', PCT, S1200]),
             "brain_multi_iqr_fp32": ("brain_multi", ["scoring.map_units=iqr",
                                                      'train.precision="32"', PCT]),
             # ... not for the intensity baseline: its map is the normalised intensity itself,
@@ -85,23 +93,24 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             # brain_flair on the scans' own 1 mm grid instead of 1.875 mm in-plane, so the
             # reconstruction keeps the detail of the scan
             "brain_flair_1mm": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
-                                                "preprocess.size=[176, 208, null]", PCT, NRM]),
+                                                "preprocess.size=[176, 208, null]", PCT, NRM,
+                                                S1200]),
             # ... as it ran in the quick benchmark, before recipes trained in bf16
             "brain_flair_1mm_fp32": ("brain_flair", ["preprocess.spacing=[1.0, 1.0, 1.0]",
                                                      "preprocess.size=[176, 208, null]",
-                                                     'train.precision="32"', PCT, NRM]),
+                                                     'train.precision="32"', PCT, NRM, S1200]),
             # an ensemble of three seeds (train.ensemble: members trained on the same patients;
             # the map is the residual of their mean reconstruction); 3x the training time
-            "brain_flair_x3": ("brain_flair", ["train.ensemble=3", PCT, NRM]),
+            "brain_flair_x3": ("brain_flair", ["train.ensemble=3", PCT, NRM, S1200]),
             # each scan normalised by its brain's median and interquartile range (normalise:
             # robust) instead of its 0.5th/99.5th percentiles, which a large bright lesion moves:
             # maps on one scale from scan to scan, so one threshold holds across them (issue 26)
             "raw_robust": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0",
                                          "preprocess.normalise=robust", NRM]),
             "intensity_robust": ("intensity", ["preprocess.normalise=robust", NRM]),
-            "brain_flair_robust": ("brain_flair", ["preprocess.normalise=robust", NRM]),
+            "brain_flair_robust": ("brain_flair", ["preprocess.normalise=robust", NRM, S1200]),
             "brain_flair_robust_fp32": ("brain_flair", ["preprocess.normalise=robust",
-                                                        'train.precision="32"', NRM]),
+                                                        'train.precision="32"', NRM, S1200]),
             "brain_multi_robust": ("brain_multi", ["preprocess.normalise=robust", NRM]),
             "brain_multi_robust_fp32": ("brain_multi", ["preprocess.normalise=robust",
                                                         'train.precision="32"', NRM]),
@@ -109,9 +118,10 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             # the training patients' mean, so that one model reads each patient's tissues at the
             # levels it learned (issue 26: MS patient19's sit lower than patient07's); the brain
             # recipes' default since (their _fp32 names resolve to these protocols), so these
-            # names keep those runs found should a recipe change again
+            # names keep those runs found should a recipe change again; brain_flair's at the
+            # full protocol is its 1,200-step run (the recipe trains 400 steps since, issue 26)
             "brain_flair_hist_fp32": ("brain_flair", ["preprocess.normalise=histogram",
-                                                      'train.precision="32"']),
+                                                      'train.precision="32"', S1200]),
             "brain_multi_hist_fp32": ("brain_multi", ["preprocess.normalise=histogram",
                                                       'train.precision="32"']),
             # brain_flair trained on the samples it trained on a release ago (99627fb): axial
@@ -125,22 +135,24 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             # the scoring model did not see: fold models trained on the rest (data.calibration:
             # crossfit; one training more per fold, the final model trains on every patient)
             "brain_flair_crossfit_fp32": ("brain_flair", ["data.calibration=crossfit",
-                                                          'train.precision="32"', NRM, PCT]),
+                                                          'train.precision="32"', NRM, PCT, S1200]),
             "brain_multi_crossfit_fp32": ("brain_multi", ["data.calibration=crossfit",
                                                           'train.precision="32"', NRM, PCT]),
             # brain_flair with in-plane rotation (±10°) and zoom (±10%) of the training slices
             # as well as the left-right flip (two training patients are few)
             "brain_flair_aug": ("brain_flair", ["data.augment={flip_lr: true, rotate_deg: 10, "
-                                                "zoom: 0.1}", PCT, NRM]),
+                                                "zoom: 0.1}", PCT, NRM, S1200]),
             # the recipes with their percentile normalisation pinned (each scan's 0.5th/99.5th
             # brain percentiles to 0/1), so their recorded runs stay found should a recipe
             # change to normalise: robust (issue 26)
             "raw_percentile": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", PCT,
                                              NRM]),
             "intensity_percentile": ("intensity", [PCT, NRM]),
-            "brain_flair_percentile": ("brain_flair", [PCT, NRM]),
-            "brain_flair_percentile_fp32": ("brain_flair", [PCT, 'train.precision="32"', NRM]),
-            "brain_flair_percentile_bf16": ("brain_flair", [PCT, "train.precision=bf16", NRM]),
+            "brain_flair_percentile": ("brain_flair", [PCT, NRM, S1200]),
+            "brain_flair_percentile_fp32": ("brain_flair", [PCT, 'train.precision="32"', NRM,
+                                                             S1200]),
+            "brain_flair_percentile_bf16": ("brain_flair", [PCT, "train.precision=bf16", NRM,
+                                                             S1200]),
             "brain_multi_percentile": ("brain_multi", [PCT, NRM]),
             "brain_multi_percentile_fp32": ("brain_multi", [PCT, 'train.precision="32"', NRM]),
             "brain_multi_percentile_bf16": ("brain_multi", [PCT, "train.precision=bf16", NRM])}
@@ -273,6 +285,9 @@ def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto
     # ... and maps in the normalised image's units, as before scoring.map_units existed
     if config["scoring"].get("map_units") == "normalised":
         config["scoring"].pop("map_units")
+    # a recipe that trains the quick protocol's length runs one protocol in both modes
+    if steps is None and config["train"].get("steps") == QUICK_STEPS:
+        steps = QUICK_STEPS
     blob = json.dumps([config, steps], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -335,7 +350,7 @@ def main() -> None:
                          "GPU: bf16 runs recorded elsewhere are found on a machine without "
                          "native bf16 only this way)")
     args = ap.parse_args()
-    steps = args.steps or (400 if args.quick else None)
+    steps = args.steps or (QUICK_STEPS if args.quick else None)
     medae = [sys.executable, "-m", "medae"]
     sets = _protocol_overrides()
     machine = None if args.table_only else _machine(args.device)

@@ -63,10 +63,10 @@ def test_error_is_one_line_without_traceback(tmp_path):
     (["--epochs", "1"], {"epochs": 1, "steps": None}),
     (["--steps", "7"], {"epochs": 20, "steps": 7}),
     # a flag wins over --set, whatever the order on the command line
-    (["--set", "train.seed=5", "--seed", "3"], {"seed": 3, "steps": 1200}),
+    (["--set", "train.seed=5", "--seed", "3"], {"seed": 3, "steps": 400}),
     (["--precision", "bf16", "--set", "train.precision=fp16"], {"precision": "bf16"}),
     (["--set", "train.epochs=4", "--epochs", "2"], {"epochs": 2, "steps": None}),
-    ([], {"epochs": 20, "steps": 1200, "seed": 0, "precision": "auto"}),
+    ([], {"epochs": 20, "steps": 400, "seed": 0, "precision": "auto"}),
 ])
 def test_train_flags_win_over_the_recipe(argv, expect):
     from medae.cli import build_parser, train_overrides

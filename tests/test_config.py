@@ -48,7 +48,7 @@ def test_sections_are_typed_views_of_the_recipe():
     tc = TrainConfig.from_dict(cfg["train"])
     assert tc.lr == 1.0 and isinstance(tc.lr, float)
     assert tc.grad_clip == 2.0 and isinstance(tc.grad_clip, float)
-    assert tc.steps == 1200 and tc.patience == 1000 and tc.precision == "auto"
+    assert tc.steps == 400 and tc.patience == 1000 and tc.precision == "auto"
     dc = DataConfig.from_dict(cfg["data"])
     assert dc.val_fraction == 0.0 and dc.lesion_samples == "mask" and dc.augment == {
         "flip_lr": True}
