@@ -285,7 +285,9 @@ def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto
     # ... and maps in the normalised image's units, as before scoring.map_units existed
     if config["scoring"].get("map_units") == "normalised":
         config["scoring"].pop("map_units")
-    # a recipe that trains the quick protocol's length runs one protocol in both modes
+    # a recipe that trains the quick protocol's length runs one protocol in both modes (the
+    # steps are in the config as well; leaving them out of the blob would change every
+    # recorded hash, so only this case is folded)
     if steps is None and config["train"].get("steps") == QUICK_STEPS:
         steps = QUICK_STEPS
     blob = json.dumps([config, steps], sort_keys=True, default=str).encode()

@@ -316,18 +316,16 @@ def test_a_recipe_at_the_quick_length_is_one_protocol_and_pinned_variants_keep_t
     """brain_flair trains 400 steps, the quick protocol's length: its full-protocol run is its
     quick run (one hash, found in either mode); a recipe at another length has two protocols;
     the variants measured at 1,200 steps (S1200) keep that length at the full protocol."""
-    sets = bench._protocol_overrides()
-    quick = [*sets, f"train.steps={bench.QUICK_STEPS}"]
-    assert bench._protocol("brain_flair", sets, None) == \
-        bench._protocol("brain_flair", quick, bench.QUICK_STEPS)
-    assert bench._protocol("brain_flair", [*sets, bench.S1200], None) != \
-        bench._protocol("brain_flair", quick, bench.QUICK_STEPS)
+    sets, n = bench._protocol_overrides(), bench.QUICK_STEPS
+    at_quick = f"train.steps={n}"
+    quick = bench._protocol("brain_flair", [*sets, at_quick], n)
+    assert bench._protocol("brain_flair", sets, None) == quick
+    assert bench._protocol("brain_flair", [*sets, bench.S1200], None) != quick
     # ... and quick overrides the pin: the pinned variant's quick run is the recipe's
-    assert bench._protocol("brain_flair", [*sets, bench.S1200, *quick[-1:]], 400) == \
-        bench._protocol("brain_flair", quick, 400)
+    assert bench._protocol("brain_flair", [*sets, bench.S1200, at_quick], n) == quick
     multi = [*sets, "preprocess.inputs=[\"flair\", \"t1\"]"]
     assert bench._protocol("brain_multi", multi, None) != \
-        bench._protocol("brain_multi", [*multi, quick[-1]], bench.QUICK_STEPS)
+        bench._protocol("brain_multi", [*multi, at_quick], n)
     for name in ("brain_flair_hist_fp32", "brain_flair_normalised", "brain_flair_x3"):
         assert bench.S1200 in bench.VARIANTS[name][1]
     # a full-protocol run of the recipe finds the quick run recorded before
