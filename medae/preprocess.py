@@ -72,13 +72,18 @@ class PreprocessConfig:
             so a large bright lesion does not rescale the scan as it moves a high percentile),
             ``"zscore"`` (mean 0, sd 1 inside the mask), ``"histogram"`` (histogram
             standardisation, Nyul & Udupa: ``percentile``'s 0 and 1, and between them the
-            brain's deciles (:data:`HISTOGRAM_LANDMARKS`) mapped piecewise-linearly onto
+            brain's ``landmarks`` (its deciles by default) mapped piecewise-linearly onto
             ``standard``, so that every scan's tissues land where the training scans' did) or
             ``"none"``.
         percentiles: low and high percentiles for ``"percentile"`` and ``"histogram"``.
+        landmarks: ``normalise: histogram``'s landmarks, brain percentiles strictly between
+            the ``percentiles`` pair (default :data:`HISTOGRAM_LANDMARKS`, the deciles).  Fewer
+            high ones (e.g. up to the 70th) leave the bright tail, where a large lesion sits,
+            out of the mapping's knots.
         standard: ``normalise: histogram``'s standard: per input, the mean of the training
-            scans' deciles in ``percentile`` units (learned by ``medae train`` when not given,
-            and stored in the bundle); ``None`` before it is learned (``percentile`` then).
+            scans' landmarks in ``percentile`` units (learned by ``medae train`` when not
+            given, and stored in the bundle); ``None`` before it is learned (``percentile``
+            then).
         clip: clip normalised values to [0, 1] (needed for BCE); off by default so bright
             lesions keep their contrast.
         inputs: the sequences the model reads, in channel order (e.g. ``[flair, t1]``), matched
@@ -126,22 +131,37 @@ class PreprocessConfig:
     registration: str = "none"
     space: str = "native"
     standard: tuple[tuple[float, ...], ...] | None = None
+    landmarks: tuple[float, ...] = HISTOGRAM_LANDMARKS
 
     def __post_init__(self) -> None:
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise MedaeError(f"preprocess.percentiles: need 0 <= low < high <= 100, got {lo}, {hi}")
+        lm = self.landmarks
+        if (not isinstance(lm, tuple) or not 1 <= len(lm) <= 32
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) for v in lm)
+                or not all(b > a for a, b in itertools.pairwise(lm))
+                or (self.normalise == "histogram" and not lo < lm[0] <= lm[-1] < hi)):
+            raise MedaeError(f"preprocess.landmarks: 1 to 32 increasing percentiles strictly "
+                             f"between preprocess.percentiles {list(self.percentiles)}, "
+                             f"got {lm!r}")
+        if tuple(map(float, lm)) != HISTOGRAM_LANDMARKS and self.normalise != "histogram":
+            raise MedaeError("preprocess.landmarks: only with preprocess.normalise histogram")
         if self.standard is not None:
             if self.normalise != "histogram":
                 raise MedaeError("preprocess.standard: only with preprocess.normalise histogram")
             ok = (isinstance(self.standard, tuple) and len(self.standard) == self.channels
-                  and all(len(row) == len(HISTOGRAM_LANDMARKS)
+                  and all(len(row) == len(self.landmarks)
                           and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                   and math.isfinite(v) and -1e-3 <= v <= 1 + 1e-3
                                   for v in row)
                           and all(b > a for a, b in itertools.pairwise(row))
                           for row in self.standard))
-            if not ok:  # deciles lie between the scan's 0.5th and 99.5th percentiles: in [0, 1]
-                raise MedaeError(f"preprocess.standard: per input, {len(HISTOGRAM_LANDMARKS)} "
-                                 f"increasing numbers between 0 and 1 (the deciles' places), "
-                                 f"got {self.standard!r}")
+            if not ok:  # landmarks lie between the scan's 0.5th and 99.5th percentiles: [0, 1]
+                raise MedaeError(f"preprocess.standard: per input, {len(self.landmarks)} "
+                                 f"increasing numbers between 0 and 1 (the places of "
+                                 f"preprocess.landmarks), got {self.standard!r}")
         if self.space not in SPACES:
             raise MedaeError(f"preprocess.space: unknown value {self.space!r} "
                              f"(known: {', '.join(SPACES)})")
@@ -186,9 +206,6 @@ class PreprocessConfig:
                 f"preprocess.spacing: need three positive mm values, got {self.spacing}")
         if len(self.size) != 3 or any(s is not None and int(s) < 1 for s in self.size):
             raise MedaeError(f"preprocess.size: need three sizes (or null), got {self.size}")
-        lo, hi = self.percentiles
-        if not 0 <= lo < hi <= 100:
-            raise MedaeError(f"preprocess.percentiles: need 0 <= low < high <= 100, got {lo}, {hi}")
 
     @classmethod
     def from_dict(cls, values: dict) -> PreprocessConfig:
@@ -198,7 +215,7 @@ class PreprocessConfig:
             raise MedaeError(f"preprocess: unknown key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
         v = dict(values)
-        for key in ("spacing", "size", "percentiles", "inputs", "brain_volume_cm3"):
+        for key in ("spacing", "size", "percentiles", "inputs", "brain_volume_cm3", "landmarks"):
             if isinstance(v.get(key), list):
                 v[key] = tuple(v[key])
         if isinstance(v.get("standard"), list):
@@ -219,6 +236,8 @@ class PreprocessConfig:
             del d["registration"]
         if d["space"] == "native":  # nor those whose models see the scan on its own axes
             del d["space"]
+        if tuple(map(float, d["landmarks"])) == HISTOGRAM_LANDMARKS:  # nor those of the deciles
+            del d["landmarks"]
         if d["standard"] is None:  # nor those without a learned histogram standard
             del d["standard"]
         else:
@@ -300,13 +319,13 @@ def intensity_stats(image: np.ndarray, mask: np.ndarray, config: PreprocessConfi
     if config.normalise in ("percentile", "histogram"):
         hist = config.normalise == "histogram"
         values = [float(v) for v in np.percentile(
-            inside, (*config.percentiles, 25, 75, *(HISTOGRAM_LANDMARKS if hist else ())),
+            inside, (*config.percentiles, 25, 75, *(config.landmarks if hist else ())),
             overwrite_input=True)]
         lo, hi, q1, q3 = values[:4]
         if hi - lo <= 1e-12 * max(1.0, abs(hi)):
             raise MedaeError("constant intensity inside the mask: cannot normalise")
         out = {"low": lo, "high": hi, "iqr": q3 - q1}
-        if hist:  # the quartiles and deciles, and the standard they go to once learned
+        if hist:  # the quartiles and landmarks, and the standard they go to once learned
             out.update(q1=q1, q3=q3, landmarks=values[4:])
             if config.standard is not None:
                 out["standard"] = [float(v) for v in config.standard[channel]]
@@ -382,7 +401,7 @@ def denormalise(image: np.ndarray, stats: dict) -> np.ndarray:
 
 
 def _knots(stats: dict) -> tuple[np.ndarray, np.ndarray]:
-    """``normalise: histogram``: a scan's deciles in ``percentile`` units (0 and 1 at its ends,
+    """``normalise: histogram``: a scan's landmarks in ``percentile`` units (0 and 1 at its ends,
     kept strictly increasing) and the standard's places for them."""
     source = increasing(np.concatenate(([0.0], normalised_landmarks(stats), [1.0])))
     standard = np.concatenate(([0.0], np.asarray(stats["standard"], np.float64), [1.0]))
@@ -399,8 +418,8 @@ def increasing(values: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 
 
 def normalised_landmarks(stats: dict) -> np.ndarray:
-    """``normalise: histogram``: a scan's deciles (:data:`HISTOGRAM_LANDMARKS`) in
-    ``percentile`` units, what the standard is learned from."""
+    """``normalise: histogram``: a scan's landmarks (``preprocess.landmarks``, the deciles by
+    default) in ``percentile`` units, what the standard is learned from."""
     return (np.asarray(stats["landmarks"], np.float64) - stats["low"]) / (stats["high"]
                                                                           - stats["low"])
 

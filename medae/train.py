@@ -407,7 +407,7 @@ def _open_run(run: Path, config: dict, resume: bool, d: Dist) -> None:
 
 def learn_standard(pre: PreprocessConfig, train_items: list[dict], val_items: list[dict]
                    ) -> PreprocessConfig:
-    """``normalise: histogram``: the standard is the mean of the training scans' deciles (in
+    """``normalise: histogram``: the standard is the mean of the training scans' landmarks (in
     ``percentile`` units, per input); the cached scans, prepared before it was known (as
     ``percentile`` gives them), are mapped onto it in place, as preparing them again would.
     Returns the preprocessing with its ``standard``."""
@@ -417,7 +417,7 @@ def learn_standard(pre: PreprocessConfig, train_items: list[dict], val_items: li
     pre = replace(pre, standard=standard)
     for it in train_items + val_items:
         standardise_prepared(it["prepared"], standard)
-    log.info("preprocess.normalise histogram: the standard deciles of %d training scan(s): %s",
+    log.info("preprocess.normalise histogram: the standard landmarks of %d training scan(s): %s",
              len(train_items), "; ".join(" ".join(f"{v:.3f}" for v in row) for row in standard))
     return pre
 

@@ -207,3 +207,46 @@ def test_each_input_learns_its_own_standard():
             assert np.percentile(values, HISTOGRAM_LANDMARKS) == pytest.approx(
                 learned.standard[c], abs=3e-3)
             assert it["prepared"].stats[c]["standard"] == list(learned.standard[c])
+
+
+def test_landmarks_below_a_large_bright_lesion_keep_its_contrast():
+    """A lesion filling a quarter of the brain holds the 80th and 90th percentiles: with the
+    deciles as knots the standard maps them onto healthy white matter's places and squeezes
+    the lesion towards it; landmarks up to the 70th leave the bright tail out of the knots."""
+    a = _tissues(0)  # a training scan without lesion
+    healthy = _tissues(1)
+    rng = np.random.default_rng(5)
+    b = np.concatenate([healthy, (160 + rng.normal(0, 5, len(healthy) // 3)).astype(np.float32)])
+    white_a = np.abs(np.round(a / 10) * 10 - 100) <= 10
+    contrast = {}
+    for lm in (HISTOGRAM_LANDMARKS, (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0)):
+        cfg = PreprocessConfig(normalise="histogram", landmarks=lm)
+        standard = normalised_landmarks(intensity_stats(a, np.ones(a.shape, bool), cfg))
+        assert len(standard) == len(lm)
+        cfg = PreprocessConfig(normalise="histogram", landmarks=lm, standard=(tuple(standard),))
+        na = apply_normalisation(a, intensity_stats(a, np.ones(a.shape, bool), cfg))
+        nb = apply_normalisation(b, intensity_stats(b, np.ones(b.shape, bool), cfg))
+        contrast[len(lm)] = float(np.median(nb[len(healthy):]) - np.median(na[white_a]))
+    assert contrast[9] < 0.035  # the deciles: lesion 0.93 against white matter 0.91
+    assert contrast[7] > 0.07 and contrast[7] > 2.5 * contrast[9]
+
+
+def test_landmarks_are_checked_and_only_non_default_ones_reach_the_bundle():
+    lm7 = [10, 20, 30, 40, 50, 60, 70]
+    cfg = PreprocessConfig.from_dict({"normalise": "histogram", "landmarks": lm7})
+    assert cfg.landmarks == tuple(lm7) and cfg.to_dict()["landmarks"] == lm7
+    assert "landmarks" not in PreprocessConfig(normalise="histogram").to_dict()  # old bundles
+    assert PreprocessConfig.from_dict({"normalise": "histogram"}).landmarks == HISTOGRAM_LANDMARKS
+    row = [0.1 * i for i in range(1, 8)]
+    assert PreprocessConfig.from_dict({"normalise": "histogram", "landmarks": lm7,
+                                       "standard": [row]}).standard == (tuple(row),)
+    with pytest.raises(MedaeError, match=r"preprocess\.standard: per input, 7 "):
+        PreprocessConfig.from_dict({"normalise": "histogram", "landmarks": lm7,
+                                    "standard": [[*row, 0.75, 0.8]]})
+    for bad in ([70, 10], [0.2, 50], [50, 99.5], [], [50, float("nan")], "50", [True]):
+        with pytest.raises(MedaeError, match=r"preprocess\.landmarks: 1 to 32 increasing"):
+            PreprocessConfig.from_dict({"normalise": "histogram", "landmarks": bad})
+    with pytest.raises(MedaeError, match=r"landmarks: only with preprocess\.normalise histogram"):
+        PreprocessConfig.from_dict({"normalise": "percentile", "landmarks": lm7})
+    # the percentile recipes' own pair need not enclose the deciles (the demo's [1, 90])
+    assert PreprocessConfig(normalise="percentile", percentiles=(1.0, 90.0)).landmarks
