@@ -57,6 +57,12 @@ HISTOGRAM_LANDMARKS = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
 ROBUST_RANGE = (3.5, 2.0)
 
 
+def _finite_increasing(values) -> bool:
+    """Whether ``values`` are real, finite numbers (no booleans), strictly increasing."""
+    return (all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in values) and all(b > a for a, b in itertools.pairwise(values)))
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How scans become model input.  Every field is stored in the model bundle.
@@ -139,9 +145,7 @@ class PreprocessConfig:
             raise MedaeError(f"preprocess.percentiles: need 0 <= low < high <= 100, got {lo}, {hi}")
         lm = self.landmarks
         if (not isinstance(lm, tuple) or not 1 <= len(lm) <= 32
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                           and math.isfinite(v) for v in lm)
-                or not all(b > a for a, b in itertools.pairwise(lm))
+                or not _finite_increasing(lm)
                 or (self.normalise == "histogram" and not lo < lm[0] <= lm[-1] < hi)):
             raise MedaeError(f"preprocess.landmarks: 1 to 32 increasing percentiles strictly "
                              f"between preprocess.percentiles {list(self.percentiles)}, "
@@ -152,11 +156,8 @@ class PreprocessConfig:
             if self.normalise != "histogram":
                 raise MedaeError("preprocess.standard: only with preprocess.normalise histogram")
             ok = (isinstance(self.standard, tuple) and len(self.standard) == self.channels
-                  and all(len(row) == len(self.landmarks)
-                          and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                  and math.isfinite(v) and -1e-3 <= v <= 1 + 1e-3
-                                  for v in row)
-                          and all(b > a for a, b in itertools.pairwise(row))
+                  and all(len(row) == len(self.landmarks) and _finite_increasing(row)
+                          and row[0] >= -1e-3 and row[-1] <= 1 + 1e-3
                           for row in self.standard))
             if not ok:  # landmarks lie between the scan's 0.5th and 99.5th percentiles: [0, 1]
                 raise MedaeError(f"preprocess.standard: per input, {len(self.landmarks)} "
@@ -187,8 +188,7 @@ class PreprocessConfig:
                              "preprocess.mask none")
         vol = self.brain_volume_cm3
         if (not isinstance(vol, tuple) or len(vol) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                           and math.isfinite(v) for v in vol) or not 0 <= vol[0] < vol[1]):
+                or not _finite_increasing(vol) or vol[0] < 0):
             raise MedaeError("preprocess.brain_volume_cm3: need [low, high] cm³ with "
                              f"0 <= low < high, got {self.brain_volume_cm3!r}")
         if self.inputs is not None and (

@@ -53,8 +53,6 @@ QUICK_STEPS = 400
 #: with it keep it pinned, so their full-protocol runs stay found (the quick protocol's
 #: train.steps=400 comes after and overrides it, so their quick runs stay found too)
 S1200 = "train.steps=1200"
-#: histogram standardisation's knots at the brain's 10th-70th percentiles, not its deciles
-LM70 = "preprocess.landmarks=[10, 20, 30, 40, 50, 60, 70]"
 #: maps in the normalised image's units, as every recipe measured them before scoring.map_units
 #: iqr became their default (issue 26): the variants measured then keep it pinned, so their
 #: recorded runs stay found (a run's hash leaves map_units out when it is normalised)
@@ -137,8 +135,8 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             # instead of its deciles: a large bright tumour holds the 80th and 90th, which the
             # deciles map onto healthy white matter's places, squeezing its contrast (issue 26:
             # BraTS pat0002's per-seed gaps)
-            "brain_flair_lm70_fp32": ("brain_flair", [LM70, 'train.precision="32"']),
-            "brain_multi_lm70_fp32": ("brain_multi", [LM70, 'train.precision="32"']),
+            "brain_flair_lm70_fp32": ("brain_flair", [
+                "preprocess.landmarks=[10, 20, 30, 40, 50, 60, 70]", 'train.precision="32"']),
             # calibrated on maps of scans (or, with one training patient, 20 mm axial slabs) that
             # the scoring model did not see: fold models trained on the rest (data.calibration:
             # crossfit; one training more per fold, the final model trains on every patient)

@@ -249,4 +249,5 @@ def test_landmarks_are_checked_and_only_non_default_ones_reach_the_bundle():
     with pytest.raises(MedaeError, match=r"landmarks: only with preprocess\.normalise histogram"):
         PreprocessConfig.from_dict({"normalise": "percentile", "landmarks": lm7})
     # the percentile recipes' own pair need not enclose the deciles (the demo's [1, 90])
-    assert PreprocessConfig(normalise="percentile", percentiles=(1.0, 90.0)).landmarks
+    assert PreprocessConfig(normalise="percentile",
+                            percentiles=(1.0, 90.0)).landmarks == HISTOGRAM_LANDMARKS
