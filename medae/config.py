@@ -89,7 +89,15 @@ class TrainConfig(_Section):
     warmup_steps: int = 50
     schedule: str = "cosine"  # cosine | constant
     grad_clip: float | None = 1.0
-    patience: int = 10  # early stopping on the validation loss (epochs without improvement)
+    # which epoch's weights the bundle keeps: the lowest validation loss ("loss"), or the
+    # highest pooled voxel AP of the labelled validation scans' maps ("ap": scored as medae
+    # score maps them, every select_every steps and at the end; without a validation set, the
+    # labelled training scans', as calibration uses them)
+    select: str = "loss"
+    select_every: int = 100  # train.select ap: steps between two AP evaluations
+    # early stopping: epochs without a lower validation loss (select: loss), or AP evaluations
+    # without a higher AP (select: ap)
+    patience: int = 10
     precision: str = "32"  # 32 | bf16 | fp16 | auto (bf16 where the device has it natively)
     seed: int = 0
     max_steps_per_epoch: int | None = None
@@ -193,6 +201,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "train.grad_clip": (lambda v: v is None or (_num(v) and v >= 0),
                         "null or a finite number >= 0"),
     "train.patience": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "train.select": (lambda v: v in ("loss", "ap"), "loss or ap"),
+    "train.select_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "train.precision": (lambda v: str(v) in ("32", "bf16", "fp16", "auto"),
                         "32, bf16, fp16 or auto"),
     "train.seed": (lambda v: _int(v) and 0 <= v < 2**63, "an integer from 0 to 2**63 - 1"),

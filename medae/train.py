@@ -59,6 +59,7 @@ from medae.scoring.calibration import (
 )
 from medae.scoring.reconstruct import autocast_context
 from medae.scoring.scorer import AnomalyModel, scored_channels
+from medae.scoring.selection import DetectionMonitor
 from medae.version import __version__
 
 log = logging.getLogger("medae")
@@ -304,10 +305,14 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
     calibration = None
     if crossfit and trainable:
         calibration = _crossfit_calibration(r, train_items, by_id, map_cfg, run)
+    monitor = _monitor(r, model, map_cfg, train_items, val_items, by_id) \
+        if tc.select == "ap" and trainable else None
     label = f"member 1/{tc.ensemble}" if tc.ensemble > 1 else ""
-    hist, best_state = _fit(r, model, train_ds, val_ds, run=run, resume=resume, label=label)
+    hist, best_state = _fit(r, model, train_ds, val_ds, run=run, resume=resume, label=label,
+                            monitor=monitor)
     members = [(model, hist, best_state)] + [
-        _member(r, k, train_items, val_items, run, resume) for k in range(1, tc.ensemble)]
+        _member(r, k, train_items, val_items, run, resume, monitor)
+        for k in range(1, tc.ensemble)]
 
     if d.main:
         for member, _hist, state in members:
@@ -318,7 +323,7 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
             calibration = _calibrate_holdout(r, network, map_cfg, train_items, val_items, by_id)
         report_calibration(calibration)
         summary = _summary(r, hist, train_items, val_items, train_ds, val_ds, skipped,
-                           trainable)
+                           trainable, monitor)
         if len(members) > 1:
             summary["ensemble"] = {
                 "members": len(members), "seeds": [seed + k for k in range(len(members))],
@@ -334,7 +339,8 @@ def train(config: dict, sources: list[ScanSource], output: str | os.PathLike, *,
 
 
 def _member(r: _Run, k: int, train_items: list[dict], val_items: list[dict], run: Path,
-            resume: bool) -> tuple[torch.nn.Module, History, dict | None]:
+            resume: bool, monitor: DetectionMonitor | None = None
+            ) -> tuple[torch.nn.Module, History, dict | None]:
     """Ensemble member ``k`` (k >= 1): the same architecture and data, seed ``seed + k`` (its
     initial weights, sample order, augmentation and noise draws); its log and checkpoint in
     ``run/members/k``, so an interrupted ensemble resumes where it stopped."""
@@ -347,7 +353,7 @@ def _member(r: _Run, k: int, train_items: list[dict], val_items: list[dict], run
         where.mkdir(parents=True, exist_ok=True)
     hist, best = _fit(rk, model, train_ds, val_ds, run=where,
                       resume=resume and (where / CHECKPOINT).exists(),
-                      label=f"member {k + 1}/{r.train.ensemble}")
+                      label=f"member {k + 1}/{r.train.ensemble}", monitor=monitor)
     return model, hist, best
 
 
@@ -357,6 +363,17 @@ def _ensemble(models: list[torch.nn.Module], dev: torch.device) -> torch.nn.Modu
     for slot, trained in zip(net.members, models, strict=True):
         slot.load_state_dict(trained.state_dict())
     return net.eval()
+
+
+def _monitor(r: _Run, model, map_cfg: MapConfig, train_items: list[dict],
+             val_items: list[dict], by_id: dict) -> DetectionMonitor:
+    """``train.select: ap``: the labelled validation scans (the training scans when there is no
+    validation set, as calibration uses them), each read and checked once, before training."""
+    def make(net):
+        return AnomalyModel(net, r.pre, map_cfg, device=r.dev, batch_size=r.train.batch_size,
+                            precision=r.precision)
+    return DetectionMonitor([by_id[it["case_id"]] for it in val_items or train_items], make,
+                            model)
 
 
 def _calibrate_holdout(r: _Run, model, map_cfg: MapConfig, train_items: list[dict],
@@ -373,18 +390,27 @@ def _calibrate_holdout(r: _Run, model, map_cfg: MapConfig, train_items: list[dic
 
 def _summary(r: _Run, hist: History, train_items: list[dict], val_items: list[dict],
              train_ds: SampleDataset, val_ds: SampleDataset | None, skipped: list[dict],
-             trainable: bool) -> dict:
+             trainable: bool, monitor: DetectionMonitor | None = None) -> dict:
     """The bundle's ``training`` record: data, epochs, model selection and settings."""
+    if monitor is not None:  # selected on the labelled scans' AP (best_val holds -AP)
+        best = hist.rows[hist.best_epoch] if 0 <= hist.best_epoch < len(hist.rows) else {}
+        selected = {"selected_on": f"pooled voxel AP of {len(monitor.names)} labelled "
+                                   f"{'validation' if val_items else 'training'} scan(s) "
+                                   f"({', '.join(monitor.names)}), every "
+                                   f"{r.train.select_every} steps",
+                    "best_ap": -hist.best_val if math.isfinite(hist.best_val) else None,
+                    "best_loss": best.get("val_loss")}
+    else:
+        selected = {"best_loss": hist.best_val if math.isfinite(hist.best_val) else None,
+                    "selected_on": ("not trained (no parameters)" if not trainable
+                                    else "validation" if val_ds else "training")}
     return {
         "train_subjects": len(train_items), "val_subjects": len(val_items),
         "train_samples": len(train_ds), "val_samples": len(val_ds) if val_ds else 0,
         "dropped_lesion_samples": train_ds.dropped_label,
         "lesion_masked_samples": train_ds.masked_label,
         "skipped_scans": len(skipped),
-        "epochs_run": len(hist.rows), "best_epoch": hist.best_epoch,
-        "best_loss": hist.best_val if math.isfinite(hist.best_val) else None,
-        "selected_on": ("not trained (no parameters)" if not trainable
-                        else "validation" if val_ds else "training"),
+        "epochs_run": len(hist.rows), "best_epoch": hist.best_epoch, **selected,
         "precision": r.precision, "seed": r.seed, "world_size": r.d.world,
         "device": r.dev.type, "medae_version": __version__,
     }
@@ -553,10 +579,13 @@ def _optimiser(r: _Run, model, n_samples: int) -> _Optimiser:
 
 
 def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, *,
-         run: Path | None, resume: bool, label: str = "") -> tuple[History, dict | None]:
+         run: Path | None, resume: bool, label: str = "",
+         monitor: DetectionMonitor | None = None) -> tuple[History, dict | None]:
     """Optimise ``model``: the epoch loop with mixed precision, early stopping on the
-    validation loss and (with ``run``) a log, TensorBoard and an atomic checkpoint per epoch.
-    Returns the history and the best state (None for a model without parameters)."""
+    validation loss (or, with ``monitor``, on the labelled scans' AP, evaluated every
+    ``train.select_every`` steps and after the last epoch) and (with ``run``) a log,
+    TensorBoard and an atomic checkpoint per epoch.  Returns the history and the best state
+    (None for a model without parameters)."""
     tc, lc = r.train, r.loss
     dev, d, seed, precision = r.dev, r.d, r.seed, r.precision
     ddp = d.world > 1 and any(p.requires_grad for p in model.parameters())
@@ -583,7 +612,7 @@ def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, 
     noise_cfg = noise.to_dict() if noise is not None else None
     prefix = f"{label} " if label else ""
     for epoch in range(start, optim.epochs):
-        if hist.bad_epochs >= tc.patience and val_ds is not None:
+        if hist.bad_epochs >= tc.patience and (val_ds is not None or monitor is not None):
             break
         t0 = time.perf_counter()
         train_parts, seen, bar = _epoch(r, net, model, train_ds, optim, epoch, noise_cfg,
@@ -596,18 +625,28 @@ def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, 
             dist.all_reduce(stats)
             train_parts["total"] = float(stats[0] / d.world)
             seen = int(stats[1])
-        score = val_loss if val_loss is not None else train_parts["total"]
-        if score < hist.best_val:
+        val_ap = None
+        if monitor is None:
+            score = val_loss if val_loss is not None else train_parts["total"]
+        elif _select_now(epoch, optim, tc.select_every):
+            val_ap = monitor(model)
+            score = -val_ap  # best_val holds the selection score, lower is better
+        else:
+            score = None  # not an evaluation: neither better nor worse
+        if score is not None and score < hist.best_val:
             hist.best_val, hist.best_epoch, hist.bad_epochs = score, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
+        elif score is not None:
             hist.bad_epochs += 1
         row = {"epoch": epoch, "train_loss": train_parts["total"], "val_loss": val_loss,
+               **({"val_ap": val_ap} if monitor is not None else {}),
                "lr": optim.sched.get_last_lr()[0], "samples_per_s": seen / max(seconds, 1e-9),
                "seconds": seconds, **{f"train_{k}": v for k, v in train_parts.items()
                                       if k != "total"}}
         hist.rows.append(row)
         val_txt = f"val {val_loss:.4g}" if val_loss is not None else "no validation set"
+        if val_ap is not None:
+            val_txt += f" AP {val_ap:.4f}"
         bar.close(f"{prefix}epoch {epoch:3d} train {train_parts['total']:.4g} {val_txt} "
                   f"{row['samples_per_s']:.1f} samples/s")
         if main:
@@ -620,6 +659,13 @@ def _fit(r: _Run, model, train_ds: SampleDataset, val_ds: SampleDataset | None, 
     if board is not None:
         board.close()
     return hist, best_state
+
+
+def _select_now(epoch: int, optim: _Optimiser, every: int) -> bool:
+    """``train.select: ap`` evaluates after the epoch in which the step count passes a multiple
+    of ``every``, and after the last epoch."""
+    per = optim.steps_per_epoch
+    return epoch == optim.epochs - 1 or (epoch + 1) * per // every > epoch * per // every
 
 
 def _epoch(r: _Run, net, model, train_ds: SampleDataset, optim: _Optimiser, epoch: int,

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 import medae
+import medae.curves as curves
 from medae.brain import extract_brain
-from medae.evaluation import curves
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -137,6 +137,13 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             # BraTS pat0002's per-seed gaps)
             "brain_flair_lm70_fp32": ("brain_flair", [
                 "preprocess.landmarks=[10, 20, 30, 40, 50, 60, 70]", 'train.precision="32"']),
+            # the epoch kept by the pooled voxel AP of the labelled calibration patient's maps
+            # (train.select: ap; MS: the training patient's, his lesions masked out of training)
+            # instead of the validation loss, which fell as the AP fell (issue 26's bisect)
+            "brain_multi_selap_fp32": ("brain_multi", ["train.select=ap",
+                                                       'train.precision="32"']),
+            "brain_flair_selap_fp32": ("brain_flair", ["train.select=ap", 'train.precision="32"',
+                                                       S1200]),
             # calibrated on maps of scans (or, with one training patient, 20 mm axial slabs) that
             # the scoring model did not see: fold models trained on the rest (data.calibration:
             # crossfit; one training more per fold, the final model trains on every patient)
@@ -276,6 +283,9 @@ def _protocol(base: str, sets: list[str], steps: int | None, device: str = "auto
                                                      resolve_device(device))
     if config["train"].get("ensemble") == 1:  # one model, as before the setting existed
         del config["train"]["ensemble"]
+    if config["train"].get("select") == "loss":  # selected on the loss, as before train.select
+        del config["train"]["select"]
+        config["train"].pop("select_every", None)
     for key in THRESHOLD_ONLY:  # the threshold rule is recorded per run instead
         config["scoring"].pop(key, None)
     # the benchmark's scans are skull-stripped with plausible brains: preprocess.brain auto

@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("medae.bundle",),
     ("medae.preprocess", "medae.config"),
     ("medae.brain", "medae.bias", "medae.register"),
-    ("medae.io", "medae.models", "medae.masks", "medae.device", "medae.itk"),
+    ("medae.io", "medae.models", "medae.masks", "medae.curves", "medae.device", "medae.itk"),
     ("medae.errors", "medae.version"),
 ]
 
@@ -58,7 +58,8 @@ KNOWN: dict[tuple[str, str], str] = {
 }
 
 #: modules that must import without torch or MONAI (a fresh interpreter checks sys.modules)
-TORCH_FREE = ("medae", "medae.io", "medae.masks", "medae.config", "medae.scoring",
+TORCH_FREE = ("medae", "medae.io", "medae.masks", "medae.curves", "medae.config",
+              "medae.scoring",
               "medae.scoring.heatmap", "medae.scoring.threshold", "medae.scoring.candidates",
               "medae.evaluation", "medae.synthetic", "medae.overlay", "medae.report",
               "medae.register", "medae.itk")

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+import medae.curves as curves
 from medae.errors import MedaeError
-from medae.evaluation import curves
 
 
 def ranking_metrics(scores: Sequence[float], abnormal: Sequence[bool]) -> dict:

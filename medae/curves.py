@@ -1,4 +1,5 @@
-"""Ranking curves from tie groups: AP, AUROC, best Dice and their resolution bounds.
+"""Ranking curves from tie groups: AP, AUROC, best Dice and their resolution bounds (NumPy only:
+evaluation and the detection-based model selection of training read them).
 
 Every function takes per-group counts in decreasing order of score: ``tp[k]`` positives and
 ``fp[k]`` negatives share the k-th highest distinct score (or histogram bin).  Ties are handled as

@@ -1,0 +1,119 @@
+"""``train.select: ap``: the bundle keeps the epoch whose maps of the labelled validation scans
+have the highest pooled voxel AP, evaluated every ``train.select_every`` steps (issue 26: on the
+brain benchmark the validation loss fell while the AP fell)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import write_phantoms
+from sklearn.metrics import average_precision_score
+
+import medae
+from medae.cli import main
+from medae.config import load_config
+from medae.errors import MedaeError
+from medae.io.discover import discover
+from medae.train import _select_now, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.channels=[8, 16, 32]", "preprocess.spacing=[2, 2, 2]",
+        "preprocess.size=[16, 16, 16]", "train.batch_size=8", "train.warmup_steps=2",
+        "train.lr=0.003", "data.augment={}", "data.val_fraction=0.4",
+        "data.lesion_samples=mask", "train.patience=100"]
+
+
+def _manifest(path: Path, images: list[Path], labels: bool = True) -> Path:
+    rows = ["case_id,image" + (",label" if labels else "")]
+    for i, p in enumerate(images):
+        label = p.with_name(p.name.replace(".nii.gz", "_label.nii.gz"))
+        rows.append(f"p{i},{p}" + (f",{label}" if labels else ""))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def patients(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("patients")
+    images = write_phantoms(folder, 5, shape=(14, 16, 12), lesion=True, seed=3)
+    return _manifest(folder / "train.csv", images), images
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_select_ap_keeps_the_epoch_with_the_best_validation_ap(patients, tmp_path):
+    man, _ = patients
+    sets = [*TINY, "train.steps=12", "train.max_steps_per_epoch=2", "train.select_every=4"]
+    run = train(load_config(ROOT / "configs" / "ae2d.yaml", [*sets, "train.select=ap"]),
+                discover(man), tmp_path / "ap", device="cpu", progress=False)
+    rows = _rows(run)
+    assert len(rows) == 6  # 12 steps of 2
+    # evaluated after the epochs that pass steps 4, 8 and 12 (the last): epochs 1, 3, 5
+    evaluated = [int(r["epoch"]) for r in rows if r["val_ap"]]
+    assert evaluated == [1, 3, 5]
+    aps = {int(r["epoch"]): float(r["val_ap"]) for r in rows if r["val_ap"]}
+    meta = json.loads((run / "model.json").read_text())
+    tr = meta["training"]
+    best = max(aps, key=aps.get)
+    assert tr["best_epoch"] == best and tr["best_ap"] == pytest.approx(aps[best], abs=1e-12)
+    assert tr["selected_on"].startswith("pooled voxel AP of 2 labelled validation scan(s)")
+    assert tr["best_loss"] == pytest.approx(float(rows[best]["val_loss"]))
+    # the bundle holds that epoch's weights: its maps of the validation scans, scored as
+    # `medae score` scores them, give that AP (scikit-learn as the reference)
+    model = medae.load_model(run, device="cpu")
+    by_id = {s.case_id: s for s in discover(man)}
+    scores, labels = [], []
+    for case in meta["validation_cases"]:
+        scan, prep = model.load(by_id[case])
+        m = model.scan_map(scan, prep)
+        lesion = by_id[case].load_companion("label", scan)
+        scores.append(m.heatmap[m.brain_mask])
+        labels.append(lesion[m.brain_mask])
+    ref = average_precision_score(np.concatenate(labels), np.concatenate(scores))
+    assert ref == pytest.approx(aps[best], abs=1e-6)
+    assert 0.05 < ref <= 1.0
+
+    # selecting never changes what the model trains on: the same losses, epoch for epoch
+    loss_run = train(load_config(ROOT / "configs" / "ae2d.yaml", sets), discover(man),
+                     tmp_path / "loss", device="cpu", progress=False)
+    assert [r["train_loss"] for r in _rows(loss_run)] == [r["train_loss"] for r in rows]
+    assert "val_ap" not in _rows(loss_run)[0]
+    assert json.loads((loss_run / "model.json").read_text())["training"]["selected_on"] == \
+        "validation"
+
+
+def test_select_ap_needs_labelled_scans(patients, tmp_path, capsys):
+    man, images = patients
+    bare = _manifest(tmp_path / "bare.csv", images, labels=False)
+    cfg = load_config(ROOT / "configs" / "ae2d.yaml", [*TINY, "train.steps=2",
+                                                        "train.select=ap"])
+    with pytest.raises(MedaeError, match=r"train\.select ap needs a lesion label"):
+        train(cfg, discover(bare), tmp_path / "run", device="cpu", progress=False)
+    assert not (tmp_path / "run" / "model.json").exists()
+    # from the CLI: one line, nothing trained; a bad value is refused before any work
+    assert main(["train", "--config", str(ROOT / "configs" / "ae2d.yaml"), "--data", str(man),
+                 "--output", str(tmp_path / "bad"), "--device", "cpu",
+                 "--set", "train.select=dice"]) != 0
+    err = capsys.readouterr().err
+    assert "train.select" in err and "loss or ap" in err
+    assert not (tmp_path / "bad" / "model.json").exists()
+
+
+@pytest.mark.parametrize("per, every, epochs, expected", [
+    (14, 100, 86, [7, 14, 21, 28, 35, 42, 49, 57, 64, 71, 78, 85]),  # brain_multi's 1,200
+    (2, 4, 6, [1, 3, 5]),
+    (5, 1, 3, [0, 1, 2]),      # every epoch passes a multiple
+    (3, 1000, 4, [3]),         # only the last
+])
+def test_select_every_evaluates_after_the_epoch_that_passes_a_multiple(per, every, epochs,
+                                                                        expected):
+    optim = SimpleNamespace(steps_per_epoch=per, epochs=epochs)
+    assert [e for e in range(epochs) if _select_now(e, optim, every)] == expected
