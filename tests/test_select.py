@@ -11,10 +11,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_phantoms
+from safetensors.torch import load_file
 from sklearn.metrics import average_precision_score
 
 import medae
+import medae.train as train_mod
 from medae.cli import main
 from medae.config import load_config
 from medae.errors import MedaeError
@@ -88,6 +91,35 @@ def test_select_ap_keeps_the_epoch_with_the_best_validation_ap(patients, tmp_pat
     assert "val_ap" not in _rows(loss_run)[0]
     assert json.loads((loss_run / "model.json").read_text())["training"]["selected_on"] == \
         "validation"
+
+
+def test_select_ap_resumes_exactly(patients, tmp_path, monkeypatch):
+    """Killed after an evaluated epoch, resumed: the same selected epoch, AP and weights."""
+    man, _ = patients
+    cfg = load_config(ROOT / "configs" / "ae2d.yaml", [
+        *TINY, "train.steps=8", "train.max_steps_per_epoch=2", "train.select_every=2",
+        "train.select=ap"])
+    full = train(cfg, discover(man), tmp_path / "full", device="cpu", progress=False)
+    real_save = train_mod._save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, discover(man), tmp_path / "cut", device="cpu", progress=False)
+    monkeypatch.setattr(train_mod, "_save_checkpoint", real_save)
+    train(cfg, discover(man), tmp_path / "cut", resume=True, device="cpu", progress=False)
+    a, b = (json.loads((r / "model.json").read_text())["training"]
+            for r in (full, tmp_path / "cut"))
+    assert (a["best_epoch"], a["best_ap"]) == (b["best_epoch"], b["best_ap"])
+    assert [r["val_ap"] for r in _rows(full)] == [r["val_ap"] for r in _rows(tmp_path / "cut")]
+    wa, wb = load_file(full / "model.safetensors"), load_file(tmp_path / "cut" /
+                                                                "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
 
 
 def test_select_ap_needs_labelled_scans(patients, tmp_path, capsys):
