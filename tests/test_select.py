@@ -122,12 +122,43 @@ def test_select_ap_resumes_exactly(patients, tmp_path, monkeypatch):
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
 
 
+def test_select_ap_counts_an_unlabelled_scan_as_lesion_free(patients, tmp_path):
+    """Validation scans with and without labels: the unlabelled ones are all negatives, as
+    calibration counts them."""
+    _, images = patients
+    rows = ["case_id,image,label"] + [
+        f"p{i},{p}," + (str(p.with_name(p.name.replace(".nii.gz", "_label.nii.gz")))
+                        if i % 2 == 0 else "") for i, p in enumerate(images)]
+    man = tmp_path / "mixed.csv"
+    man.write_text("\n".join(rows) + "\n")
+    cfg = load_config(ROOT / "configs" / "ae2d.yaml", [
+        *TINY, "train.steps=4", "train.max_steps_per_epoch=2", "train.select=ap",
+        "data.val_fraction=0.8"])  # four of five held out: both kinds among them
+    run = train(cfg, discover(man), tmp_path / "run", device="cpu", progress=False)
+    meta = json.loads((run / "model.json").read_text())
+    by_id = {s.case_id: s for s in discover(man)}
+    held = meta["validation_cases"]
+    assert {by_id[c].label is None for c in held} == {True, False}
+    model = medae.load_model(run, device="cpu")
+    scores, labels = [], []
+    for case in held:
+        scan, prep = model.load(by_id[case])
+        m = model.scan_map(scan, prep)
+        lesion = by_id[case].load_companion("label", scan)
+        lesion = np.zeros(scan.shape, bool) if lesion is None else lesion
+        scores.append(m.heatmap[m.brain_mask])
+        labels.append(lesion[m.brain_mask])
+    ref = average_precision_score(np.concatenate(labels), np.concatenate(scores))
+    assert meta["training"]["best_ap"] == pytest.approx(ref, abs=1e-6)
+
+
 def test_select_ap_needs_labelled_scans(patients, tmp_path, capsys):
     man, images = patients
     bare = _manifest(tmp_path / "bare.csv", images, labels=False)
     cfg = load_config(ROOT / "configs" / "ae2d.yaml", [*TINY, "train.steps=2",
                                                         "train.select=ap"])
-    with pytest.raises(MedaeError, match=r"train\.select ap needs a lesion label"):
+    with pytest.raises(MedaeError,
+                       match=r"train\.select ap needs lesion labels .* none of the 2 scan"):
         train(cfg, discover(bare), tmp_path / "run", device="cpu", progress=False)
     assert not (tmp_path / "run" / "model.json").exists()
     # from the CLI: one line, nothing trained; a bad value is refused before any work

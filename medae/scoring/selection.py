@@ -28,10 +28,10 @@ class DetectionMonitor:
 
     ``make_scorer(network)`` wraps the live network in an :class:`AnomalyModel` (the recipe's
     preprocessing and map settings).  Each scan is read, prepared and its label checked once,
-    at construction (a scan without a label fails there in one line naming the file, and so do
-    labels that mark no voxel at all: a lesion-free scan may be among them, not all); they stay
-    in memory for the run (about three copies of each volume: plan for it when selecting on
-    many large scans)."""
+    at construction (a scan without a label counts as lesion-free, as calibration counts it;
+    scans none of which has a label, or labels that mark no voxel, fail there in one line); they
+    stay in memory for the run (about three copies of each volume: plan for it when selecting
+    on many large scans)."""
 
     def __init__(self, sources: Sequence[ScanSource],
                  make_scorer: Callable[[torch.nn.Module], AnomalyModel],
@@ -40,16 +40,19 @@ class DetectionMonitor:
             raise MedaeError("train.select ap: no scans to select on")
         self.make_scorer = make_scorer
         scorer = make_scorer(network)
-        self.cases = []
+        self.cases, labelled = [], []
         for src in sources:
             scan, prep = scorer.load(src)
             label = src.load_companion("label", scan)
-            if label is None:
-                raise MedaeError(src.path, "train.select ap needs a lesion label beside every "
-                                           "scan it selects on (a manifest label column), and "
-                                           "this scan has none")
-            self.cases.append((src, scan, prep, np.asarray(label, bool)))
+            labelled.append(label is not None)
+            # a scan without a label counts as lesion-free, as calibration counts it
+            self.cases.append((src, scan, prep, np.zeros(scan.shape, bool) if label is None
+                               else np.asarray(label, bool)))
         self.names = [src.case_id for src, *_ in self.cases]
+        if not any(labelled):
+            raise MedaeError(f"train.select ap needs lesion labels (a manifest label column), "
+                             f"and none of the {len(self.names)} scan(s) it would select on "
+                             f"({', '.join(self.names)}) has one")
         if not any(label.any() for *_, label in self.cases):
             raise MedaeError(f"train.select ap: the lesion labels of {', '.join(self.names)} "
                              "mark no voxel: nothing to select on (train.select: loss)")
