@@ -142,8 +142,6 @@ VARIANTS = {"raw": ("intensity", ["scoring.erode_mm=0", "scoring.median_mm=0", N
             # instead of the validation loss, which fell as the AP fell (issue 26's bisect)
             "brain_multi_selap_fp32": ("brain_multi", ["train.select=ap",
                                                        'train.precision="32"']),
-            "brain_flair_selap_fp32": ("brain_flair", ["train.select=ap", 'train.precision="32"',
-                                                       S1200]),
             # calibrated on maps of scans (or, with one training patient, 20 mm axial slabs) that
             # the scoring model did not see: fold models trained on the rest (data.calibration:
             # crossfit; one training more per fold, the final model trains on every patient)
