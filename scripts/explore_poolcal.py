@@ -26,16 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medae.evaluation.pooled import PooledVoxels  # noqa: E402
 from medae.io.discover import read_manifest  # noqa: E402
 from medae.scoring.scorer import load_model  # noqa: E402
 
-
-def _pv(parts) -> PooledVoxels:
-    pv = PooledVoxels()
-    for x, y in parts:
-        pv.add(x, y)
-    return pv
+sys.path.insert(0, str(ROOT / "scripts"))
+from explore_pooled import _pv  # noqa: E402  (one PooledVoxels over several scans)
 
 
 def main() -> None:

@@ -76,6 +76,17 @@ def write_phantoms(folder: Path, n: int, shape=(24, 28, 20), seed: int = 0,
     return paths
 
 
+def write_manifest(path: Path, images: list[Path], labels: bool = True) -> Path:
+    """A manifest of ``images`` (case ids p0, p1, ...), with the ``*_label.nii.gz`` beside each
+    (as :func:`write_phantoms` writes them) in a ``label`` column unless ``labels`` is False."""
+    rows = ["case_id,image" + (",label" if labels else "")]
+    for i, p in enumerate(images):
+        label = p.with_name(p.name.replace(".nii.gz", "_label.nii.gz"))
+        rows.append(f"p{i},{p}" + (f",{label}" if labels else ""))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 def write_dicom_volume(folder: Path, volume, spacing=(2.0, 2.0, 2.0), *, series_number=3,
                        patient_name="Doe^Jane", patient_id="PID-12345",
                        series_description="T2 FLAIR") -> list[Path]:

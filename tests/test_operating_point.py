@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from conftest import write_manifest as _manifest
 from conftest import write_phantoms
 
 import medae
@@ -19,15 +20,6 @@ from medae.io.discover import discover
 from medae.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _manifest(path: Path, images: list[Path], labels: bool = True) -> Path:
-    rows = ["case_id,image" + (",label" if labels else "")]
-    for i, p in enumerate(images):
-        label = p.with_name(p.name.replace(".nii.gz", "_label.nii.gz"))
-        rows.append(f"p{i},{p}" + (f",{label}" if labels else ""))
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def test_labelled_calibration_flags_the_lesions_end_to_end(tmp_path, capsys):

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import write_manifest as _manifest
 from conftest import write_phantoms
 from safetensors.torch import load_file
 from sklearn.metrics import average_precision_score
@@ -29,15 +30,6 @@ TINY = ["model.channels=[8, 16, 32]", "preprocess.spacing=[2, 2, 2]",
         "preprocess.size=[16, 16, 16]", "train.batch_size=8", "train.warmup_steps=2",
         "train.lr=0.003", "data.augment={}", "data.val_fraction=0.4",
         "data.lesion_samples=mask", "train.patience=100"]
-
-
-def _manifest(path: Path, images: list[Path], labels: bool = True) -> Path:
-    rows = ["case_id,image" + (",label" if labels else "")]
-    for i, p in enumerate(images):
-        label = p.with_name(p.name.replace(".nii.gz", "_label.nii.gz"))
-        rows.append(f"p{i},{p}" + (f",{label}" if labels else ""))
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

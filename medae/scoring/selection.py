@@ -60,7 +60,8 @@ class DetectionMonitor:
     def __call__(self, network: torch.nn.Module) -> float:
         """The pooled voxel AP of the scans' brain voxels.  The RNG state is left as it was, so
         selecting never changes what the model trains on."""
-        devices = [network_device(network)] if network_device(network).type == "cuda" else []
+        where = network_device(network)
+        devices = [where] if where.type == "cuda" else []
         scores, labels = [], []
         with torch.random.fork_rng(devices=devices):
             scorer = self.make_scorer(network)
